@@ -1,0 +1,82 @@
+package subjects
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// ConnectEvent is the body of P.in.connect.T and the value of a registry
+// record in the WS_CONNS bucket.
+type ConnectEvent struct {
+	ConnectionID   string          `json:"connectionId"`
+	Token          string          `json:"token"`
+	ConnectedAt    time.Time       `json:"connectedAt"`
+	SourceIP       string          `json:"sourceIp"`
+	ServiceID      string          `json:"serviceId"`
+	Stage          string          `json:"stage"`
+	Protocols      []string        `json:"protocols"`
+	Extensions     []string        `json:"extensions"`
+	UserID         string          `json:"userId"`
+	Groups         []string        `json:"groups"`
+	State          json.RawMessage `json:"state,omitempty"`
+	RequestContext json.RawMessage `json:"requestContext,omitempty"`
+}
+
+// Disconnect reasons.
+const (
+	ReasonClient  = "client"  // the client closed or the gateway's cleanup function ran
+	ReasonGone    = "gone"    // the gateway answered a push with 404/410
+	ReasonClosed  = "closed"  // a business service closed it through P.out.close.T
+	ReasonExpired = "expired" // the registry record's TTL ran out
+)
+
+// DisconnectEvent is the body of P.in.disconnect.T.
+type DisconnectEvent struct {
+	ConnectionID string    `json:"connectionId"`
+	Token        string    `json:"token"`
+	At           time.Time `json:"at"`
+	Reason       string    `json:"reason"`
+}
+
+// AuthReply is a business service's answer on P.auth.connect. Allow accepts;
+// UserID, Groups, Protocol and State are optional and end up in the connect
+// event and registry record. A rejection may carry ErrNo and ErrMsg, which the
+// registration function returns to the gateway.
+type AuthReply struct {
+	Allow    bool            `json:"allow"`
+	UserID   string          `json:"userId,omitempty"`
+	Groups   []string        `json:"groups,omitempty"`
+	Protocol string          `json:"protocol,omitempty"`
+	State    json.RawMessage `json:"state,omitempty"`
+	ErrNo    int             `json:"errNo,omitempty"`
+	ErrMsg   string          `json:"errMsg,omitempty"`
+}
+
+// APIError is the reply of the request-reply API on failure.
+type APIError struct {
+	Error string `json:"error"`
+}
+
+// ConnGetRequest is the body of P.api.conn.get.
+type ConnGetRequest struct {
+	Token string `json:"token"`
+}
+
+// ConnListRequest is the body of P.api.conn.list; empty filters match all.
+type ConnListRequest struct {
+	Group string `json:"group,omitempty"`
+	User  string `json:"user,omitempty"`
+	Limit int    `json:"limit,omitempty"`
+}
+
+// ConnListReply is the answer of P.api.conn.list.
+type ConnListReply struct {
+	Connections []ConnectEvent `json:"connections"`
+	Total       int            `json:"total"`
+}
+
+// GroupRequest is the body of P.api.group.add and P.api.group.remove.
+type GroupRequest struct {
+	Token  string   `json:"token"`
+	Groups []string `json:"groups"`
+}

@@ -1,0 +1,33 @@
+package subjects
+
+// Header names carried on wsbridge messages (SPEC §3).
+const (
+	// HeaderConnID carries the raw secConnectionID.
+	HeaderConnID = "Ws-Connection-Id"
+	// HeaderDataType is "text" or "binary".
+	HeaderDataType = "Ws-Data-Type"
+	// HeaderMsgID is JetStream's de-duplication id; the functions set it to
+	// the SCF request id.
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderExclude lists tokens a broadcast, group or user send skips
+	// (comma separated).
+	HeaderExclude = "Ws-Exclude"
+	// HeaderError is the reason a dead letter could not be delivered.
+	HeaderError = "Ws-Error"
+	// HeaderAttempts is how many push attempts a dead letter had.
+	HeaderAttempts = "Ws-Attempts"
+	// HeaderStatus is the last HTTP status of a dead letter's push (0 when
+	// none was received).
+	HeaderStatus = "Ws-Status"
+	// HeaderSubject is the original subject of a dead letter.
+	HeaderSubject = "Ws-Subject"
+	// HeaderReason is the dead-letter reason class (permanent, gone,
+	// retries, invalid), a bounded enum also used as a metric label.
+	HeaderReason = "Ws-Reason"
+)
+
+// Data types of HeaderDataType and of the gateway's dataType field.
+const (
+	DataText   = "text"
+	DataBinary = "binary"
+)

@@ -1,0 +1,42 @@
+package subjects
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+)
+
+// ErrBadToken reports a connection token that is not base64url (no padding)
+// of a non-empty connection id.
+var ErrBadToken = errors.New("bad connection token")
+
+// Token returns the subject token for a gateway connection id: the unpadded
+// base64url encoding of secConnectionID. Gateway ids contain '+', '/' and '=',
+// none of which may appear in a NATS subject token unencoded.
+func Token(connID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(connID))
+}
+
+// ConnID decodes a connection token back into the gateway's secConnectionID.
+func ConnID(token string) (string, error) {
+	if token == "" {
+		return "", fmt.Errorf("%w: empty", ErrBadToken)
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(token)
+	if err != nil {
+		return "", fmt.Errorf("%w %q: %v", ErrBadToken, clip(token), err)
+	}
+	if len(b) == 0 {
+		return "", fmt.Errorf("%w: empty connection id", ErrBadToken)
+	}
+	return string(b), nil
+}
+
+// clip shortens untrusted input before it is quoted in an error message.
+func clip(s string) string {
+	const max = 64
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
+}
