@@ -22,6 +22,12 @@ func ConnID(token string) (string, error) {
 	if token == "" {
 		return "", fmt.Errorf("%w: empty", ErrBadToken)
 	}
+	for i := 0; i < len(token); i++ {
+		// The decoder skips '\r' and '\n'; a subject token must not hold them.
+		if c := token[i]; !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return "", fmt.Errorf("%w %q: byte %q at %d is not base64url", ErrBadToken, clip(token), c, i)
+		}
+	}
 	b, err := base64.RawURLEncoding.Strict().DecodeString(token)
 	if err != nil {
 		return "", fmt.Errorf("%w %q: %v", ErrBadToken, clip(token), err)

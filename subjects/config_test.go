@@ -1,0 +1,111 @@
+package subjects_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+func TestConnOptionsFromEnv(t *testing.T) {
+	env := map[string]string{
+		"WSBRIDGE_NATS_URL": " nats://a:4222,nats://b:4222 ", "WSBRIDGE_NATS_USER": "u",
+		"WSBRIDGE_NATS_PASSWORD": "p", "WSBRIDGE_NATS_TLS_CA": "ca.pem", "NATS_URL": "ignored",
+	}
+	got := subjects.ConnOptionsFromEnv(func(k string) string { return env[k] })
+	want := subjects.ConnOptions{URL: "nats://a:4222,nats://b:4222", User: "u", Password: "p", TLSCA: "ca.pem"}
+	if got != want {
+		t.Errorf("ConnOptionsFromEnv = %+v, want %+v", got, want)
+	}
+}
+
+func TestConnOptionsValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		o       subjects.ConnOptions
+		wantErr bool
+	}{
+		{"none", subjects.ConnOptions{}, false},
+		{"user", subjects.ConnOptions{User: "u", Password: "p"}, false},
+		{"token and user", subjects.ConnOptions{Token: "t", User: "u"}, true},
+		{"creds and nkey", subjects.ConnOptions{Creds: "c", NKey: "k"}, true},
+		{"password alone", subjects.ConnOptions{Password: "p"}, true},
+		{"cert without key", subjects.ConnOptions{TLSCert: "c.pem"}, true},
+		{"cert and key", subjects.ConnOptions{TLSCert: "c.pem", TLSKey: "k.pem"}, false},
+	}
+	for _, tt := range tests {
+		if err := tt.o.Validate(); (err != nil) != tt.wantErr {
+			t.Errorf("%s: Validate() = %v, wantErr %v", tt.name, err, tt.wantErr)
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
+		{"nats://u:secret@h:4222,tls://tok@h2:4222", "nats://redacted@h:4222,tls://redacted@h2:4222"},
+		{"h:4222", "h:4222"},
+	}
+	for _, tt := range tests {
+		if got := subjects.RedactURL(tt.in); got != tt.want {
+			t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestConnectAuth dials real servers that demand each kind of credential.
+func TestConnectAuth(t *testing.T) {
+	kp, _ := nkeys.CreateUser()
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	seedFile := filepath.Join(t.TempDir(), "user.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		srv   server.Options
+		good  subjects.ConnOptions
+		wrong subjects.ConnOptions
+	}{
+		{"user", server.Options{Username: "u", Password: "p"},
+			subjects.ConnOptions{User: "u", Password: "p"}, subjects.ConnOptions{User: "u", Password: "x"}},
+		{"token", server.Options{Authorization: "s3cret"},
+			subjects.ConnOptions{Token: "s3cret"}, subjects.ConnOptions{Token: "nope"}},
+		{"nkey", server.Options{Nkeys: []*server.NkeyUser{{Nkey: pub}}},
+			subjects.ConnOptions{NKey: seedFile}, subjects.ConnOptions{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := tt.srv
+			o.Host, o.Port, o.NoLog, o.NoSigs = "127.0.0.1", -1, true, true
+			s, err := server.NewServer(&o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Start()
+			defer s.Shutdown()
+			if !s.ReadyForConnections(5 * time.Second) {
+				t.Fatal("server not ready")
+			}
+			tt.good.URL, tt.wrong.URL = s.ClientURL(), s.ClientURL()
+			nc, err := tt.good.Connect()
+			if err != nil {
+				t.Fatalf("connect with right credentials: %v", err)
+			}
+			nc.Close()
+			if nc, err := tt.wrong.Connect(); err == nil {
+				nc.Close()
+				t.Fatal("connect with wrong credentials succeeded")
+			}
+		})
+	}
+	if _, err := (subjects.ConnOptions{}).Connect(); err == nil {
+		t.Error("Connect without URL succeeded")
+	}
+}
