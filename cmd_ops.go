@@ -2,15 +2,361 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
 )
 
-func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "not built yet")
+// defaultOpsURL is where `wsbridge dev` serves NATS, so the operator commands
+// work against it with no configuration.
+const defaultOpsURL = "nats://127.0.0.1:4222"
+
+// opsFlags are the flags every operator command shares.
+type opsFlags struct {
+	conn    subjects.ConnOptions
+	prefix  string
+	timeout time.Duration
+}
+
+func newOpsFlags(name, synopsis string, stderr io.Writer) (*flag.FlagSet, *opsFlags) {
+	fs := newFlagSet(name, synopsis, stderr)
+	o := &opsFlags{conn: subjects.ConnOptions{URL: defaultOpsURL}, prefix: subjects.DefaultPrefix}
+	connFlags(fs, &o.conn)
+	fs.StringVar(&o.prefix, "prefix", o.prefix, "subject prefix")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for NATS")
+	return fs, o
+}
+
+// client connects and returns a subjects.Client; the caller closes nc.
+func (o *opsFlags) client() (*nats.Conn, *subjects.Client, error) {
+	o.conn.Name = "wsbridge-cli"
+	nc, err := o.conn.Connect(nats.MaxReconnects(0), nats.Timeout(o.timeout))
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := subjects.NewClient(nc, o.prefix)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, c, nil
+}
+
+// tokenArg accepts a connection token, or with byID a raw secConnectionID.
+func tokenArg(arg string, byID bool) (string, error) {
+	if byID {
+		if arg == "" {
+			return "", errors.New("empty connection id")
+		}
+		return subjects.Token(arg), nil
+	}
+	if _, err := subjects.ConnID(arg); err != nil {
+		return "", fmt.Errorf("%w (pass --id to give a raw secConnectionID)", err)
+	}
+	return arg, nil
+}
+
+// messageArg is the message argument, or standard input when it is "-".
+func messageArg(arg string, stdin io.Reader) ([]byte, error) {
+	if arg == "-" {
+		return io.ReadAll(stdin)
+	}
+	return []byte(arg), nil
+}
+
+func fail(stderr io.Writer, cmd string, err error) int {
+	fmt.Fprintf(stderr, "wsbridge %s: %v\n", cmd, err)
 	return 1
 }
-func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) int     { return runSend(ctx, args, stdout, stderr) }
-func runBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer) int { return runSend(ctx, args, stdout, stderr) }
-func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int      { return runSend(ctx, args, stdout, stderr) }
-func runConns(ctx context.Context, args []string, stdout, stderr io.Writer) int     { return runSend(ctx, args, stdout, stderr) }
+
+func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, o := newOpsFlags("send", " TOKEN MESSAGE|-", stderr)
+	binary := fs.Bool("binary", false, "send a binary frame")
+	byID := fs.Bool("id", false, "TOKEN is a raw secConnectionID")
+	if err := parseFlags(fs, args, nil); err != nil {
+		return exitCode(err)
+	}
+	if fs.NArg() != 2 {
+		fs.Usage()
+		return 2
+	}
+	tok, err := tokenArg(fs.Arg(0), *byID)
+	if err != nil {
+		return fail(stderr, "send", err)
+	}
+	data, err := messageArg(fs.Arg(1), os.Stdin)
+	if err != nil {
+		return fail(stderr, "send", err)
+	}
+	nc, c, err := o.client()
+	if err != nil {
+		return fail(stderr, "send", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	var opts []subjects.SendOption
+	if *binary {
+		opts = append(opts, subjects.Binary())
+	}
+	if err := c.Send(ctx, tok, data, opts...); err != nil {
+		return fail(stderr, "send", err)
+	}
+	fmt.Fprintf(stdout, "queued %d bytes on %s\n", len(data), c.Names().Send(tok))
+	return 0
+}
+
+func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, o := newOpsFlags("close", " TOKEN", stderr)
+	byID := fs.Bool("id", false, "TOKEN is a raw secConnectionID")
+	if err := parseFlags(fs, args, nil); err != nil {
+		return exitCode(err)
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return 2
+	}
+	tok, err := tokenArg(fs.Arg(0), *byID)
+	if err != nil {
+		return fail(stderr, "close", err)
+	}
+	nc, c, err := o.client()
+	if err != nil {
+		return fail(stderr, "close", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := c.Close(ctx, tok); err != nil {
+		return fail(stderr, "close", err)
+	}
+	fmt.Fprintf(stdout, "queued close on %s\n", c.Names().Close(tok))
+	return 0
+}
+
+func runBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, o := newOpsFlags("broadcast", " MESSAGE|-", stderr)
+	binary := fs.Bool("binary", false, "send a binary frame")
+	group := fs.String("group", "", "send only to this group")
+	user := fs.String("user", "", "send only to this user's connections")
+	exclude := fs.String("exclude", "", "connection tokens to skip, comma separated")
+	if err := parseFlags(fs, args, nil); err != nil {
+		return exitCode(err)
+	}
+	if fs.NArg() != 1 || (*group != "" && *user != "") {
+		fs.Usage()
+		return 2
+	}
+	data, err := messageArg(fs.Arg(0), os.Stdin)
+	if err != nil {
+		return fail(stderr, "broadcast", err)
+	}
+	nc, c, err := o.client()
+	if err != nil {
+		return fail(stderr, "broadcast", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	var opts []subjects.SendOption
+	if *binary {
+		opts = append(opts, subjects.Binary())
+	}
+	if *exclude != "" {
+		opts = append(opts, subjects.Exclude(strings.Split(*exclude, ",")...))
+	}
+	subject := c.Names().Broadcast()
+	switch {
+	case *group != "":
+		subject = c.Names().Group(*group)
+		err = c.SendGroup(ctx, *group, data, opts...)
+	case *user != "":
+		subject = c.Names().User(*user)
+		err = c.SendUser(ctx, *user, data, opts...)
+	default:
+		err = c.Broadcast(ctx, data, opts...)
+	}
+	if err != nil {
+		return fail(stderr, "broadcast", err)
+	}
+	fmt.Fprintf(stdout, "queued %d bytes on %s\n", len(data), subject)
+	return 0
+}
+
+// tailLine is one line of `wsbridge tail --json`.
+type tailLine struct {
+	Subject string            `json:"subject"`
+	Kind    string            `json:"kind"`
+	Token   string            `json:"token,omitempty"`
+	Headers map[string]string `json:"headers,omitempty"`
+	Data    string            `json:"data,omitempty"`
+	Error   string            `json:"error,omitempty"`
+}
+
+func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, o := newOpsFlags("tail", "", stderr)
+	dlq := fs.Bool("dlq", false, "also print dead letters")
+	asJSON := fs.Bool("json", false, "print one JSON object per line")
+	count := fs.Int("count", 0, "exit after this many lines (0: run until interrupted)")
+	if err := parseFlags(fs, args, nil); err != nil {
+		return exitCode(err)
+	}
+	nc, c, err := o.client()
+	if err != nil {
+		return fail(stderr, "tail", err)
+	}
+	defer nc.Close()
+	n := c.Names()
+	lines := make(chan tailLine, 256)
+	handle := func(m *nats.Msg) {
+		l := tailLine{Subject: m.Subject, Headers: map[string]string{}}
+		for k := range m.Header {
+			l.Headers[k] = m.Header.Get(k)
+		}
+		if s, err := n.Parse(m.Subject); err != nil {
+			l.Error = err.Error()
+		} else {
+			l.Kind, l.Token = string(s.Dir)+"."+string(s.Kind), s.Token
+		}
+		if m.Header.Get(subjects.HeaderDataType) == subjects.DataBinary {
+			l.Data = fmt.Sprintf("<%d bytes binary>", len(m.Data))
+		} else {
+			l.Data = string(m.Data)
+		}
+		select {
+		case lines <- l:
+		case <-ctx.Done():
+		}
+	}
+	subs := []string{n.Inbound()}
+	if *dlq {
+		subs = append(subs, n.DeadLetters())
+	}
+	for _, s := range subs {
+		sub, err := nc.Subscribe(s, handle)
+		if err != nil {
+			return fail(stderr, "tail", err)
+		}
+		defer sub.Unsubscribe()
+	}
+	if err := nc.Flush(); err != nil {
+		return fail(stderr, "tail", err)
+	}
+	fmt.Fprintf(stderr, "listening on %s\n", strings.Join(subs, " "))
+	enc := json.NewEncoder(stdout)
+	for printed := 0; *count == 0 || printed < *count; printed++ {
+		select {
+		case <-ctx.Done():
+			return 0
+		case l := <-lines:
+			if *asJSON {
+				_ = enc.Encode(l)
+				continue
+			}
+			extra := ""
+			if e := l.Headers[subjects.HeaderError]; e != "" {
+				extra = " error=" + e
+			}
+			if l.Error != "" {
+				extra = " (" + l.Error + ")"
+			}
+			fmt.Fprintf(stdout, "%s %s %s%s\n", l.Kind, l.Token, l.Data, extra)
+		}
+	}
+	return 0
+}
+
+func runConns(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, o := newOpsFlags("conns", "", stderr)
+	group := fs.String("group", "", "only connections in this group")
+	user := fs.String("user", "", "only connections of this user")
+	limit := fs.Int("limit", 0, "at most this many (0: all)")
+	asJSON := fs.Bool("json", false, "print the JSON reply")
+	if err := parseFlags(fs, args, nil); err != nil {
+		return exitCode(err)
+	}
+	nc, c, err := o.client()
+	if err != nil {
+		return fail(stderr, "conns", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	req := subjects.ConnListRequest{Group: *group, User: *user, Limit: *limit}
+	reply, err := listConns(ctx, nc, c, req)
+	if err != nil {
+		return fail(stderr, "conns", err)
+	}
+	if *asJSON {
+		_ = json.NewEncoder(stdout).Encode(reply)
+		return 0
+	}
+	for _, ce := range reply.Connections {
+		fmt.Fprintf(stdout, "%s\tuser=%s\tgroups=%s\tsince=%s\tip=%s\n", ce.Token, ce.UserID,
+			strings.Join(ce.Groups, ","), ce.ConnectedAt.Format(time.RFC3339), ce.SourceIP)
+	}
+	fmt.Fprintf(stderr, "%d of %d connections\n", len(reply.Connections), reply.Total)
+	return 0
+}
+
+// listConns asks the bridge (P.api.conn.list); with no bridge running it
+// reads the registry bucket itself, so the command works on its own.
+func listConns(ctx context.Context, nc *nats.Conn, c *subjects.Client, req subjects.ConnListRequest) (subjects.ConnListReply, error) {
+	var reply subjects.ConnListReply
+	body, _ := json.Marshal(req)
+	m, err := nc.RequestWithContext(ctx, c.Names().ConnList(), body)
+	if err == nil {
+		var apiErr subjects.APIError
+		if json.Unmarshal(m.Data, &apiErr) == nil && apiErr.Error != "" {
+			return reply, fmt.Errorf("bridge: %s", apiErr.Error)
+		}
+		if err := json.Unmarshal(m.Data, &reply); err != nil {
+			return reply, fmt.Errorf("bridge reply: %w", err)
+		}
+		return reply, nil
+	}
+	if !errors.Is(err, nats.ErrNoResponders) {
+		return reply, err
+	}
+	kv, err := c.JetStream().KeyValue(ctx, c.Names().Bucket())
+	if err != nil {
+		return reply, fmt.Errorf("no bridge answered and the registry is not readable: %w", err)
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		return reply, err
+	}
+	reply.Connections = []subjects.ConnectEvent{}
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return reply, err
+		}
+		var ce subjects.ConnectEvent
+		if json.Unmarshal(e.Value(), &ce) != nil {
+			continue
+		}
+		if (req.Group != "" && !slices.Contains(ce.Groups, req.Group)) || (req.User != "" && ce.UserID != req.User) {
+			continue
+		}
+		reply.Total++
+		if req.Limit == 0 || len(reply.Connections) < req.Limit {
+			reply.Connections = append(reply.Connections, ce)
+		}
+	}
+	return reply, nil
+}
