@@ -1,0 +1,101 @@
+package gateway
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestLoadSmall keeps Load working under -race with a handful of
+// connections; the figures come from BenchmarkConnections.
+func TestLoadSmall(t *testing.T) {
+	rep, err := Load(context.Background(), LoadOptions{Conns: 20, Rate: 200, Duration: 300 * time.Millisecond, Dialers: 4})
+	if err != nil {
+		t.Fatalf("Load: %v (%v)", err, rep)
+	}
+	if rep.Conns != 20 || rep.Sent == 0 || rep.Received != rep.Sent {
+		t.Errorf("report %v: want 20 connections and every round trip back", rep)
+	}
+	t.Log(rep)
+}
+
+// BenchmarkConnections holds many connections and measures memory per
+// connection and round-trip latency at a fixed message rate. It measures a
+// fixed workload, not b.N operations: run it with -benchtime=1x.
+// WSBRIDGE_BENCH_CONNS (default 1000), WSBRIDGE_BENCH_RATE (round trips per
+// second, default 1000) and WSBRIDGE_BENCH_DURATION (default 3s) change it:
+//
+//	WSBRIDGE_BENCH_CONNS=10000 go test -run '^$' -bench Connections -benchtime=1x ./test/gateway/
+func BenchmarkConnections(b *testing.B) {
+	opts := benchOptions(b)
+	// The clients run in a child process (this test binary, see
+	// TestLoadClientProcess) so the memory figures are the emulator's own
+	// and each process needs one descriptor per connection.
+	opts.ClientCmd = func(wsURL string) *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestLoadClientProcess$", "-test.count=1")
+		cmd.Env = append(os.Environ(),
+			"WSBRIDGE_LOAD_CLIENT_URL="+wsURL,
+			"WSBRIDGE_BENCH_CONNS="+strconv.Itoa(opts.Conns),
+			"WSBRIDGE_BENCH_RATE="+strconv.Itoa(opts.Rate),
+			"WSBRIDGE_BENCH_DURATION="+opts.Duration.String())
+		return cmd
+	}
+	var rep LoadReport
+	for i := 0; i < b.N; i++ {
+		var err error
+		if rep, err = Load(context.Background(), opts); err != nil {
+			b.Fatalf("Load: %v (%v)", err, rep)
+		}
+	}
+	b.ReportMetric(0, "ns/op") // a fixed workload: time per op means nothing
+	b.ReportMetric(float64(rep.Conns), "conns")
+	b.ReportMetric(rep.HeapPerConn, "heap-B/conn")
+	b.ReportMetric(rep.RSSPerConn, "rss-B/conn")
+	b.ReportMetric(float64(rep.P50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(rep.P99.Microseconds()), "p99-µs")
+	b.ReportMetric(float64(rep.Received), "round-trips")
+	b.Log(rep)
+}
+
+func envInt(tb testing.TB, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		tb.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
+}
+
+// benchOptions reads the WSBRIDGE_BENCH_* variables.
+func benchOptions(tb testing.TB) LoadOptions {
+	opts := LoadOptions{
+		Conns: envInt(tb, "WSBRIDGE_BENCH_CONNS", 1000),
+		Rate:  envInt(tb, "WSBRIDGE_BENCH_RATE", 1000),
+	}
+	if v := os.Getenv("WSBRIDGE_BENCH_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			tb.Fatalf("WSBRIDGE_BENCH_DURATION=%q: want a positive duration", v)
+		}
+		opts.Duration = d
+	}
+	return opts.withDefaults()
+}
+
+// TestLoadClientProcess is the client half of BenchmarkConnections when the
+// benchmark re-executes this test binary; otherwise it is skipped.
+func TestLoadClientProcess(t *testing.T) {
+	url := os.Getenv("WSBRIDGE_LOAD_CLIENT_URL")
+	if url == "" {
+		t.Skip("only runs as BenchmarkConnections' client process")
+	}
+	if err := RunLoadClients(context.Background(), url, benchOptions(t), os.Stdin, os.Stdout); err != nil {
+		t.Fatal(err)
+	}
+}

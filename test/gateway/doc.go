@@ -1,0 +1,13 @@
+// Package gateway emulates Tencent API Gateway's WebSocket API (SPEC §1) so
+// wsbridge can be run and tested on one machine.
+//
+// Like the real gateway it accepts WebSocket clients on one path, invokes a
+// registration function before completing the upgrade, a transfer function
+// for every client frame and a cleanup function exactly once when the
+// connection ends, and serves a reverse-push address where a backend POSTs
+// frames for clients or asks to close them.
+//
+// Functions are Invokers: the Go shape of scf-go-lib's cloudfunction.Handler,
+// so in-process handlers plug in directly, and RPCInvoker talks to a real
+// function binary over the SCF Go runtime's net/rpc protocol.
+package gateway

@@ -1,0 +1,139 @@
+package gateway
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/coder/websocket"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// servePush is the reverse-push address. It accepts exactly the two bodies
+// of SPEC §1 and answers every request with {"errNo":…,"errMsg":…}; being
+// strict here is what lets the emulator catch a bridge that sends anything
+// the real gateway might not take.
+func (g *Gateway) servePush(w http.ResponseWriter, r *http.Request) {
+	status, errNo, msg := g.push(w, r)
+	switch {
+	case status == http.StatusOK:
+		g.stats.pushOK.Add(1)
+	case status == http.StatusNotFound:
+		g.stats.pushNotFound.Add(1)
+	case status == http.StatusGone, status >= 500:
+		g.stats.pushFailed.Add(1)
+	default:
+		g.stats.pushInvalid.Add(1)
+	}
+	if status != http.StatusOK {
+		g.log.Debug("push refused", "status", status, "errMsg", msg)
+	}
+	writeReply(w, status, errNo, msg)
+}
+
+func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo int, msg string) {
+	bad := func(format string, a ...any) (int, int, string) {
+		return http.StatusBadRequest, http.StatusBadRequest, fmt.Sprintf(format, a...)
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return http.StatusMethodNotAllowed, http.StatusMethodNotAllowed, "method " + r.Method + " not allowed: push with POST"
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, g.maxPushBody()))
+	dec.DisallowUnknownFields()
+	var body subjects.PushBody
+	if err := dec.Decode(&body); err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return http.StatusRequestEntityTooLarge, http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("push body larger than %d bytes", mbe.Limit)
+		}
+		return bad("malformed push body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return bad("malformed push body: data after the JSON object")
+	}
+	ws := body.WebSocket
+	if ws.SecConnectionID == "" {
+		return bad("websocket.secConnectionID is required")
+	}
+
+	switch ws.Action {
+	case subjects.ActionDataSend:
+		var typ websocket.MessageType
+		var data []byte
+		switch ws.DataType {
+		case subjects.DataText:
+			typ, data = websocket.MessageText, []byte(ws.Data)
+		case subjects.DataBinary:
+			b, err := base64.StdEncoding.DecodeString(ws.Data)
+			if err != nil {
+				return bad("websocket.data is not valid base64 for dataType binary: %v", err)
+			}
+			typ, data = websocket.MessageBinary, b
+		default:
+			return bad("websocket.dataType %q: want %q or %q", ws.DataType, subjects.DataText, subjects.DataBinary)
+		}
+		if int64(len(data)) > g.opts.MaxMessageSize {
+			return http.StatusRequestEntityTooLarge, http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("message of %d bytes exceeds the %d byte limit", len(data), g.opts.MaxMessageSize)
+		}
+		// Not the request's context: a push whose caller gives up must not
+		// cut a frame in half, which would kill the client's connection.
+		ctx, cancel := context.WithTimeout(context.Background(), g.opts.WriteTimeout)
+		defer cancel()
+		c, status, errNo, msg := g.find(ctx, ws.SecConnectionID)
+		if c == nil {
+			return status, errNo, msg
+		}
+		if err := c.write(ctx, typ, data); err != nil {
+			return http.StatusGone, http.StatusGone, "connection closed: " + err.Error()
+		}
+		return http.StatusOK, 0, "ok"
+
+	case subjects.ActionClosing:
+		ctx, cancel := context.WithTimeout(context.Background(), g.opts.WriteTimeout)
+		defer cancel()
+		c, status, errNo, msg := g.find(ctx, ws.SecConnectionID)
+		if c == nil {
+			return status, errNo, msg
+		}
+		// Unreachable at once, so later pushes get 404; the handshake runs
+		// in the background because a client that never answers would hold
+		// this request for seconds. The reader then invokes cleanup.
+		g.remove(c)
+		go c.close(statusNormal, "")
+		return http.StatusOK, 0, "ok"
+
+	default:
+		return bad("websocket.action %q: want %q or %q", ws.Action, subjects.ActionDataSend, subjects.ActionClosing)
+	}
+}
+
+// find returns the accepted connection id, waiting while it is still being
+// upgraded; otherwise the answer to give.
+func (g *Gateway) find(ctx context.Context, id string) (_ *conn, status, errNo int, msg string) {
+	c := g.lookup(id)
+	if c == nil {
+		return nil, http.StatusNotFound, http.StatusNotFound, "connection not found"
+	}
+	ws, err := c.accepted(ctx)
+	if err != nil {
+		// Transient: the register function is still deciding.
+		return nil, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "connection is still being registered"
+	}
+	if ws == nil {
+		return nil, http.StatusNotFound, http.StatusNotFound, "connection not found"
+	}
+	return c, 0, 0, ""
+}
+
+// maxPushBody allows the largest message in its worst JSON encoding (every
+// byte escaped as \u00XX) plus the envelope.
+func (g *Gateway) maxPushBody() int64 {
+	return g.opts.MaxMessageSize*6 + 64<<10
+}

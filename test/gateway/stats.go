@@ -1,0 +1,46 @@
+package gateway
+
+import "sync/atomic"
+
+// Stats are the gateway's counters, for tests and the dev command. Counters
+// only grow, except ConnectionsOpen.
+type Stats struct {
+	ConnectionsOpen     int64  // accepted and not yet cleaned up
+	ConnectionsTotal    uint64 // accepted since start
+	ConnectionsRejected uint64 // upgrades refused: errNo, failed register, limits
+	FramesIn            uint64 // client frames handed to the transfer function
+	FramesOut           uint64 // frames written to clients by pushes
+	Invocations         uint64 // function invocations, every role
+	InvokeErrors        uint64 // failed invocations, every role
+	Cleanups            uint64 // cleanup invocations (one per accepted connection)
+	PushesOK            uint64 // push answered 200
+	PushesNotFound      uint64 // push to an unknown connection (404)
+	PushesInvalid       uint64 // malformed push: 400, 405, 413
+	PushesFailed        uint64 // push that failed: write error (410), still registering (503)
+}
+
+type counters struct {
+	open, total, rejected                         atomic.Int64
+	framesIn, framesOut                           atomic.Uint64
+	invocations, invokeErrors, cleanups           atomic.Uint64
+	pushOK, pushNotFound, pushInvalid, pushFailed atomic.Uint64
+}
+
+// Stats returns a snapshot of the counters.
+func (g *Gateway) Stats() Stats {
+	c := &g.stats
+	return Stats{
+		ConnectionsOpen:     c.open.Load(),
+		ConnectionsTotal:    uint64(c.total.Load()),
+		ConnectionsRejected: uint64(c.rejected.Load()),
+		FramesIn:            c.framesIn.Load(),
+		FramesOut:           c.framesOut.Load(),
+		Invocations:         c.invocations.Load(),
+		InvokeErrors:        c.invokeErrors.Load(),
+		Cleanups:            c.cleanups.Load(),
+		PushesOK:            c.pushOK.Load(),
+		PushesNotFound:      c.pushNotFound.Load(),
+		PushesInvalid:       c.pushInvalid.Load(),
+		PushesFailed:        c.pushFailed.Load(),
+	}
+}
