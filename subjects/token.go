@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 )
 
 // ErrBadToken reports a connection token that is not base64url (no padding)
@@ -42,7 +43,12 @@ func ConnID(token string) (string, error) {
 func clip(s string) string {
 	const max = 64
 	if len(s) > max {
-		return s[:max] + "…"
+		// Cut on a rune boundary so the message stays valid UTF-8.
+		cut := max
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		return s[:cut] + "…"
 	}
 	return s
 }
