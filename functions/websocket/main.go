@@ -1,0 +1,23 @@
+// Command websocket is the wsbridge SCF Go function one function serving the registration, transfer and cleanup roles, chosen by each event's websocket.action, for single-function deployments.
+//
+// Build it for SCF with
+//
+//	GOOS=linux GOARCH=amd64 go build -o main ./functions/websocket && zip websocket.zip main
+//
+// Configuration comes from WSBRIDGE_* environment variables (see
+// functions/README.md), read on the first invocation.
+package main
+
+import (
+	"github.com/tencentyun/scf-go-lib/cloudfunction"
+
+	"github.com/wsbridge/wsbridge/functions"
+)
+
+func main() {
+	// Configuration is read lazily: SCF may supply environment variables
+	// with the first invocation, and bad configuration must become a clear
+	// answer to every invocation, not a crash loop.
+	fn := functions.NewFromEnv(nil)
+	cloudfunction.Start(fn.WebSocket)
+}
