@@ -2,12 +2,154 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/subjects"
 )
 
-// runBridge is being built in the bridge package; placeholder until it lands.
+// bridgeConfig is everything `wsbridge bridge` reads from flags and the
+// environment.
+type bridgeConfig struct {
+	conn       subjects.ConnOptions
+	opts       bridge.Options
+	dataDir    string
+	natsListen string
+	logFormat  string
+	logLevel   string
+}
+
+func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
+	connFlags(fs, &c.conn)
+	o := &c.opts
+	fs.StringVar(&o.Prefix, "prefix", subjects.DefaultPrefix, "subject prefix (streams and bucket derive from it)")
+	fs.StringVar(&o.PushURL, "push-url", "", "the gateway's WebSocket reverse-push address (required)")
+	fs.StringVar(&o.HTTPAddr, "http-addr", bridge.DefaultHTTPAddr, "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&c.dataDir, "data-dir", "wsbridge-data", "JetStream storage of the embedded NATS server (when --nats-url is empty)")
+	fs.StringVar(&c.natsListen, "nats-listen", "127.0.0.1:4222", "listen address of the embedded NATS server (when --nats-url is empty)")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.IntVar(&o.Concurrency, "push-concurrency", bridge.DefaultConcurrency, "pushes in flight at once (and HTTP connections to the gateway)")
+	fs.DurationVar(&o.PushTimeout, "push-timeout", bridge.DefaultPushTimeout, "timeout of one push")
+	fs.Float64Var(&o.PushRate, "push-rate", 0, "pushes per second at most (0: unlimited)")
+	fs.IntVar(&o.PushBurst, "push-burst", 0, "burst of the push rate limit (0: push-concurrency)")
+	fs.IntVar(&o.MaxAttempts, "max-attempts", bridge.DefaultMaxAttempts, "push attempts before a transient failure is dead-lettered")
+	fs.DurationVar(&o.BackoffBase, "retry-backoff", bridge.DefaultBackoffBase, "delay after the first transient failure (doubles each attempt)")
+	fs.DurationVar(&o.BackoffMax, "retry-backoff-max", bridge.DefaultBackoffMax, "maximum delay between attempts")
+	fs.IntVar(&o.MaxDeliver, "max-deliver", bridge.DefaultMaxDeliver, "dead-letter a message JetStream delivered this many times without an outcome")
+	fs.DurationVar(&o.AckWait, "ack-wait", bridge.DefaultAckWait, "how long a message held by a dead bridge waits before redelivery")
+	fs.IntVar(&o.MaxAckPending, "max-ack-pending", bridge.DefaultMaxAckPending, "messages held unacknowledged by all bridges at most")
+	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", bridge.DefaultShutdownTimeout, "time in-flight pushes get to finish on SIGINT/SIGTERM")
+	fs.IntVar(&o.Streams.Replicas, "replicas", 1, "replicas of the streams and bucket (3 on a cluster)")
+	fs.DurationVar(&o.Streams.RegistryTTL, "registry-ttl", 0, "TTL of registry records, the safety net for lost disconnects (0: 24h)")
+	fs.DurationVar(&o.Streams.OutMaxAge, "out-max-age", 0, "undelivered outbound commands expire after this (0: 24h)")
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	ho := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, ho)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
+
+// runBridge runs the bridge daemon until SIGINT/SIGTERM (ctx), then drains.
 func runBridge(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "wsbridge bridge: not built yet")
-	return 1
+	fs := newFlagSet("bridge", "\n\nConsume outbound subjects and push them to the gateway's reverse-push address.", stderr)
+	var c bridgeConfig
+	bridgeFlags(fs, &c)
+	if err := parseFlags(fs, args, nil); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "wsbridge bridge:", err)
+		}
+		return exitCode(err)
+	}
+	log, err := newLogger(stderr, c.logFormat, c.logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "wsbridge bridge:", err)
+		return 2
+	}
+	if err := c.opts.WithDefaults().Validate(); err != nil {
+		fmt.Fprintln(stderr, "wsbridge bridge:", err)
+		return 2
+	}
+	if err := runBridgeDaemon(ctx, c, log); err != nil {
+		log.Error("bridge failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func runBridgeDaemon(ctx context.Context, c bridgeConfig, log *slog.Logger) error {
+	c.conn.Name = "wsbridge-bridge"
+	var nc *nats.Conn
+	if c.conn.URL == "" {
+		host, port, err := splitHostPort(c.natsListen)
+		if err != nil {
+			return err
+		}
+		dir, err := filepath.Abs(c.dataDir)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+		s, err := bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: host, Port: port, StoreDir: dir})
+		if err != nil {
+			return err
+		}
+		defer func() { s.Shutdown(); s.WaitForShutdown() }()
+		log.Info("embedded NATS with JetStream", "url", s.ClientURL(), "data_dir", dir)
+		nc, err = nats.Connect(s.ClientURL(), nats.InProcessServer(s), nats.Name(c.conn.Name), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("connect embedded nats: %w", err)
+		}
+	} else {
+		var err error
+		nc, err = c.conn.Connect(
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
+			nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "url", subjects.RedactURL(nc.ConnectedUrl())) }),
+		)
+		if err != nil {
+			return err
+		}
+		log.Info("connected to NATS", "url", subjects.RedactURL(nc.ConnectedUrl()))
+	}
+	defer nc.Close()
+	reg := prometheus.NewRegistry()
+	b, err := bridge.New(c.opts, bridge.Deps{Conn: nc, Logger: log, Registry: reg})
+	if err != nil {
+		return err
+	}
+	return b.Run(ctx)
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	i := strings.LastIndex(addr, ":")
+	if i < 0 {
+		return "", 0, fmt.Errorf("nats listen address %q: want host:port", addr)
+	}
+	var port int
+	if _, err := fmt.Sscanf(addr[i+1:], "%d", &port); err != nil {
+		return "", 0, fmt.Errorf("nats listen address %q: bad port", addr)
+	}
+	return strings.Trim(addr[:i], "[]"), port, nil
 }

@@ -1,0 +1,209 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// apiQueue is the queue group of the request-reply API: each request is
+// answered by one bridge instance.
+const apiQueue = "wsbridge-api"
+
+// maxList bounds a conn.list answer so it fits in a NATS message.
+const maxList = 1000
+
+// errNotFound is the API's answer for an unknown token.
+var errNotFound = errors.New("connection not found")
+
+func (b *Bridge) serveAPI() error {
+	routes := []struct {
+		subject string
+		h       func(context.Context, []byte) (any, error)
+	}{
+		{b.names.ConnGet(), b.apiConnGet},
+		{b.names.ConnList(), b.apiConnList},
+		{b.names.GroupAdd(), func(ctx context.Context, d []byte) (any, error) { return b.apiGroup(ctx, d, true) }},
+		{b.names.GroupRemove(), func(ctx context.Context, d []byte) (any, error) { return b.apiGroup(ctx, d, false) }},
+	}
+	for _, r := range routes {
+		h := r.h
+		subject := r.subject
+		sub, err := b.nc.QueueSubscribe(subject, apiQueue, func(m *nats.Msg) {
+			ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+			defer cancel()
+			out, err := h(ctx, m.Data)
+			if err != nil {
+				b.log.Debug("api error", "subject", subject, "err", err)
+				out = subjects.APIError{Error: err.Error()}
+			}
+			data, mErr := json.Marshal(out)
+			if mErr != nil {
+				data, _ = json.Marshal(subjects.APIError{Error: "encode reply: " + mErr.Error()})
+			}
+			if m.Reply == "" {
+				return
+			}
+			if err := m.Respond(data); err != nil {
+				b.log.Warn("api reply failed", "subject", subject, "err", err)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		b.subs = append(b.subs, sub)
+	}
+	return nil
+}
+
+func decodeRequest(data []byte, v any) error {
+	if len(data) == 0 {
+		data = []byte("{}")
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("bad request: %w", err)
+	}
+	return nil
+}
+
+func (b *Bridge) apiConnGet(ctx context.Context, data []byte) (any, error) {
+	var req subjects.ConnGetRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if _, err := subjects.ConnID(req.Token); err != nil {
+		return nil, err
+	}
+	e, err := b.kv.Get(ctx, req.Token)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return nil, errNotFound
+		}
+		return nil, fmt.Errorf("registry get: %w", err)
+	}
+	return json.RawMessage(e.Value()), nil
+}
+
+func (b *Bridge) apiConnList(ctx context.Context, data []byte) (any, error) {
+	var req subjects.ConnListRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	limit := req.Limit
+	if limit <= 0 || limit > maxList {
+		limit = maxList
+	}
+	var tokens []string
+	switch {
+	case req.Group != "" && req.User != "":
+		users := map[string]bool{}
+		for _, t := range b.idx.user(req.User, nil) {
+			users[t] = true
+		}
+		for _, t := range b.idx.group(req.Group, nil) {
+			if users[t] {
+				tokens = append(tokens, t)
+			}
+		}
+	case req.Group != "":
+		tokens = b.idx.group(req.Group, nil)
+	case req.User != "":
+		tokens = b.idx.user(req.User, nil)
+	default:
+		tokens = b.idx.all(nil)
+	}
+	reply := subjects.ConnListReply{Total: len(tokens), Connections: []subjects.ConnectEvent{}}
+	for _, t := range tokens {
+		if len(reply.Connections) >= limit {
+			break
+		}
+		e, err := b.kv.Get(ctx, t)
+		if err != nil {
+			continue // deleted since the index saw it
+		}
+		var ev subjects.ConnectEvent
+		if err := json.Unmarshal(e.Value(), &ev); err != nil {
+			ev = subjects.ConnectEvent{Token: t}
+		}
+		reply.Connections = append(reply.Connections, ev)
+	}
+	return reply, nil
+}
+
+// apiGroup adds or removes groups on a registry record with optimistic
+// concurrency: a concurrent writer makes Update fail, and the change is
+// re-applied to the fresh record.
+func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, error) {
+	var req subjects.GroupRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if _, err := subjects.ConnID(req.Token); err != nil {
+		return nil, err
+	}
+	if len(req.Groups) == 0 {
+		return nil, errors.New("no groups given")
+	}
+	for _, g := range req.Groups {
+		if err := subjects.ValidName(g); err != nil {
+			return nil, fmt.Errorf("group: %w", err)
+		}
+	}
+	for try := 0; try < 10; try++ {
+		e, err := b.kv.Get(ctx, req.Token)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+				return nil, errNotFound
+			}
+			return nil, fmt.Errorf("registry get: %w", err)
+		}
+		// Keep every field of the record as it is, unknown ones included.
+		var rec map[string]json.RawMessage
+		if err := json.Unmarshal(e.Value(), &rec); err != nil || rec == nil {
+			return nil, fmt.Errorf("registry record of %s is not a JSON object", req.Token)
+		}
+		var groups []string
+		if raw, ok := rec["groups"]; ok {
+			_ = json.Unmarshal(raw, &groups)
+		}
+		for _, g := range req.Groups {
+			i := slices.Index(groups, g)
+			switch {
+			case add && i < 0:
+				groups = append(groups, g)
+			case !add && i >= 0:
+				groups = slices.Delete(groups, i, i+1)
+			}
+		}
+		if groups == nil {
+			groups = []string{}
+		}
+		raw, _ := json.Marshal(groups)
+		rec["groups"] = raw
+		value, err := json.Marshal(rec)
+		if err != nil {
+			return nil, fmt.Errorf("encode record: %w", err)
+		}
+		if _, err := b.kv.Update(ctx, req.Token, value, e.Revision()); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+				continue
+			}
+			return nil, fmt.Errorf("registry update: %w", err)
+		}
+		return json.RawMessage(value), nil
+	}
+	return nil, errors.New("registry update: too many concurrent writers, try again")
+}
+
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}

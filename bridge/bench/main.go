@@ -1,0 +1,379 @@
+// Command bench measures the bridge on this machine: drain rate against a
+// plain Go HTTP client posting the same bodies, the seed's naive pattern,
+// publish-to-post latency at a fixed offered rate, and the memory of a
+// bridge indexing a large registry.
+//
+//	go run ./bridge/bench [-n 100000] [-conns 1000] [-concurrency 64] [-rate 2000] [-duration 5s] [-registry 100000]
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+var cpuProfile string
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "child-bridge" {
+		os.Exit(childBridge(os.Args[2:]))
+	}
+	n := flag.Int("n", 100000, "messages to drain")
+	conns := flag.Int("conns", 1000, "connections the messages are spread over")
+	conc := flag.Int("concurrency", 64, "pushes in flight (bridge) and posting goroutines (plain client)")
+	naiveN := flag.Int("naive-n", 3000, "posts of the naive baseline (sequential, no keep-alive)")
+	offered := flag.Float64("rate", 2000, "offered rate of the latency run, messages per second")
+	dur := flag.Duration("duration", 5*time.Second, "length of the latency run")
+	registry := flag.Int("registry", 100000, "registry size of the memory run (0 skips it)")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bridge drain to this file")
+	flag.Parse()
+	if err := run(*n, *conns, *conc, *naiveN, *offered, *dur, *registry); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// target is the loopback reverse-push address: it answers like the gateway
+// and records, for bodies carrying a timestamp, publish-to-post latency.
+type target struct {
+	count atomic.Int64
+	mu    sync.Mutex
+	lat   []time.Duration
+}
+
+func (tg *target) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var body subjects.PushBody
+	data, _ := io.ReadAll(r.Body)
+	if err := json.Unmarshal(data, &body); err == nil {
+		if ts, ok := strings.CutPrefix(body.WebSocket.Data, "t="); ok {
+			if ns, err := strconv.ParseInt(ts[:strings.IndexByte(ts+" ", ' ')], 10, 64); err == nil {
+				d := time.Since(time.Unix(0, ns))
+				tg.mu.Lock()
+				tg.lat = append(tg.lat, d)
+				tg.mu.Unlock()
+			}
+		}
+	}
+	tg.count.Add(1)
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`{"errNo":0,"errMsg":"ok"}`))
+}
+
+func waitCount(tg *target, want int64, bound time.Duration) error {
+	deadline := time.Now().Add(bound)
+	for tg.count.Load() < want {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d posts after %v", tg.count.Load(), want, bound)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
+func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registry int) error {
+	dir, err := os.MkdirTemp("", "wsbridge-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	s, err := bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: "127.0.0.1", Port: -1, StoreDir: dir})
+	if err != nil {
+		return err
+	}
+	defer s.Shutdown()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		return err
+	}
+	names := subjects.MustNew("")
+	ctx := context.Background()
+	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{}); err != nil {
+		return err
+	}
+	tg := &target{}
+	srv := httptest.NewServer(tg)
+	defer srv.Close()
+	fmt.Printf("wsbridge bench: GOMAXPROCS=%d, %d messages over %d connections, concurrency %d\n", runtime.GOMAXPROCS(0), n, conns, conc)
+
+	payload := strings.Repeat("x", 64)
+	tokens := make([]string, conns)
+	for i := range tokens {
+		tokens[i] = subjects.Token(fmt.Sprintf("bench-conn-%06d==", i))
+	}
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte(payload)); err != nil {
+			return err
+		}
+	}
+	<-js.PublishAsyncComplete()
+	fmt.Printf("preload:   %d messages stored in %v\n", n, time.Since(start).Round(time.Millisecond))
+
+	// 1. The bridge drains the preloaded messages.
+	opts := bridge.Options{PushURL: srv.URL + "/api-bench", Concurrency: conc, ShutdownTimeout: 5 * time.Second}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bridge.New(opts, bridge.Deps{Conn: nc, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	start = time.Now()
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	if err := waitCount(tg, int64(n), 10*time.Minute); err != nil {
+		return err
+	}
+	bridgeTook := time.Since(start)
+	if cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	_ = b.Stop(ctx)
+	bridgeRate := float64(n) / bridgeTook.Seconds()
+	fmt.Printf("bridge:    %8.0f msg/s  (%d pushes in %v)\n", bridgeRate, n, bridgeTook.Round(time.Millisecond))
+
+	// 2. A plain keep-alive client posting the same bodies, same concurrency.
+	bodies := make([][]byte, n)
+	for i := range bodies {
+		id, _ := subjects.ConnID(tokens[i%conns])
+		bodies[i], _ = json.Marshal(subjects.PushBody{WebSocket: subjects.GatewayWebSocket{
+			Action: subjects.ActionDataSend, SecConnectionID: id, DataType: subjects.DataText, Data: payload}})
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConns: conc, MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}, Timeout: 10 * time.Second}
+	tg.count.Store(0)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start = time.Now()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				post(client, srv.URL+"/api-bench", bodies[i])
+			}
+		}()
+	}
+	wg.Wait()
+	plainTook := time.Since(start)
+	plainRate := float64(n) / plainTook.Seconds()
+	fmt.Printf("plain:     %8.0f msg/s  (%d posts in %v)\n", plainRate, n, plainTook.Round(time.Millisecond))
+	fmt.Printf("ratio:     bridge/plain = %.2f\n", bridgeRate/plainRate)
+
+	// 3. The seed's pattern: one blocking post per message, a new
+	// connection each time, sequential.
+	naive := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	start = time.Now()
+	for i := 0; i < naiveN && i < n; i++ {
+		post(naive, srv.URL+"/api-bench", bodies[i])
+	}
+	naiveTook := time.Since(start)
+	naiveRate := float64(min(naiveN, n)) / naiveTook.Seconds()
+	fmt.Printf("naive:     %8.0f msg/s  (%d sequential posts without keep-alive in %v); bridge is %.0fx\n",
+		naiveRate, min(naiveN, n), naiveTook.Round(time.Millisecond), bridgeRate/naiveRate)
+
+	// 4. Latency at a fixed offered rate.
+	b, err = bridge.New(opts, bridge.Deps{Conn: nc, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	tg.count.Store(0)
+	total := int(offered * dur.Seconds())
+	interval := time.Duration(float64(time.Second) / offered)
+	start = time.Now()
+	for i := 0; i < total; i++ {
+		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		data := "t=" + strconv.FormatInt(time.Now().UnixNano(), 10) + " " + payload
+		if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte(data)); err != nil {
+			return err
+		}
+	}
+	<-js.PublishAsyncComplete()
+	if err := waitCount(tg, int64(total), time.Minute); err != nil {
+		return err
+	}
+	_ = b.Stop(ctx)
+	tg.mu.Lock()
+	lat := slices.Clone(tg.lat)
+	tg.mu.Unlock()
+	slices.Sort(lat)
+	pct := func(p float64) time.Duration { return lat[int(float64(len(lat)-1)*p)] }
+	fmt.Printf("latency:   %d msg at %.0f msg/s: p50 %v, p99 %v, max %v (publish -> post received)\n",
+		len(lat), offered, pct(0.50).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
+
+	// 5. Memory of a bridge process indexing the registry.
+	if registry > 0 {
+		if err := registerMany(ctx, js, names, registry); err != nil {
+			return err
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(exe, "child-bridge", s.ClientURL(), srv.URL+"/api-bench", strconv.Itoa(registry))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("child bridge: %v\n%s", err, out)
+		}
+		fmt.Printf("memory:    %s", out)
+	}
+	return nil
+}
+
+func post(c *http.Client, url string, body []byte) {
+	resp, err := c.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "post:", err)
+		return
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+}
+
+func registerMany(ctx context.Context, js jetstream.JetStream, names subjects.Names, n int) error {
+	kv, err := js.KeyValue(ctx, names.Bucket())
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				id := fmt.Sprintf("reg-conn-%07d==", i)
+				ev := subjects.ConnectEvent{ConnectionID: id, Token: subjects.Token(id), ConnectedAt: time.Now().UTC(),
+					SourceIP: "203.0.113.7", ServiceID: "service-bench", Stage: "release",
+					UserID: "user-" + strconv.Itoa(int(i%50000)), Groups: []string{"room-" + strconv.Itoa(int(i%1000))}}
+				data, _ := json.Marshal(ev)
+				if _, err := kv.Put(ctx, ev.Token, data); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+	fmt.Printf("registry:  %d connections registered in %v\n", n, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// childBridge runs only a bridge against the given NATS URL, waits until it
+// indexed want connections, and prints its resident memory.
+func childBridge(args []string) int {
+	if len(args) != 3 {
+		fmt.Println("child-bridge <nats-url> <push-url> <registry-size>")
+		return 2
+	}
+	want, _ := strconv.Atoi(args[2])
+	nc, err := nats.Connect(args[0])
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer nc.Close()
+	b, err := bridge.New(bridge.Options{PushURL: args[1]}, bridge.Deps{Conn: nc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	start := time.Now()
+	ctx := context.Background()
+	if err := b.Start(ctx); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer b.Stop(ctx)
+	for {
+		mfs, _ := b.Registry().Gather()
+		size := 0.0
+		for _, mf := range mfs {
+			if mf.GetName() == "wsbridge_registry_connections" {
+				size = mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		if int(size) >= want || time.Since(start) > 2*time.Minute {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took := time.Since(start)
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Printf("bridge process indexed %d connections in %v: VmRSS %s, Go heap in use %.1f MB after GC\n",
+		want, took.Round(time.Millisecond), vmRSS(), float64(ms.HeapInuse)/(1<<20))
+	return 0
+}
+
+func vmRSS() string {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) == 2 {
+				kb, _ := strconv.Atoi(f[0])
+				return fmt.Sprintf("%.1f MB", float64(kb)/1024)
+			}
+		}
+	}
+	return "unknown"
+}

@@ -1,0 +1,719 @@
+package bridge
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+
+	"github.com/wsbridge/wsbridge/metrics"
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// pullExpiry is the lifetime of the consumer's pull requests. Short, because
+// a stopped or dead instance's requests linger at the server until they
+// expire, and redeliveries made meanwhile can lose their order (see stop).
+const pullExpiry = 2 * time.Second
+
+// ErrStopped is returned by Start on a bridge that was stopped.
+var ErrStopped = errors.New("bridge stopped")
+
+// Bridge consumes the outbound stream and turns each command into reverse
+// pushes to the gateway. Build one with New, then Run it (or Start and Stop).
+type Bridge struct {
+	opts   Options
+	names  subjects.Names
+	policy Policy
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	m      *metrics.Metrics
+	pusher *pusher
+
+	kv   jetstream.KeyValue
+	cons jetstream.Consumer
+	cc   jetstream.ConsumeContext
+	idx  *index
+	subs []*nats.Subscription
+
+	mu    sync.Mutex
+	lanes map[string]*lane
+	held  map[uint64]*delivery
+	ready *readyQueue
+	// giveBack collects the messages to NAK when stopping; gaveBack is set
+	// once they were.
+	giveBack []jetstream.Msg
+	gaveBack bool
+
+	started   atomic.Bool
+	stopping  atomic.Bool
+	synced    atomic.Bool
+	consuming atomic.Bool
+	stopCh    chan struct{}      // closed when Stop begins
+	quit      chan struct{}      // closed when workers and loops must exit
+	bgCtx     context.Context    // background loops (KV watch, sampler)
+	bgCancel  context.CancelFunc // cancels bgCtx
+	pushCtx   context.Context    // cancelled at the shutdown deadline
+	cancel    context.CancelFunc // cancels pushCtx
+	syncedCh  chan struct{}
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
+	stopErr   error
+	stopDone  chan struct{}
+	httpSrv   *http.Server
+	httpAddr  net.Addr
+	httpDone  chan struct{}
+	lastRecon uint64
+}
+
+// New checks the options and builds a bridge; it does not touch the network.
+func New(o Options, deps Deps) (*Bridge, error) {
+	o = o.WithDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("bridge options: %w", err)
+	}
+	if deps.Conn == nil {
+		return nil, errors.New("bridge: a NATS connection is required")
+	}
+	names, err := subjects.New(o.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(deps.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: jetstream: %w", err)
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	reg := deps.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	hc := deps.HTTPClient
+	if hc == nil {
+		hc = newHTTPClient(o.Concurrency, o.PushTimeout)
+	}
+	p := &pusher{client: hc, url: o.PushURL}
+	if o.PushRate > 0 {
+		p.limiter = rate.NewLimiter(rate.Limit(o.PushRate), o.PushBurst)
+	}
+	b := &Bridge{
+		opts:     o,
+		names:    names,
+		policy:   o.policy(),
+		nc:       deps.Conn,
+		js:       js,
+		log:      log.With("component", "bridge"),
+		reg:      reg,
+		m:        metrics.New(reg),
+		pusher:   p,
+		idx:      newIndex(),
+		lanes:    map[string]*lane{},
+		held:     map[uint64]*delivery{},
+		ready:    newReadyQueue(),
+		stopCh:   make(chan struct{}),
+		quit:     make(chan struct{}),
+		syncedCh: make(chan struct{}),
+		stopDone: make(chan struct{}),
+	}
+	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
+	b.pushCtx, b.cancel = context.WithCancel(context.Background())
+	return b, nil
+}
+
+// Metrics returns the bridge's instruments.
+func (b *Bridge) Metrics() *metrics.Metrics { return b.m }
+
+// Registry returns the registry /metrics serves.
+func (b *Bridge) Registry() *prometheus.Registry { return b.reg }
+
+// Names returns the subject names under the bridge's prefix.
+func (b *Bridge) Names() subjects.Names { return b.names }
+
+// Run starts the bridge, serves until ctx is done, then stops it within
+// ShutdownTimeout. It returns nil after a clean stop.
+func (b *Bridge) Run(ctx context.Context) error {
+	if err := b.Start(ctx); err != nil {
+		_ = b.Stop(context.Background())
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-b.stopCh: // stopped by someone else
+	}
+	return b.Stop(context.Background())
+}
+
+// Start provisions the streams and bucket, loads the registry index, and
+// starts consuming, serving the API and (with HTTPAddr) the ops endpoints.
+// It returns once the bridge is consuming.
+func (b *Bridge) Start(ctx context.Context) error {
+	if b.stopping.Load() {
+		return ErrStopped
+	}
+	if !b.started.CompareAndSwap(false, true) {
+		return errors.New("bridge already started")
+	}
+	b.log.Info("starting", "prefix", b.names.Prefix(), "push", redactPushURL(b.opts.PushURL),
+		"concurrency", b.opts.Concurrency, "max_attempts", b.opts.MaxAttempts, "push_rate", b.opts.PushRate)
+	if b.opts.HTTPAddr != "" {
+		if err := b.serveHTTP(); err != nil {
+			return err
+		}
+	}
+	if err := subjects.Provision(ctx, b.js, b.names, b.opts.Streams); err != nil {
+		return err
+	}
+	kv, err := b.js.KeyValue(ctx, b.names.Bucket())
+	if err != nil {
+		return fmt.Errorf("registry bucket %s: %w", b.names.Bucket(), err)
+	}
+	b.kv = kv
+	w, err := kv.WatchAll(b.bgCtx)
+	if err != nil {
+		return fmt.Errorf("watch registry %s: %w", b.names.Bucket(), err)
+	}
+	b.wg.Add(1)
+	go b.watch(w)
+	// Fan-outs expand through the index, so it must be loaded before the
+	// first broadcast is consumed.
+	select {
+	case <-b.syncedCh:
+	case <-ctx.Done():
+		return fmt.Errorf("load registry index: %w", ctx.Err())
+	}
+	b.log.Info("registry index loaded", "connections", b.idx.size())
+
+	if err := b.serveAPI(); err != nil {
+		return err
+	}
+	sub, err := b.nc.Subscribe(b.names.Inbound(), b.countInbound)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", b.names.Inbound(), err)
+	}
+	b.subs = append(b.subs, sub)
+
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, b.names.StreamOut(), jetstream.ConsumerConfig{
+		Durable:       b.names.Consumer(),
+		Description:   "wsbridge bridges: reverse pushes",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       b.opts.AckWait,
+		MaxAckPending: b.opts.MaxAckPending,
+		// Unlimited at the server: the bridge counts deliveries itself and
+		// dead-letters, because a server-side MaxDeliver leaves the message
+		// in the stream with only an advisory as trace.
+		MaxDeliver:    -1,
+		FilterSubject: b.names.Outbound(),
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Replicas:      b.opts.Streams.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s on %s: %w", b.names.Consumer(), b.names.StreamOut(), err)
+	}
+	b.cons = cons
+	for i := 0; i < b.opts.Concurrency; i++ {
+		b.wg.Add(1)
+		go b.worker()
+	}
+	b.wg.Add(2)
+	go b.keepAlive()
+	go b.sample()
+	batch := min(b.opts.MaxAckPending, 1000)
+	cc, err := cons.Consume(b.handle,
+		jetstream.PullMaxMessages(batch),
+		jetstream.PullExpiry(pullExpiry),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if b.stopping.Load() {
+				return
+			}
+			b.log.Warn("consume", "err", err)
+		}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", b.names.Consumer(), err)
+	}
+	b.cc = cc
+	b.consuming.Store(true)
+	b.log.Info("consuming", "stream", b.names.StreamOut(), "consumer", b.names.Consumer())
+	return nil
+}
+
+// Ready reports why the bridge cannot do its work, or nil: NATS connected,
+// registry index loaded, consumer running.
+func (b *Bridge) Ready() error {
+	switch {
+	case b.stopping.Load():
+		return errors.New("stopping")
+	case !b.nc.IsConnected():
+		return fmt.Errorf("nats not connected (%s)", b.nc.Status())
+	case !b.synced.Load():
+		return errors.New("registry index not loaded")
+	case !b.consuming.Load() || b.cc == nil:
+		return errors.New("consumer not running")
+	}
+	select {
+	case <-b.cc.Closed():
+		return errors.New("consumer closed")
+	default:
+	}
+	return nil
+}
+
+// Stop stops consuming, lets in-flight pushes finish within ShutdownTimeout
+// (or ctx), hands every message not pushed back to JetStream, and stops the
+// API and ops endpoints. It is idempotent: later calls wait for the first.
+func (b *Bridge) Stop(ctx context.Context) error {
+	b.stopOnce.Do(func() {
+		defer close(b.stopDone)
+		b.stopErr = b.stop(ctx)
+	})
+	<-b.stopDone
+	return b.stopErr
+}
+
+func (b *Bridge) stop(ctx context.Context) error {
+	b.stopping.Store(true)
+	close(b.stopCh)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, b.opts.ShutdownTimeout)
+	defer cancel()
+	if b.cc != nil {
+		// Drain: no more pulls; buffered messages reach handle, which
+		// keeps them to NAK in order at the end, so another instance gets
+		// them without waiting for the ack wait.
+		b.cc.Drain()
+	}
+	b.consuming.Store(false)
+	for _, s := range b.subs {
+		_ = s.Unsubscribe()
+	}
+	// Workers abandon lanes they pick up; in-flight pushes finish.
+	drained := b.waitHeld(ctx)
+	if !drained {
+		b.log.Warn("shutdown timeout: cancelling in-flight pushes", "held", b.heldCount())
+		b.cancel()
+		wait, c2 := context.WithTimeout(context.Background(), 5*time.Second)
+		drained = b.waitHeld(wait)
+		c2()
+	}
+	b.cancel()
+	close(b.quit)
+	b.bgCancel()
+	b.wg.Wait()
+	if b.cc != nil {
+		// Drain ends once the buffered messages went through handle.
+		select {
+		case <-b.cc.Closed():
+		case <-time.After(2 * time.Second):
+			b.cc.Stop()
+		}
+	}
+	if b.giveBackCount() > 0 {
+		// The server keeps this instance's pull requests until they expire
+		// and, while it has any, a NAKed message it pops for one goes to
+		// the back of its redelivery queue: wait them out so the NAKs
+		// below are redelivered in stream order.
+		select {
+		case <-time.After(pullExpiry + 250*time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+	if n := b.giveBackAll(); n > 0 {
+		b.log.Info("handed messages back to JetStream", "count", n)
+	}
+	var errs []error
+	if !drained {
+		errs = append(errs, fmt.Errorf("stop: %d messages still held; JetStream redelivers them after the ack wait", b.heldCount()))
+	}
+	// Acks and NAKs are fire-and-forget publishes: make sure they left.
+	if b.nc.IsConnected() {
+		if err := b.nc.FlushTimeout(2 * time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("stop: flush acks: %w", err))
+		}
+	}
+	if b.httpSrv != nil {
+		hctx, c3 := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = b.httpSrv.Shutdown(hctx)
+		c3()
+		<-b.httpDone
+	}
+	b.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
+	return errors.Join(errs...)
+}
+
+func (b *Bridge) heldCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.held)
+}
+
+// waitHeld waits until no message is held or ctx ends; it reports whether
+// everything was settled.
+func (b *Bridge) waitHeld(ctx context.Context) bool {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if b.heldCount() == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return b.heldCount() == 0
+		case <-t.C:
+		}
+	}
+}
+
+// handle receives each outbound message from the consumer (one goroutine,
+// in delivery order) and queues its pushes.
+func (b *Bridge) handle(m jetstream.Msg) {
+	if b.stopping.Load() {
+		b.mu.Lock()
+		if !b.gaveBack {
+			b.giveBack = append(b.giveBack, m)
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		_ = m.Nak()
+		return
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		// Not a JetStream message: nothing to ack, nothing to redeliver.
+		b.log.Error("outbound message without metadata", "err", err)
+		return
+	}
+	d := &delivery{msg: m, seq: meta.Sequence.Stream, stamp: meta.Timestamp, touched: time.Now()}
+	b.mu.Lock()
+	if _, dup := b.held[d.seq]; dup {
+		// Redelivered while still held (the ack wait ran out under a long
+		// push); the held copy will be acked.
+		b.mu.Unlock()
+		return
+	}
+	b.held[d.seq] = d
+	b.mu.Unlock()
+
+	subj, err := b.names.Parse(m.Subject())
+	if err != nil || subj.Dir != subjects.Out {
+		if err == nil {
+			err = fmt.Errorf("%w: not an outbound subject", subjects.ErrBadSubject)
+		}
+		b.reject(d, subjects.KindInvalid, "", metrics.ReasonInvalid, err, 0)
+		return
+	}
+	d.kind = subj.Kind
+	if meta.NumDelivered > uint64(b.opts.MaxDeliver) {
+		b.reject(d, subj.Kind, subj.Token, metrics.ReasonRetries,
+			fmt.Errorf("delivered %d times without an outcome (max deliver %d)", meta.NumDelivered, b.opts.MaxDeliver), int(meta.NumDelivered))
+		return
+	}
+	d.body = m.Data()
+	if subj.Kind != subjects.KindClose {
+		switch dt := m.Headers().Get(subjects.HeaderDataType); dt {
+		case "", subjects.DataText:
+			if !utf8.Valid(d.body) {
+				b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
+					errors.New("text payload is not valid UTF-8 (send it with Ws-Data-Type: binary)"), 0)
+				return
+			}
+		case subjects.DataBinary:
+			d.binary = true
+		default:
+			b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
+				fmt.Errorf("unknown %s %q (want text or binary)", subjects.HeaderDataType, clipString(dt, 32)), 0)
+			return
+		}
+	}
+	var tokens []string
+	switch subj.Kind {
+	case subjects.KindSend, subjects.KindClose:
+		tokens = []string{subj.Token}
+	case subjects.KindBroadcast:
+		tokens = b.idx.all(parseExclude(m.Headers().Get(subjects.HeaderExclude)))
+	case subjects.KindGroup:
+		tokens = b.idx.group(subj.Name, parseExclude(m.Headers().Get(subjects.HeaderExclude)))
+	case subjects.KindUser:
+		tokens = b.idx.user(subj.Name, parseExclude(m.Headers().Get(subjects.HeaderExclude)))
+	}
+	if len(tokens) == 0 {
+		b.log.Debug("fan-out to no connection", "subject_kind", subj.Kind)
+		d.remaining.Store(1)
+		b.settle(d)
+		return
+	}
+	d.remaining.Store(int64(len(tokens)))
+	for _, t := range tokens {
+		b.enqueue(&item{d: d, token: t, close: subj.Kind == subjects.KindClose})
+	}
+}
+
+// reject dead-letters a whole message that will never be pushed.
+func (b *Bridge) reject(d *delivery, kind subjects.Kind, token, reason string, cause error, attempts int) {
+	d.remaining.Store(1)
+	if err := b.deadLetter(d, kind, token, reason, Outcome{Err: cause}, attempts); err != nil {
+		b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", err)
+		d.aborted.Store(true)
+		d.nakDelay.Store(int64(b.opts.BackoffMax))
+	}
+	b.settle(d)
+}
+
+type attemptResult int
+
+const (
+	resolved attemptResult = iota
+	retry
+	abandon
+)
+
+// attempt pushes one item once and acts on the decision.
+func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
+	d := it.d
+	if it.payload == nil {
+		p, err := b.payload(it)
+		if err != nil {
+			if dlErr := b.deadLetter(d, d.kind, it.token, metrics.ReasonInvalid, Outcome{Err: err}, 0); dlErr != nil {
+				b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", dlErr)
+				return abandon, b.opts.BackoffMax
+			}
+			return resolved, 0
+		}
+		it.payload = p
+	}
+	it.attempts++
+	action := metrics.ActionSend
+	if it.close {
+		action = metrics.ActionClose
+	}
+	b.m.InFlight.Inc()
+	start := time.Now()
+	o := b.pusher.push(b.pushCtx, it.payload)
+	done := time.Now()
+	b.m.InFlight.Dec()
+	b.m.PushDuration.Observe(done.Sub(start).Seconds())
+	b.m.Pushes.WithLabelValues(action, o.Class.String()).Inc()
+	if b.pushCtx.Err() != nil && o.Class != OK {
+		// Cut short by shutdown: neither the message's nor the gateway's fault.
+		return abandon, 0
+	}
+	dec := Decide(o, it.attempts, b.policy, rand.Float64())
+	switch dec.Action {
+	case Ack:
+		b.m.DeliveryLag.Observe(done.Sub(d.stamp).Seconds())
+		if it.close {
+			b.forget(it.token, subjects.ReasonClosed, d.seq)
+		}
+		return resolved, 0
+	case Retry:
+		b.m.Retries.Inc()
+		b.log.Debug("push failed, will retry", "kind", d.kind, "token", it.token, "status", o.Status,
+			"attempt", it.attempts, "delay", dec.Delay, "err", o.Err)
+		return retry, dec.Delay
+	}
+	if err := b.deadLetter(d, d.kind, it.token, dec.Reason, o, it.attempts); err != nil {
+		b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", err)
+		return abandon, b.opts.BackoffMax
+	}
+	if dec.Gone {
+		b.forget(it.token, subjects.ReasonGone, d.seq)
+	}
+	return resolved, 0
+}
+
+// payload builds the reverse-push body of SPEC §1.
+func (b *Bridge) payload(it *item) ([]byte, error) {
+	id, err := subjects.ConnID(it.token)
+	if err != nil {
+		return nil, err
+	}
+	ws := subjects.GatewayWebSocket{Action: subjects.ActionClosing, SecConnectionID: id}
+	if !it.close {
+		ws.Action = subjects.ActionDataSend
+		ws.DataType = subjects.DataText
+		if it.d.binary {
+			ws.DataType = subjects.DataBinary
+			ws.Data = base64.StdEncoding.EncodeToString(it.d.body)
+		} else {
+			ws.Data = string(it.d.body)
+		}
+	}
+	return json.Marshal(subjects.PushBody{WebSocket: ws})
+}
+
+// deadLetter republishes the message, for one connection, to the dead-letter
+// stream with why it failed, and waits for the stream's ack. The original
+// Nats-Msg-Id is replaced: a fan-out's dead letters share it and would be
+// de-duplicated into one; the new id de-duplicates redeliveries instead.
+func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int) error {
+	h := nats.Header{}
+	for k, v := range d.msg.Headers() {
+		h[k] = append([]string(nil), v...)
+	}
+	errText := "unknown"
+	if o.Err != nil {
+		errText = clipString(o.Err.Error(), 512)
+	}
+	h.Set(subjects.HeaderError, errText)
+	h.Set(subjects.HeaderAttempts, strconv.Itoa(attempts))
+	h.Set(subjects.HeaderStatus, strconv.Itoa(o.Status))
+	h.Set(subjects.HeaderSubject, d.msg.Subject())
+	h.Set(subjects.HeaderReason, reason)
+	h.Set(subjects.HeaderMsgID, "dlq-"+strconv.FormatUint(d.seq, 10)+"-"+token)
+	if token != "" {
+		if id, err := subjects.ConnID(token); err == nil {
+			h.Set(subjects.HeaderConnID, id)
+		}
+	}
+	subj := b.names.DeadLetter(kind, token)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: d.msg.Data(), Header: h}); err != nil {
+		return fmt.Errorf("publish dead letter %s: %w", subj, err)
+	}
+	b.m.DeadLetters.WithLabelValues(reason).Inc()
+	b.log.Warn("dead letter", "kind", kind, "token", token, "reason", reason, "status", o.Status,
+		"attempts", attempts, "seq", d.seq, "err", errText)
+	return nil
+}
+
+// forget deletes a connection from the registry and publishes its
+// disconnect event. Both are best effort (SPEC §3): failures are logged, the
+// registry TTL is the safety net.
+func (b *Bridge) forget(token, reason string, seq uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.kv.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		b.log.Warn("registry delete failed", "token", token, "err", err)
+	}
+	b.idx.remove(token)
+	if err := b.publishDisconnect(ctx, token, reason, reason+"-"+token+"-"+strconv.FormatUint(seq, 10)); err != nil {
+		b.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
+	}
+}
+
+func (b *Bridge) publishDisconnect(ctx context.Context, token, reason, msgID string) error {
+	id, err := subjects.ConnID(token)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(subjects.DisconnectEvent{ConnectionID: id, Token: token, At: time.Now().UTC(), Reason: reason})
+	if err != nil {
+		return err
+	}
+	m := &nats.Msg{Subject: b.names.Disconnect(token), Data: data, Header: nats.Header{}}
+	m.Header.Set(subjects.HeaderConnID, id)
+	m.Header.Set(subjects.HeaderMsgID, msgID)
+	if _, err := b.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish %s: %w", m.Subject, err)
+	}
+	return nil
+}
+
+// watch keeps the index current from the registry bucket.
+func (b *Bridge) watch(w jetstream.KeyWatcher) {
+	defer b.wg.Done()
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-b.bgCtx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				if b.synced.CompareAndSwap(false, true) {
+					close(b.syncedCh)
+				}
+				b.m.RegistryConnections.Set(float64(b.idx.size()))
+				continue
+			}
+			switch e.Operation() {
+			case jetstream.KeyValuePut:
+				b.idx.put(e.Key(), e.Value())
+			case jetstream.KeyValueDelete:
+				b.idx.remove(e.Key())
+			case jetstream.KeyValuePurge:
+				b.idx.remove(e.Key())
+				// The registry's TTL expiry shows as a purge marker (the
+				// bridge and the functions delete, never purge). Every
+				// instance sees it; the Nats-Msg-Id makes WS_IN store one
+				// event.
+				if b.synced.Load() {
+					ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired,
+						"expired-"+e.Key()+"-"+strconv.FormatUint(e.Revision(), 10))
+					cancel()
+					if err != nil {
+						b.log.Warn("expired disconnect not published", "token", e.Key(), "err", err)
+					}
+				}
+			}
+			if b.synced.Load() {
+				b.m.RegistryConnections.Set(float64(b.idx.size()))
+			}
+		}
+	}
+}
+
+// countInbound counts inbound events by type; bounded label values only.
+func (b *Bridge) countInbound(m *nats.Msg) {
+	s, err := b.names.Parse(m.Subject)
+	if err != nil || s.Dir != subjects.In {
+		b.m.InboundEvents.WithLabelValues(metrics.EventInvalid).Inc()
+		return
+	}
+	b.m.InboundEvents.WithLabelValues(string(s.Kind)).Inc()
+}
+
+// sample refreshes the gauges that come from elsewhere: NATS state,
+// reconnects and the consumer's backlog.
+func (b *Bridge) sample() {
+	defer b.wg.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		connected := 0.0
+		if b.nc.IsConnected() {
+			connected = 1
+		}
+		b.m.NATSConnected.Set(connected)
+		if r := b.nc.Stats().Reconnects; r > b.lastRecon {
+			b.m.NATSReconnects.Add(float64(r - b.lastRecon))
+			b.lastRecon = r
+		}
+		if b.cons != nil && connected == 1 {
+			ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
+			if info, err := b.cons.Info(ctx); err == nil {
+				b.m.ConsumerPending.Set(float64(info.NumPending))
+				b.m.AckPending.Set(float64(info.NumAckPending))
+			}
+			cancel()
+		}
+		select {
+		case <-b.quit:
+			return
+		case <-t.C:
+		}
+	}
+}

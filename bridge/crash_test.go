@@ -1,0 +1,169 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// syncBuffer collects a child's output for the failure message.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestCrashLosesNothing runs the real wsbridge binary, SIGKILLs it in the
+// middle of 10,000 messages and restarts it: every message must reach the
+// target, and the first delivery of each keeps per-connection order.
+//
+// The messages are stored before the first bridge starts, and it is killed
+// after it took all of them from the stream: messages never delivered to the
+// dead bridge would be pushed by the new one while the dead one's wait for the
+// ack wait, ahead of them (see the ordering notes in lanes.go).
+func TestCrashLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the wsbridge binary")
+	}
+	bin := filepath.Join(t.TempDir(), "wsbridge")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	e := newEnv(t, func(p push, attempt int) (int, int) {
+		time.Sleep(time.Millisecond) // keep the run long enough to kill it mid-way
+		return http.StatusOK, 0
+	})
+	const conns, per = 100, 100
+	var msgs []*nats.Msg
+	for i := 0; i < per; i++ {
+		for c := 0; c < conns; c++ {
+			msgs = append(msgs, &nats.Msg{Subject: e.names.Send(subjects.Token(fmt.Sprintf("k%d", c))), Data: []byte(strconv.Itoa(i))})
+		}
+	}
+	e.publishAsync(msgs)
+
+	run := func() (*exec.Cmd, *syncBuffer) {
+		cmd := exec.Command(bin, "bridge")
+		cmd.Env = append(os.Environ(),
+			"WSBRIDGE_NATS_URL="+e.s.ClientURL(),
+			"WSBRIDGE_PUSH_URL="+e.tg.srv.URL+"/api-secret",
+			"WSBRIDGE_HTTP_ADDR=127.0.0.1:0",
+			"WSBRIDGE_ACK_WAIT=3s",
+			"WSBRIDGE_PUSH_CONCURRENCY=8",
+			"WSBRIDGE_LOG_LEVEL=info",
+			"WSBRIDGE_LOG_FORMAT=json",
+		)
+		out := &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd, out
+	}
+	first, out1 := run()
+	// Kill once the bridge has taken every message from the stream (so the
+	// ones it held come back together after the ack wait, in stream order)
+	// and pushed some of them.
+	var cons jetstream.Consumer
+	waitFor(t, "first bridge to take every message and push 2000", 60*time.Second, func() bool {
+		if cons == nil {
+			cons, _ = e.js.Consumer(context.Background(), e.names.StreamOut(), e.names.Consumer())
+			return false
+		}
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumPending == 0 && e.tg.delivered() >= 2000
+	})
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+	killedAt := e.tg.delivered()
+	if killedAt >= conns*per {
+		t.Logf("the first bridge pushed everything before it was killed")
+	}
+
+	second, out2 := run()
+	defer func() {
+		if second.ProcessState == nil {
+			_ = second.Process.Kill()
+			_ = second.Wait()
+		}
+	}()
+	distinct := func() int {
+		e.tg.mu.Lock()
+		defer e.tg.mu.Unlock()
+		seen := map[push]bool{}
+		for _, ps := range e.tg.ok {
+			for _, p := range ps {
+				seen[p] = true
+			}
+		}
+		return len(seen)
+	}
+	done := false
+	deadline := time.Now().Add(120 * time.Second)
+	for !done && time.Now().Before(deadline) {
+		done = distinct() >= conns*per
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !done {
+		t.Fatalf("after restart %d of %d messages arrived\nfirst bridge:\n%s\nsecond bridge:\n%s", distinct(), conns*per, out1, out2)
+	}
+	if err := second.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Wait(); err != nil {
+		t.Errorf("bridge exit after SIGTERM: %v (want status 0)\n%s", err, out2)
+	}
+	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+
+	dups := e.tg.delivered() - conns*per
+	t.Logf("killed after %d pushes; %d messages in total, %d duplicates", killedAt, conns*per, dups)
+	for c := 0; c < conns; c++ {
+		id := fmt.Sprintf("k%d", c)
+		seen := map[string]bool{}
+		next := 0
+		for _, p := range e.tg.of(id) {
+			if seen[p.Data] {
+				continue
+			}
+			seen[p.Data] = true
+			if p.Data != strconv.Itoa(next) {
+				t.Errorf("%s: first delivery of message %s came after message %d", id, p.Data, next-1)
+				break
+			}
+			next++
+		}
+		if len(seen) != per {
+			t.Errorf("%s: %d distinct messages, want %d (lost %d)", id, len(seen), per, per-len(seen))
+		}
+	}
+}

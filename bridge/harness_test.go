@@ -1,0 +1,309 @@
+package bridge
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// waitFor polls cond until it holds or the bound passes; the bound is a
+// safety net against hangs, not a performance assertion.
+func waitFor(t *testing.T, what string, bound time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %v waiting for %s", bound, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func startNATS(t testing.TB) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+func connect(t testing.TB, s *server.Server) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// push is one push the target received.
+type push struct {
+	Action, ConnID, DataType, Data string
+}
+
+// target is an httptest reverse-push address that records what it accepts.
+type target struct {
+	srv *httptest.Server
+	// answer decides the reply to a push; attempt counts the pushes with
+	// the same body so far (1-based). nil answers 200 errNo 0.
+	answer func(p push, attempt int) (status, errNo int)
+
+	mu       sync.Mutex
+	attempts map[push]int
+	ok       map[string][]push // by connection id, the pushes answered 200/0
+	total    int               // pushes answered 200/0
+	bad      []string
+}
+
+func newTarget(t testing.TB, answer func(p push, attempt int) (int, int)) *target {
+	tg := &target{answer: answer, attempts: map[push]int{}, ok: map[string][]push{}}
+	tg.srv = httptest.NewServer(http.HandlerFunc(tg.serve))
+	t.Cleanup(tg.srv.Close)
+	return tg
+}
+
+func (tg *target) serve(w http.ResponseWriter, r *http.Request) {
+	var body subjects.PushBody
+	data, _ := io.ReadAll(r.Body)
+	if err := json.Unmarshal(data, &body); err != nil || r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" {
+		tg.mu.Lock()
+		tg.bad = append(tg.bad, string(data))
+		tg.mu.Unlock()
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	ws := body.WebSocket
+	p := push{Action: ws.Action, ConnID: ws.SecConnectionID, DataType: ws.DataType, Data: ws.Data}
+	tg.mu.Lock()
+	tg.attempts[p]++
+	n := tg.attempts[p]
+	tg.mu.Unlock()
+	status, errNo := http.StatusOK, 0
+	if tg.answer != nil {
+		status, errNo = tg.answer(p, n)
+	}
+	if status == http.StatusOK && errNo == 0 {
+		tg.mu.Lock()
+		tg.ok[p.ConnID] = append(tg.ok[p.ConnID], p)
+		tg.total++
+		tg.mu.Unlock()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	msg := "ok"
+	if errNo != 0 || status != http.StatusOK {
+		msg = "no"
+	}
+	fmt.Fprintf(w, `{"errNo":%d,"errMsg":%q}`, errNo, msg)
+}
+
+func (tg *target) delivered() int {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	return tg.total
+}
+
+func (tg *target) of(connID string) []push {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	return append([]push(nil), tg.ok[connID]...)
+}
+
+type env struct {
+	t     *testing.T
+	s     *server.Server
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	names subjects.Names
+	tg    *target
+}
+
+func newEnv(t *testing.T, answer func(p push, attempt int) (int, int)) *env {
+	t.Helper()
+	s := startNATS(t)
+	nc := connect(t, s)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, s: s, nc: nc, js: js, names: subjects.MustNew("ws"), tg: newTarget(t, answer)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := subjects.Provision(ctx, js, e.names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() && os.Getenv("BRIDGE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// start runs a bridge with fast retries; mod adjusts the options.
+func (e *env) start(mod func(*Options)) *Bridge {
+	e.t.Helper()
+	o := Options{
+		PushURL:     e.tg.srv.URL + "/api-secret",
+		Concurrency: 16,
+		BackoffBase: 5 * time.Millisecond,
+		BackoffMax:  50 * time.Millisecond,
+		MaxAttempts: 5,
+		AckWait:     5 * time.Second,
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	nc := connect(e.t, e.s)
+	b, err := New(o, Deps{Conn: nc, Logger: testLogger(e.t)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = b.Stop(context.Background()) })
+	return b
+}
+
+func (e *env) register(ids ...string) {
+	e.t.Helper()
+	e.registerEvents(func(ev *subjects.ConnectEvent) {}, ids...)
+}
+
+func (e *env) registerEvents(mod func(*subjects.ConnectEvent), ids ...string) {
+	e.t.Helper()
+	ctx := context.Background()
+	kv, err := e.js.KeyValue(ctx, e.names.Bucket())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, id := range ids {
+		ev := subjects.ConnectEvent{ConnectionID: id, Token: subjects.Token(id), ConnectedAt: time.Now().UTC(), Groups: []string{}}
+		mod(&ev)
+		data, _ := json.Marshal(ev)
+		if _, err := kv.Put(ctx, ev.Token, data); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+func (e *env) kvHas(token string) bool {
+	kv, err := e.js.KeyValue(context.Background(), e.names.Bucket())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	_, err = kv.Get(context.Background(), token)
+	return err == nil
+}
+
+// publish stores an outbound message, waiting for the stream's ack.
+func (e *env) publish(subject string, data []byte, hdr ...string) {
+	e.t.Helper()
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		m.Header.Set(hdr[i], hdr[i+1])
+	}
+	if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
+		e.t.Fatalf("publish %s: %v", subject, err)
+	}
+}
+
+// publishAsync stores many messages quickly.
+func (e *env) publishAsync(msgs []*nats.Msg) {
+	e.t.Helper()
+	for _, m := range msgs {
+		if _, err := e.js.PublishMsgAsync(m); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	select {
+	case <-e.js.PublishAsyncComplete():
+	case <-time.After(60 * time.Second):
+		e.t.Fatal("async publish did not complete")
+	}
+}
+
+// collector records messages on a core subscription.
+type collector struct {
+	mu   sync.Mutex
+	msgs []*nats.Msg
+}
+
+func (e *env) collect(subject string) *collector {
+	e.t.Helper()
+	c := &collector{}
+	sub, err := e.nc.Subscribe(subject, func(m *nats.Msg) {
+		c.mu.Lock()
+		c.msgs = append(c.msgs, m)
+		c.mu.Unlock()
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.nc.Flush(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return c
+}
+
+func (c *collector) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.msgs)
+}
+
+func (c *collector) all() []*nats.Msg {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*nats.Msg(nil), c.msgs...)
+}
+
+func (c *collector) bySubject(s string) *nats.Msg {
+	for _, m := range c.all() {
+		if m.Subject == s {
+			return m
+		}
+	}
+	return nil
+}
+
+// streamEmpty reports whether WS_OUT holds no message (work queue: acked
+// messages are removed).
+func (e *env) streamEmpty() bool {
+	st, err := e.js.Stream(context.Background(), e.names.StreamOut())
+	if err != nil {
+		return false
+	}
+	info, err := st.Info(context.Background())
+	return err == nil && info.State.Msgs == 0
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -1,0 +1,192 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// Options configure a Bridge. The zero value of each field takes the default
+// shown; Validate reports settings that cannot work.
+type Options struct {
+	// Prefix of every subject, stream and bucket name ("ws").
+	Prefix string
+	// PushURL is the gateway's reverse-push address (required).
+	PushURL string
+	// HTTPAddr serves /metrics, /healthz and /readyz; "" serves nothing.
+	HTTPAddr string
+	// Concurrency is the number of pushes in flight at once, and the size of
+	// the HTTP connection pool to the gateway (64).
+	Concurrency int
+	// PushTimeout bounds one push, connect to answer (10s).
+	PushTimeout time.Duration
+	// PushRate limits pushes per second across the bridge; 0 is unlimited.
+	PushRate float64
+	// PushBurst is the rate limiter's burst (Concurrency).
+	PushBurst int
+	// MaxAttempts is how many pushes a message gets for transient failures
+	// before it is dead-lettered with reason "retries" (10).
+	MaxAttempts int
+	// BackoffBase and BackoffMax shape the exponential retry delay
+	// (250ms, 30s); BackoffJitter is the random fraction taken off (0.2).
+	BackoffBase   time.Duration
+	BackoffMax    time.Duration
+	BackoffJitter float64
+	// MaxDeliver dead-letters a message that JetStream has delivered this
+	// many times without an answer from the bridge, e.g. because the bridge
+	// keeps dying while handling it (20). Retries within one delivery are
+	// counted by MaxAttempts.
+	MaxDeliver int
+	// AckWait is the consumer's ack wait (30s): how long a message held by
+	// a dead bridge waits before another instance gets it. The bridge
+	// extends it for messages it still holds.
+	AckWait time.Duration
+	// MaxAckPending is how many messages all bridges may hold unacknowledged
+	// (20000). It bounds memory, and must exceed Concurrency by far so one
+	// slow connection does not stall the others.
+	MaxAckPending int
+	// ShutdownTimeout bounds Stop: in-flight pushes get this long to
+	// finish; what is left is handed back to JetStream (15s).
+	ShutdownTimeout time.Duration
+	// Streams sizes the streams and bucket created at start.
+	Streams subjects.StreamOptions
+	// Name is the instance name used in logs ("wsbridge-bridge").
+	Name string
+}
+
+// Deps are a Bridge's collaborators, passed in so tests and the dev command
+// control them.
+type Deps struct {
+	// Conn is the NATS connection (required). The bridge does not close it.
+	Conn *nats.Conn
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// Registry receives the metrics and is served on /metrics; nil creates
+	// a private one.
+	Registry *prometheus.Registry
+	// HTTPClient pushes to the gateway; nil builds a keep-alive client
+	// sized by Concurrency and PushTimeout.
+	HTTPClient *http.Client
+}
+
+// Defaults used for zero Options fields.
+const (
+	DefaultHTTPAddr        = "127.0.0.1:9180"
+	DefaultConcurrency     = 64
+	DefaultPushTimeout     = 10 * time.Second
+	DefaultMaxAttempts     = 10
+	DefaultBackoffBase     = 250 * time.Millisecond
+	DefaultBackoffMax      = 30 * time.Second
+	DefaultBackoffJitter   = 0.2
+	DefaultMaxDeliver      = 20
+	DefaultAckWait         = 30 * time.Second
+	DefaultMaxAckPending   = 20000
+	DefaultShutdownTimeout = 15 * time.Second
+)
+
+// WithDefaults returns o with every zero field set to its default.
+func (o Options) WithDefaults() Options {
+	if o.Prefix == "" {
+		o.Prefix = subjects.DefaultPrefix
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = DefaultConcurrency
+	}
+	if o.PushTimeout == 0 {
+		o.PushTimeout = DefaultPushTimeout
+	}
+	if o.PushBurst == 0 {
+		o.PushBurst = o.Concurrency
+	}
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = DefaultMaxAttempts
+	}
+	if o.BackoffBase == 0 {
+		o.BackoffBase = DefaultBackoffBase
+	}
+	if o.BackoffMax == 0 {
+		o.BackoffMax = DefaultBackoffMax
+	}
+	if o.BackoffJitter == 0 {
+		o.BackoffJitter = DefaultBackoffJitter
+	}
+	if o.MaxDeliver == 0 {
+		o.MaxDeliver = DefaultMaxDeliver
+	}
+	if o.AckWait == 0 {
+		o.AckWait = DefaultAckWait
+	}
+	if o.MaxAckPending == 0 {
+		o.MaxAckPending = DefaultMaxAckPending
+	}
+	if o.ShutdownTimeout == 0 {
+		o.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if o.Name == "" {
+		o.Name = "wsbridge-bridge"
+	}
+	return o
+}
+
+// Validate reports settings that cannot work, all at once.
+func (o Options) Validate() error {
+	var errs []error
+	if _, err := subjects.New(o.Prefix); err != nil {
+		errs = append(errs, err)
+	}
+	if o.PushURL == "" {
+		errs = append(errs, errors.New("push URL is required (PUSH_URL)"))
+	} else if u, err := url.Parse(o.PushURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("push URL %q: want http(s)://host/path", redactPushURL(o.PushURL)))
+	}
+	pos := func(name string, v int64) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %d", name, v))
+		}
+	}
+	pos("concurrency", int64(o.Concurrency))
+	pos("push timeout", int64(o.PushTimeout))
+	pos("push burst", int64(o.PushBurst))
+	pos("max attempts", int64(o.MaxAttempts))
+	pos("backoff base", int64(o.BackoffBase))
+	pos("max deliver", int64(o.MaxDeliver))
+	pos("shutdown timeout", int64(o.ShutdownTimeout))
+	if o.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("ack wait must be at least 1s, got %v", o.AckWait))
+	}
+	if o.BackoffMax < o.BackoffBase {
+		errs = append(errs, fmt.Errorf("backoff max %v is below backoff base %v", o.BackoffMax, o.BackoffBase))
+	}
+	if o.BackoffJitter < 0 || o.BackoffJitter > 1 {
+		errs = append(errs, fmt.Errorf("backoff jitter must be within 0..1, got %v", o.BackoffJitter))
+	}
+	if o.PushRate < 0 {
+		errs = append(errs, fmt.Errorf("push rate must not be negative, got %v", o.PushRate))
+	}
+	if o.MaxAckPending < o.Concurrency {
+		errs = append(errs, fmt.Errorf("max ack pending %d is below concurrency %d", o.MaxAckPending, o.Concurrency))
+	}
+	return errors.Join(errs...)
+}
+
+func (o Options) policy() Policy {
+	return Policy{MaxAttempts: o.MaxAttempts, BackoffBase: o.BackoffBase, BackoffMax: o.BackoffMax, Jitter: o.BackoffJitter}
+}
+
+// redactPushURL keeps only scheme and host: the reverse-push path is a
+// capability (anyone who knows it can push to every client).
+func redactPushURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(unparsable URL)"
+	}
+	return u.Scheme + "://" + u.Host
+}

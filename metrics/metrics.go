@@ -1,0 +1,155 @@
+// Package metrics holds the bridge's Prometheus instruments (SPEC §5).
+//
+// The instruments are a struct built by New against a caller-owned
+// Registerer, never global promauto state, so tests and the dev command can
+// run several bridges in one process. Every label is a small, fixed enum:
+// connection, user and group ids never become label values.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "wsbridge"
+
+// Label values of pushes_total{action}.
+const (
+	ActionSend  = "send"
+	ActionClose = "close"
+)
+
+// Label values of pushes_total{result}.
+const (
+	ResultOK        = "ok"
+	ResultTransient = "transient"
+	ResultPermanent = "permanent"
+	ResultGone      = "gone"
+)
+
+// Label values of dead_letters_total{reason}; the same strings go into the
+// Ws-Reason header of the dead letter.
+const (
+	ReasonPermanent = "permanent"
+	ReasonGone      = "gone"
+	ReasonRetries   = "retries"
+	ReasonInvalid   = "invalid"
+)
+
+// Label values of inbound_events_total{type}.
+const (
+	EventConnect    = "connect"
+	EventMessage    = "message"
+	EventDisconnect = "disconnect"
+	EventInvalid    = "invalid"
+)
+
+// Metrics are the bridge's instruments.
+type Metrics struct {
+	// Pushes counts reverse-push attempts by action and result.
+	Pushes *prometheus.CounterVec
+	// PushDuration observes each push's HTTP round trip.
+	PushDuration prometheus.Histogram
+	// DeliveryLag observes the time from the stream timestamp of an outbound
+	// message to the end of its successful push.
+	DeliveryLag prometheus.Histogram
+	// Retries counts pushes scheduled again after a transient failure.
+	Retries prometheus.Counter
+	// DeadLetters counts messages republished to the dead-letter stream.
+	DeadLetters *prometheus.CounterVec
+	// InFlight is the number of pushes currently waiting for the gateway.
+	InFlight prometheus.Gauge
+	// ConsumerPending is the number of outbound messages not yet delivered
+	// to any bridge (the backlog).
+	ConsumerPending prometheus.Gauge
+	// AckPending is the number of outbound messages delivered to a bridge
+	// and not yet acknowledged.
+	AckPending prometheus.Gauge
+	// RegistryConnections is the size of the in-memory registry index.
+	RegistryConnections prometheus.Gauge
+	// InboundEvents counts inbound events seen on P.in.> by type.
+	InboundEvents *prometheus.CounterVec
+	// NATSConnected is 1 while the NATS connection is up.
+	NATSConnected prometheus.Gauge
+	// NATSReconnects counts NATS reconnections.
+	NATSReconnects prometheus.Counter
+}
+
+// New builds the instruments and registers them, with the Go and process
+// collectors, on reg. It panics if reg already holds any of them, like
+// prometheus.MustRegister: that is a programming error.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "pushes_total",
+			Help: "Reverse-push attempts by action (send, close) and result (ok, transient, permanent, gone).",
+		}, []string{"action", "result"}),
+		PushDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "push_duration_seconds",
+			Help:    "Duration of one reverse-push HTTP round trip.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		DeliveryLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "delivery_lag_seconds",
+			Help:    "Time from an outbound message's stream timestamp to the end of its successful push.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}),
+		Retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "retries_total",
+			Help: "Pushes scheduled again after a transient failure.",
+		}),
+		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "dead_letters_total",
+			Help: "Messages republished to the dead-letter stream by reason (permanent, gone, retries, invalid).",
+		}, []string{"reason"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "pushes_in_flight",
+			Help: "Reverse pushes waiting for the gateway's answer.",
+		}),
+		ConsumerPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "consumer_pending",
+			Help: "Outbound messages in the stream not yet delivered to a bridge.",
+		}),
+		AckPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "consumer_ack_pending",
+			Help: "Outbound messages delivered to a bridge and not yet acknowledged.",
+		}),
+		RegistryConnections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "registry_connections",
+			Help: "Connections in the bridge's index of the registry bucket.",
+		}),
+		InboundEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "inbound_events_total",
+			Help: "Inbound events seen by type (connect, message, disconnect, invalid).",
+		}, []string{"type"}),
+		NATSConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "nats_connected",
+			Help: "1 while the bridge's NATS connection is up, else 0.",
+		}),
+		NATSReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "nats_reconnects_total",
+			Help: "NATS reconnections of the bridge's connection.",
+		}),
+	}
+	// Pre-create the enum label values so dashboards see zeros, not gaps.
+	for _, a := range []string{ActionSend, ActionClose} {
+		for _, r := range []string{ResultOK, ResultTransient, ResultPermanent, ResultGone} {
+			m.Pushes.WithLabelValues(a, r)
+		}
+	}
+	for _, r := range []string{ReasonPermanent, ReasonGone, ReasonRetries, ReasonInvalid} {
+		m.DeadLetters.WithLabelValues(r)
+	}
+	for _, e := range []string{EventConnect, EventMessage, EventDisconnect, EventInvalid} {
+		m.InboundEvents.WithLabelValues(e)
+	}
+	reg.MustRegister(
+		m.Pushes, m.PushDuration, m.DeliveryLag, m.Retries, m.DeadLetters,
+		m.InFlight, m.ConsumerPending, m.AckPending, m.RegistryConnections,
+		m.InboundEvents, m.NATSConnected, m.NATSReconnects,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
