@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// TestDevCommand runs `wsbridge dev` in process on free ports, talks to the
+// demo backend through a real WebSocket client, and stops it as SIGINT would.
+func TestDevCommand(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	code := make(chan int, 1)
+	go func() {
+		code <- run(ctx, []string{"dev", "--nats-listen", "127.0.0.1:0", "--addr", "127.0.0.1:0",
+			"--http-addr", "127.0.0.1:0", "--log-level", "warn"}, pw, io.Discard)
+		pw.Close()
+	}()
+	urls := map[string]string{}
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() && len(urls) < 3 {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && (f[0] == "websocket" || f[0] == "metrics" || f[0] == "nats") {
+			urls[f[0]] = f[1]
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	if urls["websocket"] == "" {
+		t.Fatalf("dev printed no websocket URL (got %v)", urls)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	c, _, err := websocket.Dial(wctx, urls["websocket"], nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", urls["websocket"], err)
+	}
+	defer c.CloseNow()
+	read := func() map[string]any {
+		t.Helper()
+		_, b, err := c.Read(wctx)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("demo sent %q: %v", b, err)
+		}
+		return m
+	}
+	welcome := read()
+	tok, _ := welcome["token"].(string)
+	if welcome["type"] != "welcome" {
+		t.Fatalf("first message %v, want a welcome", welcome)
+	}
+	if _, err := subjects.ConnID(tok); err != nil {
+		t.Fatalf("welcome token %q: %v", tok, err)
+	}
+	if err := c.Write(wctx, websocket.MessageText, []byte("hi there")); err != nil {
+		t.Fatal(err)
+	}
+	if echo := read(); echo["type"] != "echo" || echo["text"] != "hi there" {
+		t.Fatalf("got %v, want the echo of %q", echo, "hi there")
+	}
+	c.Close(websocket.StatusNormalClosure, "bye")
+	cancel()
+	select {
+	case got := <-code:
+		if got != 0 {
+			t.Fatalf("dev exited %d after interrupt, want 0", got)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("dev did not stop within 60s of the interrupt")
+	}
+}
