@@ -219,3 +219,40 @@ func TestClientEvents(t *testing.T) {
 		t.Fatal("undecodable event was not reported")
 	}
 }
+
+// TestRegistryExpiryIsVisible checks that a record reaching the bucket's TTL
+// shows up in a watch as a purge, which the bridge turns into a disconnect
+// with reason "expired".
+func TestRegistryExpiryIsVisible(t *testing.T) {
+	s := startNATS(t)
+	nc := connect(t, s)
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n := subjects.MustNew("ws")
+	if err := subjects.Provision(ctx, js, n, subjects.StreamOptions{RegistryTTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, n.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	if _, err := kv.Put(ctx, "YWJj", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case e := <-w.Updates():
+			if e != nil && e.Key() == "YWJj" && e.Operation() == jetstream.KeyValuePurge {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("no purge marker seen for an expired record")
+		}
+	}
+}

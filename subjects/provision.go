@@ -2,6 +2,7 @@ package subjects
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -69,6 +70,10 @@ func (n Names) StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 	}}
 }
 
+// expiryMarkerTTL is how long the marker of an expired registry record stays
+// visible to watchers: long enough for a restarting bridge to see it too.
+const expiryMarkerTTL = time.Minute
+
 // BucketConfig returns the configuration of the WS_CONNS registry bucket.
 func (n Names) BucketConfig(o StreamOptions) jetstream.KeyValueConfig {
 	o = o.withDefaults()
@@ -77,8 +82,11 @@ func (n Names) BucketConfig(o StreamOptions) jetstream.KeyValueConfig {
 		Description: "wsbridge connection registry: token -> connect event",
 		History:     1,
 		TTL:         o.RegistryTTL,
-		Replicas:    o.Replicas,
-		Storage:     jetstream.FileStorage,
+		// A record that ages out leaves a marker, so registry watchers
+		// (the bridge) see the expiry and can announce the disconnect.
+		LimitMarkerTTL: expiryMarkerTTL,
+		Replicas:       o.Replicas,
+		Storage:        jetstream.FileStorage,
 	}
 }
 
@@ -92,7 +100,14 @@ func Provision(ctx context.Context, js jetstream.JetStream, n Names, o StreamOpt
 		}
 	}
 	cfg := n.BucketConfig(o)
-	if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+	_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+		// Servers before 2.11 keep no expiry markers: the registry works
+		// the same, but expiries go unannounced.
+		cfg.LimitMarkerTTL = 0
+		_, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+	}
+	if err != nil {
 		return fmt.Errorf("provision bucket %s: %w", cfg.Bucket, err)
 	}
 	return nil
