@@ -257,7 +257,9 @@ func (c *conn) finish() {
 }
 
 func (g *Gateway) cleanup(id string) {
-	g.stats.cleanups.Add(1)
+	// Counted once the invocation has returned, so a reader of Stats that
+	// sees the cleanup also sees its invocation counted.
+	defer g.stats.cleanups.Add(1)
 	if _, err := g.invoke(context.Background(), "cleanup", g.opts.Cleanup, newClosingEvent(id)); err != nil {
 		g.log.Warn("cleanup failed", "conn", id, "err", err)
 	}
