@@ -96,9 +96,13 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	case serveErr = <-errc:
 	}
 	closeErr := g.Close()
-	sctx, cancel := context.WithTimeout(context.Background(), g.opts.ShutdownTimeout)
-	defer cancel()
 	// Shutdown does not wait for hijacked WebSocket connections; Close did.
+	// What is left are push requests, which answer at once now that every
+	// connection is gone, and keep-alive connections a push client opened
+	// but never used: net/http waits up to 5s for those, so the wait is
+	// bounded shorter and the rest closed.
+	sctx, cancel := context.WithTimeout(context.Background(), min(g.opts.ShutdownTimeout, time.Second))
+	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()
 	}

@@ -171,7 +171,8 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 			ln.Close()
 			return nil, err
 		}
-		if err := s.Backend.Start(ctx); err != nil {
+		// The backend lives until Close, not until the start context ends.
+		if err := s.Backend.Start(context.WithoutCancel(ctx)); err != nil {
 			ln.Close()
 			return nil, err
 		}
