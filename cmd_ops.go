@@ -53,6 +53,36 @@ func (o *opsFlags) client() (*nats.Conn, *subjects.Client, error) {
 	return nc, c, nil
 }
 
+// publish connects, runs one publishing step within the timeout, and prints
+// what it queued: the body shared by send, close and broadcast.
+func (o *opsFlags) publish(ctx context.Context, cmd string, stdout, stderr io.Writer, step func(context.Context, *subjects.Client) (string, error)) int {
+	nc, c, err := o.client()
+	if err != nil {
+		return fail(stderr, cmd, err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	what, err := step(ctx, c)
+	if err != nil {
+		return fail(stderr, cmd, err)
+	}
+	fmt.Fprintln(stdout, "queued", what)
+	return 0
+}
+
+// sendOptions are the options of the --binary and --exclude flags.
+func sendOptions(binary bool, exclude string) []subjects.SendOption {
+	var opts []subjects.SendOption
+	if binary {
+		opts = append(opts, subjects.Binary())
+	}
+	if exclude != "" {
+		opts = append(opts, subjects.Exclude(strings.Split(exclude, ",")...))
+	}
+	return opts
+}
+
 // tokenArg accepts a connection token, or with byID a raw secConnectionID.
 func tokenArg(arg string, byID bool) (string, error) {
 	if byID {
@@ -99,22 +129,9 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "send", err)
 	}
-	nc, c, err := o.client()
-	if err != nil {
-		return fail(stderr, "send", err)
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	var opts []subjects.SendOption
-	if *binary {
-		opts = append(opts, subjects.Binary())
-	}
-	if err := c.Send(ctx, tok, data, opts...); err != nil {
-		return fail(stderr, "send", err)
-	}
-	fmt.Fprintf(stdout, "queued %d bytes on %s\n", len(data), c.Names().Send(tok))
-	return 0
+	return o.publish(ctx, "send", stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
+		return fmt.Sprintf("%d bytes on %s", len(data), c.Names().Send(tok)), c.Send(ctx, tok, data, sendOptions(*binary, "")...)
+	})
 }
 
 func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -131,18 +148,9 @@ func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		return fail(stderr, "close", err)
 	}
-	nc, c, err := o.client()
-	if err != nil {
-		return fail(stderr, "close", err)
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	if err := c.Close(ctx, tok); err != nil {
-		return fail(stderr, "close", err)
-	}
-	fmt.Fprintf(stdout, "queued close on %s\n", c.Names().Close(tok))
-	return 0
+	return o.publish(ctx, "close", stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
+		return "close on " + c.Names().Close(tok), c.Close(ctx, tok)
+	})
 }
 
 func runBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -162,36 +170,17 @@ func runBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return fail(stderr, "broadcast", err)
 	}
-	nc, c, err := o.client()
-	if err != nil {
-		return fail(stderr, "broadcast", err)
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	var opts []subjects.SendOption
-	if *binary {
-		opts = append(opts, subjects.Binary())
-	}
-	if *exclude != "" {
-		opts = append(opts, subjects.Exclude(strings.Split(*exclude, ",")...))
-	}
-	subject := c.Names().Broadcast()
-	switch {
-	case *group != "":
-		subject = c.Names().Group(*group)
-		err = c.SendGroup(ctx, *group, data, opts...)
-	case *user != "":
-		subject = c.Names().User(*user)
-		err = c.SendUser(ctx, *user, data, opts...)
-	default:
-		err = c.Broadcast(ctx, data, opts...)
-	}
-	if err != nil {
-		return fail(stderr, "broadcast", err)
-	}
-	fmt.Fprintf(stdout, "queued %d bytes on %s\n", len(data), subject)
-	return 0
+	opts := sendOptions(*binary, *exclude)
+	return o.publish(ctx, "broadcast", stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
+		what := fmt.Sprintf("%d bytes on ", len(data))
+		switch {
+		case *group != "":
+			return what + c.Names().Group(*group), c.SendGroup(ctx, *group, data, opts...)
+		case *user != "":
+			return what + c.Names().User(*user), c.SendUser(ctx, *user, data, opts...)
+		}
+		return what + c.Names().Broadcast(), c.Broadcast(ctx, data, opts...)
+	})
 }
 
 // tailLine is one line of `wsbridge tail --json`.
