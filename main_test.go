@@ -13,25 +13,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 func startTestNATS(t *testing.T) (*server.Server, jetstream.JetStream) {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	t.Cleanup(s.Shutdown)
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	s := natstest.Start(t)
+	js, _ := jetstream.New(natstest.Connect(t, s))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := subjects.Provision(ctx, js, subjects.MustNew("ws"), subjects.StreamOptions{}); err != nil {

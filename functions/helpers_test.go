@@ -15,23 +15,13 @@ import (
 
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 // startNATS runs an embedded JetStream server for one test.
 func startNATS(t testing.TB) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return s
+	return natstest.Start(t)
 }
 
 // observer is the test's own view of NATS: what the functions stored.

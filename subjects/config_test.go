@@ -4,12 +4,12 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 
 	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 func TestConnOptionsFromEnv(t *testing.T) {
@@ -82,17 +82,10 @@ func TestConnectAuth(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o := tt.srv
-			o.Host, o.Port, o.NoLog, o.NoSigs = "127.0.0.1", -1, true, true
-			s, err := server.NewServer(&o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.Start()
-			defer s.Shutdown()
-			if !s.ReadyForConnections(5 * time.Second) {
-				t.Fatal("server not ready")
-			}
+			s := natstest.Start(t, func(o *server.Options) {
+				o.Username, o.Password = tt.srv.Username, tt.srv.Password
+				o.Authorization, o.Nkeys = tt.srv.Authorization, tt.srv.Nkeys
+			})
 			tt.good.URL, tt.wrong.URL = s.ClientURL(), s.ClientURL()
 			nc, err := tt.good.Connect()
 			if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 // writeCert makes a certificate signed by ca (self-signed when ca is nil) and
@@ -72,15 +73,9 @@ func TestConnectTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	tc.MinVersion = tls.VersionTLS12
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, TLS: true, TLSVerify: true, TLSConfig: tc, TLSTimeout: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	defer s.Shutdown()
-	if !s.ReadyForConnections(5 * time.Second) {
-		t.Fatal("server not ready")
-	}
+	s := natstest.Start(t, func(o *server.Options) {
+		o.TLS, o.TLSVerify, o.TLSConfig, o.TLSTimeout = true, true, tc, 5
+	})
 	url := "tls://" + s.Addr().String()
 
 	good := subjects.ConnOptions{URL: url, TLSCA: caFile, TLSCert: cliCert, TLSKey: cliKey}

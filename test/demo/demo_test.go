@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 const waitTimeout = 10 * time.Second
@@ -23,22 +23,7 @@ const waitTimeout = 10 * time.Second
 // startNATS runs an embedded JetStream server with wsbridge's streams.
 func startNATS(t *testing.T, names subjects.Names) *nats.Conn {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(waitTimeout) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
+	nc := natstest.Connect(t, natstest.Start(t))
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
