@@ -51,6 +51,8 @@ type delivery struct {
 	binary  bool
 	touched time.Time // last ack-deadline extension; guarded by Bridge.mu
 
+	one item // the item of a send or close (saves an allocation)
+
 	remaining atomic.Int64 // items not yet resolved
 	aborted   atomic.Bool  // an item was abandoned: NAK instead of ack
 	nakDelay  atomic.Int64 // delay of the NAK, nanoseconds

@@ -8,9 +8,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
+
+	"github.com/wsbridge/wsbridge/metrics"
 )
 
 // maxAnswer bounds how much of a gateway answer is read; the documented
@@ -38,14 +44,34 @@ func newHTTPClient(concurrency int, timeout time.Duration) *http.Client {
 // pusher posts reverse-push bodies to the gateway.
 type pusher struct {
 	client  *http.Client
-	url     string
+	url     *url.URL      // parsed once; shared by every request, never modified
+	header  http.Header   // idem: Content-Type only
 	limiter *rate.Limiter // nil: unlimited
+}
+
+func newPusher(client *http.Client, pushURL string) (*pusher, error) {
+	u, err := url.Parse(pushURL)
+	if err != nil {
+		// Not err: its text quotes the whole URL, whose path is secret.
+		return nil, fmt.Errorf("push URL %s does not parse", redactPushURL(pushURL))
+	}
+	// As http.NewRequest does: "host:" is "host".
+	u.Host = strings.TrimSuffix(u.Host, ":")
+	return &pusher{client: client, url: u, header: http.Header{"Content-Type": {"application/json"}}}, nil
 }
 
 type gatewayAnswer struct {
 	ErrNo *int   `json:"errNo"`
 	Msg   string `json:"errMsg"`
 }
+
+// okAnswer is the gateway's documented success answer; an answer equal to
+// it needs no JSON decoding.
+var okAnswer = []byte(`{"errNo":0,"errMsg":"ok"}`)
+
+// answerBufs holds the buffers gateway answers are read into; an answer is
+// a few dozen bytes.
+var answerBufs = sync.Pool{New: func() any { b := make([]byte, 512); return &b }}
 
 // push posts one body and classifies the answer. ctx cancels the push
 // (shutdown); a cancelled push is transient, so the message is kept.
@@ -55,26 +81,30 @@ func (p *pusher) push(ctx context.Context, body []byte) Outcome {
 			return Classify(0, 0, fmt.Errorf("push rate limit: %w", err), nil)
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(body))
+	// An empty URL parses without allocating; the pre-parsed one replaces
+	// it (the client only reads req.URL and req.Header).
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "", bytes.NewReader(body))
 	if err != nil {
-		// The URL was validated at start; this is not the message's fault.
 		return Classify(0, 0, fmt.Errorf("build push request: %w", err), nil)
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.URL, req.Host, req.Header = p.url, p.url.Host, p.header
 	resp, err := p.client.Do(req)
 	if err != nil {
 		// The error text of net/http quotes the URL, whose path is secret.
 		return Classify(0, 0, scrubURLError(err), nil)
 	}
-	data, readErr := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
-	// Drain a little more so the connection can be reused, then close.
-	_, _ = io.CopyN(io.Discard, resp.Body, maxAnswer)
+	bufp := answerBufs.Get().(*[]byte)
+	defer answerBufs.Put(bufp)
+	data, readErr := readAnswer(resp.Body, *bufp)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return Classify(resp.StatusCode, 0, nil, nil)
 	}
 	if readErr != nil {
 		return Classify(0, 0, fmt.Errorf("read gateway answer: %w", readErr), nil)
+	}
+	if bytes.Equal(data, okAnswer) {
+		return Outcome{Class: OK, Status: http.StatusOK}
 	}
 	var a gatewayAnswer
 	parseErr := json.Unmarshal(data, &a)
@@ -90,6 +120,24 @@ func (p *pusher) push(ctx context.Context, body []byte) Outcome {
 		o.Err = fmt.Errorf("gateway errNo %d: %s", errNo, clipString(a.Msg, 200))
 	}
 	return o
+}
+
+// readAnswer reads at most maxAnswer bytes of r, into buf while they fit,
+// and drains up to maxAnswer more so the connection can be reused. The
+// answer it returns may alias buf.
+func readAnswer(r io.Reader, buf []byte) ([]byte, error) {
+	n, err := io.ReadFull(r, buf)
+	switch err {
+	case io.EOF, io.ErrUnexpectedEOF:
+		return buf[:n], nil
+	case nil:
+		// Larger than buf: read the rest as before.
+		rest, err := io.ReadAll(io.LimitReader(r, int64(maxAnswer-n)))
+		data := append(buf[:n:n], rest...)
+		_, _ = io.CopyN(io.Discard, r, maxAnswer)
+		return data, err
+	}
+	return buf[:n], err
 }
 
 // scrubURLError drops the URL from a *url.Error, keeping the operation and
@@ -115,4 +163,28 @@ func clipString(s string, n int) string {
 		return s[:n] + "…"
 	}
 	return s
+}
+
+// pushCounters are the pushes_total children, resolved once: WithLabelValues
+// hashes its labels on every call.
+type pushCounters [2][4]prometheus.Counter
+
+func newPushCounters(m *metrics.Metrics) pushCounters {
+	var c pushCounters
+	for i, action := range []string{metrics.ActionSend, metrics.ActionClose} {
+		for _, class := range []Class{OK, Transient, Permanent, Gone} {
+			c[i][class] = m.Pushes.WithLabelValues(action, class.String())
+		}
+	}
+	return c
+}
+
+func (c *pushCounters) inc(close bool, class Class) {
+	i := 0
+	if close {
+		i = 1
+	}
+	if class >= OK && class <= Gone {
+		c[i][class].Inc()
+	}
 }

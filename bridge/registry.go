@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"encoding/json"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -9,18 +10,95 @@ import (
 
 // index is the in-memory view of the registry bucket used to expand
 // broadcast, group and user sends without a KV round trip per message. It
-// keeps only what fan-out needs (user and groups), so 100,000 connections
-// cost a few megabytes; full records are read from the bucket on demand.
+// keeps only what fan-out needs (user and groups); full records are read
+// from the bucket on demand (the API's conn.get and conn.list).
+//
+// It is laid out for a registry of 100,000s of connections: user and group
+// names are interned (stored once, however many connections share them), a
+// connection in a single group shares that group's one-element slice, and
+// member sets start as small slices (most users have one or two
+// connections) and become maps only when they grow. A map per user costs
+// ~200 bytes; the slice costs 16 per member.
 type index struct {
 	mu      sync.RWMutex
 	conns   map[string]conn
-	byGroup map[string]map[string]struct{}
-	byUser  map[string]map[string]struct{}
+	byGroup map[string]*members
+	byUser  map[string]*members
 }
 
 type conn struct {
-	user   string
-	groups []string
+	user   string   // interned; "" when the record has none
+	groups []string // interned names; read only (may be shared)
+}
+
+// members is the set of tokens sharing a user or group.
+type members struct {
+	name  string   // the interned name
+	one   []string // []string{name}, shared by the connections in this group only (groups only)
+	small []string // the members while few
+	big   map[string]struct{}
+}
+
+// smallSet is the size up to which a member set is a slice: a linear scan
+// of a few strings is cheaper than hashing, and far smaller than a map.
+const smallSet = 32
+
+func (s *members) add(token string) {
+	if s.big != nil {
+		s.big[token] = struct{}{}
+		return
+	}
+	if slices.Contains(s.small, token) {
+		return
+	}
+	if len(s.small) < smallSet {
+		s.small = append(s.small, token)
+		return
+	}
+	s.big = make(map[string]struct{}, 2*smallSet)
+	for _, t := range s.small {
+		s.big[t] = struct{}{}
+	}
+	s.big[token] = struct{}{}
+	s.small = nil
+}
+
+func (s *members) remove(token string) {
+	if s.big != nil {
+		delete(s.big, token)
+		return
+	}
+	if i := slices.Index(s.small, token); i >= 0 {
+		last := len(s.small) - 1
+		s.small[i] = s.small[last]
+		s.small[last] = ""
+		s.small = s.small[:last]
+	}
+}
+
+func (s *members) len() int {
+	if s.big != nil {
+		return len(s.big)
+	}
+	return len(s.small)
+}
+
+// appendTo appends the members not in exclude to out.
+func (s *members) appendTo(out []string, exclude map[string]bool) []string {
+	if s.big != nil {
+		for t := range s.big {
+			if !exclude[t] {
+				out = append(out, t)
+			}
+		}
+		return out
+	}
+	for _, t := range s.small {
+		if !exclude[t] {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // record is the part of a registry value the index reads.
@@ -32,8 +110,8 @@ type record struct {
 func newIndex() *index {
 	return &index{
 		conns:   map[string]conn{},
-		byGroup: map[string]map[string]struct{}{},
-		byUser:  map[string]map[string]struct{}{},
+		byGroup: map[string]*members{},
+		byUser:  map[string]*members{},
 	}
 }
 
@@ -42,20 +120,40 @@ func newIndex() *index {
 func (x *index) put(token string, value []byte) {
 	var r record
 	_ = json.Unmarshal(value, &r)
-	c := conn{user: r.UserID}
-	if len(r.Groups) > 0 {
-		c.groups = append([]string(nil), r.Groups...)
-	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.removeLocked(token)
+	old, had := x.conns[token]
+	if had {
+		if old.user == r.UserID && slices.Equal(old.groups, r.Groups) {
+			return // a rewrite that changes nothing the index keeps
+		}
+		x.removeLocked(token)
+	}
+	// The watcher's key is a slice of the whole message subject; a copy
+	// does not keep that alive.
+	token = strings.Clone(token)
+	var c conn
+	if r.UserID != "" {
+		c.user = addTo(x.byUser, r.UserID, token).name
+	}
+	switch len(r.Groups) {
+	case 0:
+	case 1:
+		s := addTo(x.byGroup, r.Groups[0], token)
+		if s.one == nil {
+			s.one = []string{s.name}
+		}
+		c.groups = s.one
+	default:
+		c.groups = make([]string, 0, len(r.Groups))
+		for _, g := range r.Groups {
+			if slices.Contains(c.groups, g) {
+				continue // a duplicate must not be removed twice
+			}
+			c.groups = append(c.groups, addTo(x.byGroup, g, token).name)
+		}
+	}
 	x.conns[token] = c
-	if c.user != "" {
-		addTo(x.byUser, c.user, token)
-	}
-	for _, g := range c.groups {
-		addTo(x.byGroup, g, token)
-	}
 }
 
 func (x *index) remove(token string) {
@@ -78,19 +176,23 @@ func (x *index) removeLocked(token string) {
 	}
 }
 
-func addTo(m map[string]map[string]struct{}, key, token string) {
+// addTo adds token to the set of key, creating it (and interning key) when
+// needed, and returns the set.
+func addTo(m map[string]*members, key, token string) *members {
 	s := m[key]
 	if s == nil {
-		s = map[string]struct{}{}
-		m[key] = s
+		name := strings.Clone(key)
+		s = &members{name: name}
+		m[name] = s
 	}
-	s[token] = struct{}{}
+	s.add(token)
+	return s
 }
 
-func removeFrom(m map[string]map[string]struct{}, key, token string) {
+func removeFrom(m map[string]*members, key, token string) {
 	if s := m[key]; s != nil {
-		delete(s, token)
-		if len(s) == 0 {
+		s.remove(token)
+		if s.len() == 0 {
 			delete(m, key)
 		}
 	}
@@ -124,14 +226,13 @@ func (x *index) user(u string, exclude map[string]bool) []string {
 	return x.members(x.byUser, u, exclude)
 }
 
-func (x *index) members(m map[string]map[string]struct{}, key string, exclude map[string]bool) []string {
+func (x *index) members(m map[string]*members, key string, exclude map[string]bool) []string {
 	x.mu.RLock()
-	s := m[key]
-	out := make([]string, 0, len(s))
-	for t := range s {
-		if !exclude[t] {
-			out = append(out, t)
-		}
+	var out []string
+	if s := m[key]; s != nil {
+		out = s.appendTo(make([]string, 0, s.len()), exclude)
+	} else {
+		out = []string{}
 	}
 	x.mu.RUnlock()
 	sort.Strings(out)

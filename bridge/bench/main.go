@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,7 +35,7 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
-var cpuProfile string
+var cpuProfile, plainProfile, memProfile, heapProfile string
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "child-bridge" {
@@ -48,6 +49,9 @@ func main() {
 	dur := flag.Duration("duration", 5*time.Second, "length of the latency run")
 	registry := flag.Int("registry", 100000, "registry size of the memory run (0 skips it)")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bridge drain to this file")
+	flag.StringVar(&plainProfile, "plaincpuprofile", "", "write a CPU profile of the plain client run to this file")
+	flag.StringVar(&heapProfile, "heapprofile", "", "write a heap profile of the memory run's bridge process to this file")
+	flag.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the bridge drain to this file")
 	flag.Parse()
 	if err := run(*n, *conns, *conc, *naiveN, *offered, *dur, *registry); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -153,20 +157,34 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 			return err
 		}
 	}
+	if memProfile != "" {
+		runtime.GC()
+		runtime.MemProfileRate = 64 << 10
+	}
+	cpu0 := cpuTime()
 	start = time.Now()
 	if err := b.Start(ctx); err != nil {
 		return err
 	}
+	startTook := time.Since(start)
 	if err := waitCount(tg, int64(n), 10*time.Minute); err != nil {
 		return err
 	}
 	bridgeTook := time.Since(start)
+	bridgeCPU := cpuTime() - cpu0
 	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
+	if memProfile != "" {
+		if err := writeProfile("allocs", memProfile); err != nil {
+			return err
+		}
+	}
 	_ = b.Stop(ctx)
 	bridgeRate := float64(n) / bridgeTook.Seconds()
-	fmt.Printf("bridge:    %8.0f msg/s  (%d pushes in %v)\n", bridgeRate, n, bridgeTook.Round(time.Millisecond))
+	fmt.Printf("bridge:    %8.0f msg/s  (%d pushes in %v, of which Start %v; process CPU %.0f µs/msg, %.0f%% of a CPU)\n",
+		bridgeRate, n, bridgeTook.Round(time.Millisecond), startTook.Round(time.Millisecond),
+		float64(bridgeCPU.Microseconds())/float64(n), 100*bridgeCPU.Seconds()/bridgeTook.Seconds())
 
 	// 2. A plain keep-alive client posting the same bodies, same concurrency.
 	bodies := make([][]byte, n)
@@ -179,6 +197,17 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 	tg.count.Store(0)
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	if plainProfile != "" {
+		f, err := os.Create(plainProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	cpu0 = cpuTime()
 	start = time.Now()
 	for w := 0; w < conc; w++ {
 		wg.Add(1)
@@ -195,8 +224,13 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 	}
 	wg.Wait()
 	plainTook := time.Since(start)
+	plainCPU := cpuTime() - cpu0
+	if plainProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	plainRate := float64(n) / plainTook.Seconds()
-	fmt.Printf("plain:     %8.0f msg/s  (%d posts in %v)\n", plainRate, n, plainTook.Round(time.Millisecond))
+	fmt.Printf("plain:     %8.0f msg/s  (%d posts in %v; process CPU %.0f µs/msg, %.0f%% of a CPU)\n", plainRate, n, plainTook.Round(time.Millisecond),
+		float64(plainCPU.Microseconds())/float64(n), 100*plainCPU.Seconds()/plainTook.Seconds())
 	fmt.Printf("ratio:     bridge/plain = %.2f\n", bridgeRate/plainRate)
 
 	// 3. The seed's pattern: one blocking post per message, a new
@@ -255,6 +289,9 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 			return err
 		}
 		cmd := exec.Command(exe, "child-bridge", s.ClientURL(), srv.URL+"/api-bench", strconv.Itoa(registry))
+		if heapProfile != "" {
+			cmd.Env = append(os.Environ(), "WSBRIDGE_BENCH_HEAPPROFILE="+heapProfile)
+		}
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("child bridge: %v\n%s", err, out)
@@ -262,6 +299,24 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 		fmt.Printf("memory:    %s", out)
 	}
 	return nil
+}
+
+// cpuTime is the CPU time (user and system) this process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func writeProfile(name, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup(name).WriteTo(f, 0)
 }
 
 func post(c *http.Client, url string, body []byte) {
@@ -354,20 +409,25 @@ func childBridge(args []string) int {
 	}
 	took := time.Since(start)
 	runtime.GC()
+	if p := os.Getenv("WSBRIDGE_BENCH_HEAPPROFILE"); p != "" {
+		if err := writeProfile("heap", p); err != nil {
+			fmt.Println(err)
+		}
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	fmt.Printf("bridge process indexed %d connections in %v: VmRSS %s, Go heap in use %.1f MB after GC\n",
-		want, took.Round(time.Millisecond), vmRSS(), float64(ms.HeapInuse)/(1<<20))
+	fmt.Printf("bridge process indexed %d connections in %v: VmRSS %s (peak %s), Go heap in use %.1f MB after GC\n",
+		want, took.Round(time.Millisecond), procStatus("VmRSS:"), procStatus("VmHWM:"), float64(ms.HeapInuse)/(1<<20))
 	return 0
 }
 
-func vmRSS() string {
+func procStatus(field string) string {
 	data, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return "unknown"
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			f := strings.Fields(v)
 			if len(f) == 2 {
 				kb, _ := strconv.Atoi(f[0])
