@@ -288,30 +288,45 @@ func streamSeq(m jetstream.Msg) uint64 {
 	return meta.Sequence.Stream
 }
 
-// keepAlive extends the ack deadline of messages held longer than a third of
-// AckWait (waiting in a lane behind a retried message, or a large fan-out).
+// keepAlive extends the ack deadline of held messages before AckWait runs
+// out. When any message needs it, every held message is extended, in stream
+// order: their deadlines then expire together and in order, so if this
+// bridge dies, JetStream redelivers what it held in publish order. Extending
+// only the stale ones would give a later message an earlier deadline than a
+// message extended just before it, and a restarted bridge would push the two
+// to one connection out of order.
 func (b *Bridge) keepAlive() {
 	defer b.wg.Done()
 	every := b.opts.AckWait / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var all []*delivery
 	for {
 		select {
 		case <-b.quit:
 			return
 		case now := <-t.C:
-			var stale []*delivery
+			all = all[:0]
+			stale := false
 			b.mu.Lock()
 			for _, d := range b.held {
-				if now.Sub(d.touched) >= every {
+				stale = stale || now.Sub(d.touched) >= every
+				all = append(all, d)
+			}
+			if stale {
+				for _, d := range all {
 					d.touched = now
-					stale = append(stale, d)
 				}
 			}
 			b.mu.Unlock()
-			for _, d := range stale {
+			if !stale {
+				continue
+			}
+			slices.SortFunc(all, func(x, y *delivery) int { return cmp.Compare(x.seq, y.seq) })
+			for _, d := range all {
 				_ = d.msg.InProgress()
 			}
+			clear(all) // drop references to finished deliveries
 		}
 	}
 }

@@ -1,66 +1,29 @@
 package functions_test
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/wsbridge/wsbridge/functions/scfrpc"
+	"github.com/wsbridge/wsbridge/test/buildtest"
 )
-
-const module = "github.com/wsbridge/wsbridge/functions/"
 
 // buildFunctions builds the function binaries named by their package paths
 // under functions/ (register, internal/noop, …) into a temporary directory
 // and returns it; each binary is named after the package's last element.
 func buildFunctions(t testing.TB, pkgs ...string) string {
 	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go tool not found: cannot build the function binaries")
+	for i, p := range pkgs {
+		pkgs[i] = "functions/" + p
 	}
-	dir := t.TempDir()
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
-	for _, p := range pkgs {
-		args = append(args, module+p)
-	}
-	cmd := exec.Command(goTool, args...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %v: %v\n%s", pkgs, err, out)
-	}
-	for _, p := range pkgs {
-		if _, err := os.Stat(filepath.Join(dir, path.Base(p))); err != nil {
-			t.Fatalf("built binary: %v", err)
-		}
-	}
-	return dir
-}
-
-// syncBuffer collects a child process's output for the test log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	return buildtest.BuildT(t, pkgs...)
 }
 
 // startFunction runs a function binary as SCF does, listening on
@@ -84,7 +47,7 @@ func startFunction(t testing.TB, bin string, env ...string) *scfrpc.Client {
 	}
 	cmd.Env = append(cmd.Env, "_LAMBDA_SERVER_PORT="+port)
 	cmd.Env = append(cmd.Env, env...)
-	var out syncBuffer
+	var out buildtest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)

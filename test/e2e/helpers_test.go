@@ -10,8 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/buildtest"
 	"github.com/wsbridge/wsbridge/test/stack"
 )
 
@@ -70,29 +69,11 @@ func runTests(m *testing.M) int {
 // buildFunctions builds the deployed function binaries (no race detector:
 // what is tested is what is deployed) into dir.
 func buildFunctions(dir string) error {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
+	pkgs := make([]string, len(functionNames))
+	for i, name := range functionNames {
+		pkgs[i] = "functions/" + name
 	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return errors.New("go env GOMOD: not inside the wsbridge module")
-	}
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
-	for _, name := range functionNames {
-		args = append(args, "./functions/"+name)
-	}
-	cmd := exec.Command("go", args...)
-	cmd.Dir = filepath.Dir(gomod)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	for _, name := range functionNames {
-		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("function binary %s not built: %w", name, err)
-		}
-	}
-	return nil
+	return buildtest.Build(dir, pkgs...)
 }
 
 // testLogger discards unless WSBRIDGE_E2E_LOG is set, when it writes to

@@ -5,29 +5,22 @@ import (
 	"encoding/json"
 	"errors"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/tencentyun/scf-go-lib/functioncontext"
+
+	"github.com/wsbridge/wsbridge/test/buildtest"
 )
 
 // buildEchoFn builds internal/echofn, a real SCF Go function served by
 // scf-go-lib's runtime.
 func buildEchoFn(t *testing.T) string {
 	t.Helper()
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go tool not on PATH; cannot build the test function")
-	}
-	bin := filepath.Join(t.TempDir(), "echofn")
-	cmd := exec.Command(gobin, "build", "-o", bin, "github.com/wsbridge/wsbridge/test/gateway/internal/echofn")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build echofn: %v\n%s", err, out)
-	}
-	return bin
+	const pkg = "test/gateway/internal/echofn"
+	return buildtest.Binary(buildtest.BuildT(t, pkg), pkg)
 }
 
 func startEchoFn(t *testing.T, bin string) *RPCInvoker {
