@@ -2,16 +2,20 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
 
 	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 // TestDevCommand runs `wsbridge dev` in process on free ports, talks to the
@@ -80,5 +84,85 @@ func TestDevCommand(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("dev did not stop within 60s of the interrupt")
+	}
+}
+
+// TestGatewayCommand runs `wsbridge gateway` alone against a NATS server:
+// a client's frame reaches NATS through the in-process functions, and a POST
+// to the printed reverse-push address reaches the client.
+func TestGatewayCommand(t *testing.T) {
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	msgs := make(chan *nats.Msg, 4)
+	sub, err := nc.ChanSubscribe("ws.in.message.*", msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	code := make(chan int, 1)
+	go func() {
+		code <- run(ctx, []string{"gateway", "--nats-url", s.ClientURL(), "--addr", "127.0.0.1:0", "--log-level", "warn"}, pw, io.Discard)
+		pw.Close()
+	}()
+	urls := map[string]string{}
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() && len(urls) < 2 {
+		if f := strings.Fields(sc.Text()); len(f) >= 3 && f[0] == "reverse" {
+			urls["push"] = f[2]
+		} else if len(f) >= 2 && f[0] == "websocket" {
+			urls["ws"] = f[1]
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	if urls["ws"] == "" || urls["push"] == "" {
+		t.Fatalf("gateway printed %v, want websocket and reverse push URLs", urls)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	c, _, err := websocket.Dial(wctx, urls["ws"], nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.CloseNow()
+	if err := c.Write(wctx, websocket.MessageText, []byte("over the emulator")); err != nil {
+		t.Fatal(err)
+	}
+	var m *nats.Msg
+	select {
+	case m = <-msgs:
+	case <-wctx.Done():
+		t.Fatal("no ws.in.message event")
+	}
+	if string(m.Data) != "over the emulator" {
+		t.Fatalf("event data %q", m.Data)
+	}
+	id := m.Header.Get(subjects.HeaderConnID)
+	body, _ := json.Marshal(subjects.PushBody{WebSocket: subjects.GatewayWebSocket{
+		Action: subjects.ActionDataSend, SecConnectionID: id, DataType: subjects.DataText, Data: "pushed"}})
+	resp, err := http.Post(urls["push"], "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(answer) != `{"errNo":0,"errMsg":"ok"}` {
+		t.Fatalf("push answered %d %s", resp.StatusCode, answer)
+	}
+	if _, got, err := c.Read(wctx); err != nil || string(got) != "pushed" {
+		t.Fatalf("client read %q, %v; want the push", got, err)
+	}
+	c.Close(websocket.StatusNormalClosure, "bye")
+	cancel()
+	select {
+	case got := <-code:
+		if got != 0 {
+			t.Fatalf("gateway exited %d, want 0", got)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("gateway did not stop")
 	}
 }
