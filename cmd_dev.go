@@ -115,7 +115,7 @@ func printBanner(w io.Writer, name string, st *stack.Stack, o stack.Options) {
 	}
 	fmt.Fprintf(w, "  websocket      %s\n", st.WSURL())
 	fmt.Fprintf(w, "  reverse push   %s\n", st.PushURL())
-	fmt.Fprintf(w, "  nats           %s\n", st.NATSURL())
+	fmt.Fprintf(w, "  nats           %s\n", subjects.RedactURL(st.NATSURL()))
 	if m := st.MetricsURL(); m != "" {
 		fmt.Fprintf(w, "  metrics        %s\n", m)
 	}

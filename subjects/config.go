@@ -3,6 +3,7 @@ package subjects
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -124,22 +125,34 @@ func (o ConnOptions) Connect(extra ...nats.Option) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(o.URL, append(opts, extra...)...)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			// url.Error quotes the whole URL, password included.
+			return nil, fmt.Errorf("nats: connect %s: the URL does not parse (check its escaping)", RedactURL(o.URL))
+		}
 		return nil, fmt.Errorf("nats: connect %s: %w", RedactURL(o.URL), err)
 	}
 	return nc, nil
 }
 
-// RedactURL hides user info in (comma-separated) URLs so they can be logged.
+// RedactURL hides user info in (comma-separated) URLs so they can be logged,
+// with or without a scheme (nats.go accepts "user:pass@host:4222").
 func RedactURL(u string) string {
 	parts := strings.Split(u, ",")
 	for i, p := range parts {
 		scheme, rest, ok := strings.Cut(p, "://")
 		if !ok {
+			scheme, rest = "", p
+		}
+		at := strings.LastIndex(rest, "@")
+		if at < 0 {
 			continue
 		}
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			parts[i] = scheme + "://redacted@" + rest[at+1:]
+		rest = "redacted@" + rest[at+1:]
+		if ok {
+			rest = scheme + "://" + rest
 		}
+		parts[i] = rest
 	}
 	return strings.Join(parts, ",")
 }

@@ -3,6 +3,7 @@ package subjects_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -50,6 +51,8 @@ func TestRedactURL(t *testing.T) {
 		{"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
 		{"nats://u:secret@h:4222,tls://tok@h2:4222", "nats://redacted@h:4222,tls://redacted@h2:4222"},
 		{"h:4222", "h:4222"},
+		{"user:s3cret@10.0.0.1:4222", "redacted@10.0.0.1:4222"},
+		{"nats://a:4222,u:p@b:4222", "nats://a:4222,redacted@b:4222"},
 	}
 	for _, tt := range tests {
 		if got := subjects.RedactURL(tt.in); got != tt.want {
@@ -100,5 +103,24 @@ func TestConnectAuth(t *testing.T) {
 	}
 	if _, err := (subjects.ConnOptions{}).Connect(); err == nil {
 		t.Error("Connect without URL succeeded")
+	}
+}
+
+// TestConnectErrorHidesPassword: whatever goes wrong, the error (which ends
+// up in logs and in the register function's errMsg) does not quote it.
+func TestConnectErrorHidesPassword(t *testing.T) {
+	for _, u := range []string{
+		"nats://user:s3%zzcret@127.0.0.1:1",
+		"user:s3cret@127.0.0.1:1",
+		"nats://user:s3cret@127.0.0.1:1",
+	} {
+		nc, err := (subjects.ConnOptions{URL: u}).Connect()
+		if err == nil {
+			nc.Close()
+			t.Fatalf("connect %s succeeded", u)
+		}
+		if strings.Contains(err.Error(), "s3") {
+			t.Errorf("connect %s: error %q shows the password", u, err)
+		}
 	}
 }
