@@ -250,6 +250,8 @@ func TestAuthorization(t *testing.T) {
 			_ = m.Respond([]byte(`{"allow":false}`))
 		case strings.HasPrefix(ce.ConnectionID, "garbage"):
 			_ = m.Respond([]byte(`not json`))
+		case strings.HasPrefix(ce.ConnectionID, "badproto"):
+			_ = m.Respond([]byte(`{"allow":true,"protocol":"never-offered"}`))
 		case strings.HasPrefix(ce.ConnectionID, "badgroup"):
 			_ = m.Respond([]byte(`{"allow":true,"groups":["a.b"]}`))
 		case strings.HasPrefix(ce.ConnectionID, "silent"):
@@ -280,6 +282,7 @@ func TestAuthorization(t *testing.T) {
 		{functions.AuthRequired, "silent-req", false, 503, "no reply within", ""},
 		{functions.AuthRequired, "garbage-req", false, 500, "not an auth reply", ""},
 		{functions.AuthRequired, "badgroup-req", false, 500, "group", ""},
+		{functions.AuthRequired, "badproto-req", false, 500, "not one the client offered", ""},
 		// Last: these unsubscribe the authorizer.
 		{functions.AuthOptional, "noresp-opt", true, 0, "ok", ""},
 		{functions.AuthRequired, "noresp-req", true, 503, "no responder", ""},
@@ -300,7 +303,7 @@ func TestAuthorization(t *testing.T) {
 				_ = sub.Unsubscribe()
 			}
 			before := asked.Load()
-			out, err := fns[tt.mode].Register(invocation(t, "req-"+tt.id, 5*time.Second), json.RawMessage(connectEvent(tt.id, "offered")))
+			out, err := fns[tt.mode].Register(invocation(t, "req-"+tt.id, 5*time.Second), json.RawMessage(connectEvent(tt.id, "offered, chosen")))
 			if err != nil {
 				t.Fatalf("Register: %v", err)
 			}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -181,6 +182,11 @@ func authorize(ctx context.Context, nc *nats.Conn, cfg *config, ce *subjects.Con
 		if err := subjects.ValidName(g); err != nil {
 			return nil, &rejectError{code: CodeInternal, msg: fmt.Sprintf("connect authorization: group: %v", err)}
 		}
+	}
+	// The gateway answers with exactly one subprotocol, and a browser fails
+	// the handshake on one it did not offer: refuse both here, clearly.
+	if ar.Protocol != "" && !slices.Contains(ce.Protocols, ar.Protocol) {
+		return nil, &rejectError{code: CodeInternal, msg: fmt.Sprintf("connect authorization: protocol %q is not one the client offered %q", ar.Protocol, ce.Protocols)}
 	}
 	return &ar, nil
 }
