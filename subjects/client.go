@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -191,13 +192,19 @@ func (c *Client) Subscribe(h EventHandler, onErr ...ErrorHandler) (*nats.Subscri
 }
 
 // ConsumeHandler handles one event from a durable consumer; a nil error acks
-// it, an error naks it for redelivery.
+// it, an error redelivers it after RetryDelay.
 type ConsumeHandler func(context.Context, Event) error
+
+// RetryDelay is how long Consume waits before redelivering an event whose
+// handler failed, so a failing handler does not spin.
+const RetryDelay = time.Second
 
 // Consume receives inbound events through a durable JetStream consumer on
 // WS_IN named durable: events are replayed after a restart, and several
-// instances sharing the durable split the work. Undecodable messages are
-// terminated (they would never decode) and reported to onErr when given.
+// instances sharing the durable split the work. ctx bounds creating the
+// consumer; handlers get a context that ends when the returned
+// ConsumeContext stops. Undecodable messages are terminated (they would
+// never decode) and reported to onErr when given.
 func (c *Client) Consume(ctx context.Context, durable string, h ConsumeHandler, onErr ...ErrorHandler) (jetstream.ConsumeContext, error) {
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, c.names.StreamIn(), jetstream.ConsumerConfig{
 		Durable:       durable,
@@ -208,7 +215,8 @@ func (c *Client) Consume(ctx context.Context, durable string, h ConsumeHandler, 
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", durable, c.names.StreamIn(), err)
 	}
-	return cons.Consume(func(m jetstream.Msg) {
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	cc, err := cons.Consume(func(m jetstream.Msg) {
 		ev, err := c.names.DecodeEvent(m.Subject(), m.Headers(), m.Data())
 		if err != nil {
 			for _, f := range onErr {
@@ -217,10 +225,19 @@ func (c *Client) Consume(ctx context.Context, durable string, h ConsumeHandler, 
 			_ = m.TermWithReason(err.Error())
 			return
 		}
-		if err := h(ctx, ev); err != nil {
-			_ = m.Nak()
+		if err := h(hctx, ev); err != nil {
+			_ = m.NakWithDelay(RetryDelay)
 			return
 		}
 		_ = m.Ack()
 	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	go func() {
+		<-cc.Closed()
+		cancel()
+	}()
+	return cc, nil
 }

@@ -239,3 +239,47 @@ func TestRegistryExpiryIsVisible(t *testing.T) {
 		}
 	}
 }
+
+// TestConsumeRedeliversAfterError: a failing handler gets the event again
+// (after RetryDelay, not in a tight loop), with a context that outlives the
+// one Consume was called with.
+func TestConsumeRedeliversAfterError(t *testing.T) {
+	s := startNATS(t)
+	c, _ := subjects.NewClient(connect(t, s), "")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := subjects.Provision(ctx, c.JetStream(), c.Names(), subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	setup, setupDone := context.WithCancel(context.Background())
+	calls := make(chan time.Time, 10)
+	cc, err := c.Consume(setup, "retry", func(hctx context.Context, ev subjects.Event) error {
+		if hctx.Err() != nil {
+			t.Errorf("handler context already done: %v", hctx.Err())
+		}
+		calls <- time.Now()
+		if len(calls) == 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Stop()
+	setupDone() // the consumer's own context is gone; handlers must not care
+	if _, err := c.JetStream().Publish(ctx, c.Names().Message(subjects.Token("c1")), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var first, second time.Time
+	for _, at := range []*time.Time{&first, &second} {
+		select {
+		case *at = <-calls:
+		case <-ctx.Done():
+			t.Fatal("event not (re)delivered")
+		}
+	}
+	if gap := second.Sub(first); gap < subjects.RetryDelay/2 {
+		t.Errorf("redelivered after %v, want about %v", gap, subjects.RetryDelay)
+	}
+}
