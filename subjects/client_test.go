@@ -3,6 +3,7 @@ package subjects_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -253,12 +254,13 @@ func TestConsumeRedeliversAfterError(t *testing.T) {
 	}
 	setup, setupDone := context.WithCancel(context.Background())
 	calls := make(chan time.Time, 10)
+	var n atomic.Int32
 	cc, err := c.Consume(setup, "retry", func(hctx context.Context, ev subjects.Event) error {
 		if hctx.Err() != nil {
 			t.Errorf("handler context already done: %v", hctx.Err())
 		}
 		calls <- time.Now()
-		if len(calls) == 1 {
+		if n.Add(1) == 1 {
 			return errors.New("not yet")
 		}
 		return nil
@@ -276,7 +278,7 @@ func TestConsumeRedeliversAfterError(t *testing.T) {
 		select {
 		case *at = <-calls:
 		case <-ctx.Done():
-			t.Fatal("event not (re)delivered")
+			t.Fatalf("event not (re)delivered (first at %v)", first)
 		}
 	}
 	if gap := second.Sub(first); gap < subjects.RetryDelay/2 {
