@@ -120,22 +120,57 @@ func (b *Bridge) apiConnList(ctx context.Context, data []byte) (any, error) {
 	default:
 		tokens = b.idx.all(nil)
 	}
-	reply := subjects.ConnListReply{Total: len(tokens), Connections: []subjects.ConnectEvent{}}
+	reply := connListReply{Total: len(tokens), Connections: []json.RawMessage{}}
+	budget := listBudget(b.nc.MaxPayload())
+	size := 0
 	for _, t := range tokens {
 		if len(reply.Connections) >= limit {
+			reply.Truncated = true
 			break
 		}
 		e, err := b.kv.Get(ctx, t)
 		if err != nil {
-			continue // deleted since the index saw it
+			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+				continue // deleted since the index saw it
+			}
+			return nil, fmt.Errorf("registry get: %w", err)
 		}
 		var ev subjects.ConnectEvent
 		if err := json.Unmarshal(e.Value(), &ev); err != nil {
 			ev = subjects.ConnectEvent{Token: t}
 		}
-		reply.Connections = append(reply.Connections, ev)
+		raw, err := json.Marshal(ev)
+		if err != nil {
+			return nil, fmt.Errorf("encode record of %s: %w", t, err)
+		}
+		if size+len(raw)+1 > budget {
+			reply.Truncated = true
+			break
+		}
+		size += len(raw) + 1 // and a comma
+		reply.Connections = append(reply.Connections, raw)
 	}
 	return reply, nil
+}
+
+// connListReply is subjects.ConnListReply plus Truncated: the answer left
+// matching records out, because of the limit (at most maxList) or to fit in
+// a NATS message. Total counts every match.
+type connListReply struct {
+	Connections []json.RawMessage `json:"connections"`
+	Total       int               `json:"total"`
+	Truncated   bool              `json:"truncated,omitempty"`
+}
+
+// listBudget is how many bytes of records a conn.list answer may carry
+// under the connection's maximum payload, leaving room for the rest of the
+// answer.
+func listBudget(maxPayload int64) int {
+	headroom := max(maxPayload/64, 4096)
+	if headroom >= maxPayload {
+		headroom = maxPayload / 2
+	}
+	return int(maxPayload - headroom)
 }
 
 // apiGroup adds or removes groups on a registry record with optimistic

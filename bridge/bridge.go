@@ -59,6 +59,13 @@ type Bridge struct {
 	idx  *index
 	subs []*nats.Subscription
 
+	// Registry refreshes (see maybeRefresh): the bucket's TTL, the queue
+	// of tokens to refresh and the tokens queued or being refreshed.
+	regTTL     time.Duration
+	refreshCh  chan string
+	refreshMu  sync.Mutex
+	refreshing map[string]struct{}
+
 	mu    sync.Mutex
 	lanes map[string]*lane
 	held  map[uint64]*delivery
@@ -127,24 +134,27 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	}
 	m := metrics.New(reg)
 	b := &Bridge{
-		opts:     o,
-		names:    names,
-		policy:   o.policy(),
-		nc:       deps.Conn,
-		js:       js,
-		log:      log.With("component", "bridge"),
-		reg:      reg,
-		m:        m,
-		pushes:   newPushCounters(m),
-		pusher:   p,
-		idx:      newIndex(),
-		lanes:    map[string]*lane{},
-		held:     map[uint64]*delivery{},
-		ready:    newReadyQueue(),
-		stopCh:   make(chan struct{}),
-		quit:     make(chan struct{}),
-		syncedCh: make(chan struct{}),
-		stopDone: make(chan struct{}),
+		opts:   o,
+		names:  names,
+		policy: o.policy(),
+		nc:     deps.Conn,
+		js:     js,
+		log:    log.With("component", "bridge"),
+		reg:    reg,
+		m:      m,
+		pushes: newPushCounters(m),
+		pusher: p,
+		idx:    newIndex(),
+		lanes:  map[string]*lane{},
+		held:   map[uint64]*delivery{},
+		ready:  newReadyQueue(),
+
+		refreshCh:  make(chan string, refreshQueue),
+		refreshing: map[string]struct{}{},
+		stopCh:     make(chan struct{}),
+		quit:       make(chan struct{}),
+		syncedCh:   make(chan struct{}),
+		stopDone:   make(chan struct{}),
 	}
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	b.pushCtx, b.cancel = context.WithCancel(context.Background())
@@ -199,6 +209,10 @@ func (b *Bridge) Start(ctx context.Context) error {
 		return fmt.Errorf("registry bucket %s: %w", b.names.Bucket(), err)
 	}
 	b.kv = kv
+	b.regTTL = registryTTL(b.opts.Streams.RegistryTTL)
+	if st, err := kv.Status(ctx); err == nil && st.TTL() > 0 {
+		b.regTTL = st.TTL()
+	}
 	w, err := kv.WatchAll(b.bgCtx)
 	if err != nil {
 		return fmt.Errorf("watch registry %s: %w", b.names.Bucket(), err)
@@ -245,9 +259,10 @@ func (b *Bridge) Start(ctx context.Context) error {
 		b.wg.Add(1)
 		go b.worker()
 	}
-	b.wg.Add(2)
+	b.wg.Add(3)
 	go b.keepAlive()
 	go b.sample()
+	go b.refresher()
 	batch := min(b.opts.MaxAckPending, 1000)
 	cc, err := cons.Consume(b.handle,
 		jetstream.PullMaxMessages(batch),
@@ -301,7 +316,12 @@ func (b *Bridge) Stop(ctx context.Context) error {
 }
 
 func (b *Bridge) stop(ctx context.Context) error {
+	// Under b.mu: handle checks stopping and registers the message as held
+	// in one critical section, so waitHeld below cannot miss a message
+	// handle let through.
+	b.mu.Lock()
 	b.stopping.Store(true)
+	b.mu.Unlock()
 	close(b.stopCh)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, b.opts.ShutdownTimeout)
@@ -396,8 +416,13 @@ func (b *Bridge) waitHeld(ctx context.Context) bool {
 // handle receives each outbound message from the consumer (one goroutine,
 // in delivery order) and queues its pushes.
 func (b *Bridge) handle(m jetstream.Msg) {
+	meta, metaErr := m.Metadata()
+	// The stopping check and the insert into held are one critical section
+	// (stop sets stopping under b.mu too): otherwise stop's waitHeld could
+	// see nothing held between them and finish while this message is
+	// queued with no worker left to settle it.
+	b.mu.Lock()
 	if b.stopping.Load() {
-		b.mu.Lock()
 		if !b.gaveBack {
 			b.giveBack = append(b.giveBack, m)
 			b.mu.Unlock()
@@ -407,14 +432,13 @@ func (b *Bridge) handle(m jetstream.Msg) {
 		_ = m.Nak()
 		return
 	}
-	meta, err := m.Metadata()
-	if err != nil {
+	if metaErr != nil {
+		b.mu.Unlock()
 		// Not a JetStream message: nothing to ack, nothing to redeliver.
-		b.log.Error("outbound message without metadata", "err", err)
+		b.log.Error("outbound message without metadata", "err", metaErr)
 		return
 	}
 	d := &delivery{msg: m, seq: meta.Sequence.Stream, stamp: meta.Timestamp, touched: time.Now()}
-	b.mu.Lock()
 	if _, dup := b.held[d.seq]; dup {
 		// Redelivered while still held (the ack wait ran out under a long
 		// push); the held copy will be acked.
@@ -477,6 +501,7 @@ func (b *Bridge) handle(m jetstream.Msg) {
 		return
 	}
 	d.remaining.Store(int64(len(tokens)))
+	d.shareTail()
 	for _, t := range tokens {
 		b.enqueue(&item{d: d, token: t})
 	}
@@ -504,21 +529,22 @@ const (
 // attempt pushes one item once and acts on the decision.
 func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	d := it.d
+	if it.dl != nil {
+		// The outcome is known; only its dead letter is left to publish.
+		return b.finish(it)
+	}
 	if it.payload == nil {
 		p, err := b.payload(it)
 		if err != nil {
-			if dlErr := b.deadLetter(d, d.kind, it.token, metrics.ReasonInvalid, Outcome{Err: err}, 0); dlErr != nil {
-				b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", dlErr)
-				return abandon, b.opts.BackoffMax
-			}
-			return resolved, 0
+			it.dl = &pendingDL{reason: metrics.ReasonInvalid, o: Outcome{Err: err}}
+			return b.finish(it)
 		}
 		it.payload = p
 	}
 	it.attempts++
 	b.m.InFlight.Inc()
 	start := time.Now()
-	o := b.pusher.push(b.pushCtx, it.payload)
+	o := b.pusher.push(b.pushCtx, it.payload, it.d.tail)
 	done := time.Now()
 	b.m.InFlight.Dec()
 	b.m.PushDuration.Observe(done.Sub(start).Seconds())
@@ -533,6 +559,8 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 		b.m.DeliveryLag.Observe(done.Sub(d.stamp).Seconds())
 		if it.close {
 			b.forget(it.token, subjects.ReasonClosed, d.seq)
+		} else {
+			b.maybeRefresh(it.token, done)
 		}
 		return resolved, 0
 	case Retry:
@@ -541,12 +569,37 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 			"attempt", it.attempts, "delay", dec.Delay, "err", o.Err)
 		return retry, dec.Delay
 	}
-	if err := b.deadLetter(d, d.kind, it.token, dec.Reason, o, it.attempts); err != nil {
-		b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", err)
-		return abandon, b.opts.BackoffMax
+	it.dl = &pendingDL{reason: dec.Reason, o: o, attempts: it.attempts, gone: dec.Gone}
+	return b.finish(it)
+}
+
+// pendingDL is the dead letter an item's outcome calls for.
+type pendingDL struct {
+	reason   string
+	o        Outcome
+	attempts int  // push attempts made
+	gone     bool // forget the connection once dead-lettered
+	tries    int  // failed publishes of the dead letter
+}
+
+// finish publishes the item's dead letter. When the publish fails, the item
+// stays at the head of its lane and the publish is retried after a backoff,
+// like a transient push failure, so later messages to the connection keep
+// waiting behind it (abandoning the lane would let newer messages to the
+// connection start a new lane and overtake it). A stop gives the lane back
+// to JetStream as usual.
+func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
+	p := it.dl
+	if err := b.deadLetter(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts); err != nil {
+		p.tries++
+		delay := b.policy.Backoff(p.tries, rand.Float64())
+		b.log.Error("dead letter failed; retrying", "seq", it.d.seq, "token", it.token,
+			"tries", p.tries, "delay", delay, "err", err)
+		return retry, delay
 	}
-	if dec.Gone {
-		b.forget(it.token, subjects.ReasonGone, d.seq)
+	it.dl = nil
+	if p.gone {
+		b.forget(it.token, subjects.ReasonGone, it.d.seq)
 	}
 	return resolved, 0
 }
@@ -555,7 +608,13 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 // by hand into one right-sized buffer: encoding/json's reflection cost a
 // tenth of the push path's CPU. Strings that need escaping (rare: ids are
 // base64url and most text is plain) go through encoding/json, so the body is
-// byte for byte what json.Marshal(subjects.PushBody{…}) gives.
+// byte for byte what json.Marshal gives for the same fields, except that a
+// send always carries "data" (subjects.GatewayWebSocket omits it when empty).
+//
+// The body is the returned head followed by it.d.tail. A fan-out's tail
+// (everything after the connection id: data type and data) is built once
+// per message by shareTail, so its items hold only their head rather than
+// a copy of the data each; otherwise the tail is nil and head is the body.
 func (b *Bridge) payload(it *item) ([]byte, error) {
 	id, err := subjects.ConnID(it.token)
 	if err != nil {
@@ -567,31 +626,56 @@ func (b *Bridge) payload(it *item) ([]byte, error) {
 		buf = appendJSONString(buf, id)
 		return append(buf, "}}"...), nil
 	}
-	dataType := subjects.DataText
-	dataLen := len(it.d.body)
-	if it.d.binary {
-		dataType = subjects.DataBinary
-		dataLen = base64.StdEncoding.EncodedLen(len(it.d.body))
+	n := len(sendHead) + len(id) + 2
+	if it.d.tail == nil {
+		n += sendTailLen(it.d)
 	}
-	buf := make([]byte, 0, len(`{"websocket":{"action":"data send","secConnectionID":"","dataType":"binary","data":""}}`)+len(id)+dataLen)
-	buf = append(buf, `{"websocket":{"action":"`+subjects.ActionDataSend+`","secConnectionID":`...)
+	buf := make([]byte, 0, n)
+	buf = append(buf, sendHead...)
 	buf = appendJSONString(buf, id)
+	if it.d.tail == nil {
+		buf = appendSendTail(buf, it.d)
+	}
+	return buf, nil
+}
+
+// sendHead starts a send's body; the connection id follows.
+const sendHead = `{"websocket":{"action":"` + subjects.ActionDataSend + `","secConnectionID":`
+
+// shareTail builds the body tail the items of a fan-out share.
+func (d *delivery) shareTail() {
+	d.tail = appendSendTail(make([]byte, 0, sendTailLen(d)), d)
+}
+
+func sendTailLen(d *delivery) int {
+	dataLen := len(d.body)
+	if d.binary {
+		dataLen = base64.StdEncoding.EncodedLen(len(d.body))
+	}
+	return len(`,"dataType":"binary","data":""}}`) + dataLen
+}
+
+// appendSendTail appends what follows the connection id in a send's body.
+func appendSendTail(buf []byte, d *delivery) []byte {
+	dataType := subjects.DataText
+	if d.binary {
+		dataType = subjects.DataBinary
+	}
 	buf = append(buf, `,"dataType":"`...)
 	buf = append(buf, dataType...)
 	buf = append(buf, '"')
-	// Data is omitempty, like the struct's tag.
-	if len(it.d.body) > 0 {
-		buf = append(buf, `,"data":`...)
-		if it.d.binary {
-			// Base64 never needs escaping.
-			buf = append(buf, '"')
-			buf = base64.StdEncoding.AppendEncode(buf, it.d.body)
-			buf = append(buf, '"')
-		} else {
-			buf = appendJSONString(buf, string(it.d.body))
-		}
+	// Always "data", "" for an empty send (SPEC §1 body), although the
+	// struct's tag is omitempty.
+	buf = append(buf, `,"data":`...)
+	if d.binary {
+		// Base64 never needs escaping.
+		buf = append(buf, '"')
+		buf = base64.StdEncoding.AppendEncode(buf, d.body)
+		buf = append(buf, '"')
+	} else {
+		buf = appendJSONString(buf, string(d.body))
 	}
-	return append(buf, "}}"...), nil
+	return append(buf, "}}"...)
 }
 
 // appendJSONString appends s as a JSON string exactly as encoding/json
@@ -650,14 +734,28 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 // forget deletes a connection from the registry and publishes its
 // disconnect event. Both are best effort (SPEC §3): failures are logged, the
 // registry TTL is the safety net.
+//
+// A close is announced per close message. A connection found gone is
+// announced once: every message queued for it is answered gone, so only the
+// first one, while the index still holds the connection, deletes and
+// announces, and the message id gone-<token> lets WS_IN de-duplicate what
+// several instances announce.
 func (b *Bridge) forget(token, reason string, seq uint64) {
+	held := b.idx.remove(token)
+	msgID := reason + "-" + token + "-" + strconv.FormatUint(seq, 10)
+	if reason == subjects.ReasonGone {
+		if !held {
+			b.log.Debug("gone connection already forgotten", "token", token)
+			return
+		}
+		msgID = reason + "-" + token
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := b.kv.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		b.log.Warn("registry delete failed", "token", token, "err", err)
 	}
-	b.idx.remove(token)
-	if err := b.publishDisconnect(ctx, token, reason, reason+"-"+token+"-"+strconv.FormatUint(seq, 10)); err != nil {
+	if err := b.publishDisconnect(ctx, token, reason, msgID); err != nil {
 		b.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
 	}
 }
@@ -709,16 +807,17 @@ func (b *Bridge) watch(w jetstream.KeyWatcher) {
 			}
 			switch e.Operation() {
 			case jetstream.KeyValuePut:
-				b.idx.put(e.Key(), e.Value())
+				b.idx.putAt(e.Key(), e.Value(), e.Created())
 			case jetstream.KeyValueDelete:
 				b.idx.remove(e.Key())
 			case jetstream.KeyValuePurge:
-				b.idx.remove(e.Key())
 				// The registry's TTL expiry shows as a purge marker (the
-				// bridge and the functions delete, never purge). Every
-				// instance sees it; the Nats-Msg-Id makes WS_IN store one
-				// event.
-				if b.synced.Load() {
+				// bridge and the functions delete, never purge). So does
+				// the age-out of a delete marker, for a connection that
+				// already left: only a record the index still held has
+				// expired. Every instance sees it; the Nats-Msg-Id makes
+				// WS_IN store one event.
+				if b.idx.remove(e.Key()) && b.synced.Load() {
 					ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
 					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired,
 						"expired-"+e.Key()+"-"+strconv.FormatUint(e.Revision(), 10))
@@ -775,4 +874,81 @@ func (b *Bridge) sample() {
 		case <-t.C:
 		}
 	}
+}
+
+// refreshQueue bounds the tokens waiting for a registry refresh; more are
+// dropped (the next push to them asks again).
+const refreshQueue = 1024
+
+// registryTTL is the registry TTL the options ask for, with the default of
+// subjects.StreamOptions.
+func registryTTL(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 24 * time.Hour
+	}
+	return d
+}
+
+// maybeRefresh queues a refresh of token's registry record when a push to
+// it just succeeded and the record was written more than half the TTL ago:
+// a connection that keeps receiving stays registered, while nothing else
+// rewrites its record. Off the push path: one goroutine does the KV round
+// trips, with at most one refresh queued or in flight per token.
+func (b *Bridge) maybeRefresh(token string, now time.Time) {
+	written, ok := b.idx.written(token)
+	if !ok || written.IsZero() || now.Sub(written) < b.regTTL/2 {
+		return
+	}
+	b.refreshMu.Lock()
+	defer b.refreshMu.Unlock()
+	if _, busy := b.refreshing[token]; busy {
+		return
+	}
+	select {
+	case b.refreshCh <- token:
+		b.refreshing[token] = struct{}{}
+	default: // full: a later push asks again
+	}
+}
+
+// refresher rewrites the records maybeRefresh queues.
+func (b *Bridge) refresher() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.bgCtx.Done():
+			return
+		case token := <-b.refreshCh:
+			b.refresh(token)
+			b.refreshMu.Lock()
+			delete(b.refreshing, token)
+			b.refreshMu.Unlock()
+		}
+	}
+}
+
+// refresh rewrites token's record unchanged, which restarts its TTL. The
+// update names the revision read, so a delete or update made meanwhile (a
+// disconnect, a group change, another instance's refresh) wins.
+func (b *Bridge) refresh(token string) {
+	ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+	defer cancel()
+	e, err := b.kv.Get(ctx, token)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
+			b.log.Debug("registry refresh: read failed", "token", token, "err", err)
+		}
+		return
+	}
+	if time.Since(e.Created()) < b.regTTL/2 {
+		b.idx.touch(token, e.Created()) // rewritten meanwhile
+		return
+	}
+	if _, err := b.kv.Update(ctx, token, e.Value(), e.Revision()); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+			b.log.Debug("registry refresh failed", "token", token, "err", err)
+		}
+		return
+	}
+	b.idx.touch(token, time.Now())
 }

@@ -51,7 +51,7 @@ func TestCrashLosesNothing(t *testing.T) {
 			"WSBRIDGE_NATS_URL="+e.s.ClientURL(),
 			"WSBRIDGE_PUSH_URL="+e.tg.srv.URL+"/api-secret",
 			"WSBRIDGE_HTTP_ADDR=127.0.0.1:0",
-			"WSBRIDGE_ACK_WAIT=3s",
+			"WSBRIDGE_ACK_WAIT=5s",
 			"WSBRIDGE_PUSH_CONCURRENCY=8",
 			"WSBRIDGE_LOG_LEVEL=info",
 			"WSBRIDGE_LOG_FORMAT=json",

@@ -34,10 +34,11 @@ import (
 // resolved (pushed or individually dead-lettered), so one failing connection
 // neither redoes the fan-out nor holds the others back.
 //
-// When the bridge stops, or cannot record an outcome (the dead-letter publish
-// fails), the lane is abandoned: its items' messages are NAKed, in lane
-// order, with a delay, and JetStream redelivers them to this or another
-// instance. Ordering is per bridge instance: with several instances sharing
+// An outcome that cannot be recorded yet (the dead-letter publish fails) is
+// retried inside the lane with the same backoff as a transient push failure,
+// so it keeps its place too. When the bridge stops, the lane is abandoned:
+// its items' messages are NAKed, in lane order, with a delay, and JetStream
+// redelivers them to this or another instance. Ordering is per bridge instance: with several instances sharing
 // the consumer, two messages to one connection may be pushed by different
 // instances at the same time.
 
@@ -49,6 +50,7 @@ type delivery struct {
 	kind    subjects.Kind
 	body    []byte
 	binary  bool
+	tail    []byte    // a fan-out's push body after the connection id, shared by its items (see payload)
 	touched time.Time // last ack-deadline extension; guarded by Bridge.mu
 
 	one item // the item of a send or close (saves an allocation)
@@ -64,7 +66,8 @@ type item struct {
 	token    string
 	close    bool
 	attempts int
-	payload  []byte // reverse-push body, built on first attempt
+	payload  []byte     // reverse-push body (head, before d.tail), built on first attempt
+	dl       *pendingDL // set once the outcome calls for a dead letter not yet published
 }
 
 // lane is the FIFO of one connection's items; guarded by Bridge.mu.
@@ -297,7 +300,11 @@ func streamSeq(m jetstream.Msg) uint64 {
 // to one connection out of order.
 func (b *Bridge) keepAlive() {
 	defer b.wg.Done()
-	every := b.opts.AckWait / 3
+	// A quarter of AckWait leaves three quarters of margin for a late tick
+	// on a busy machine: a message whose deadline passes while held is
+	// redelivered with a new timestamp and would fall out of order with the
+	// ones extended on time.
+	every := b.opts.AckWait / 4
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var all []*delivery

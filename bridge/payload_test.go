@@ -9,6 +9,14 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
+// sendWS is the websocket object of a send as SPEC §1 has it: "data" always.
+type sendWS struct {
+	Action          string `json:"action"`
+	SecConnectionID string `json:"secConnectionID"`
+	DataType        string `json:"dataType"`
+	Data            string `json:"data"`
+}
+
 // The hand-written push body must be byte for byte what encoding/json gives.
 func TestPayloadMatchesEncodingJSON(t *testing.T) {
 	b := &Bridge{}
@@ -26,14 +34,40 @@ func TestPayloadMatchesEncodingJSON(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				ws := subjects.GatewayWebSocket{Action: subjects.ActionClosing, SecConnectionID: id}
 				if !tc.close {
-					ws.Action, ws.DataType, ws.Data = subjects.ActionDataSend, subjects.DataText, body
+					// As an item of a fan-out: a head of its own and
+					// the message's shared tail make the same body.
+					d := &delivery{body: []byte(body), binary: tc.binary}
+					d.shareTail()
+					head, err := b.payload(&item{token: token, d: d})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if whole := append(head, d.tail...); !bytes.Equal(whole, got) {
+						t.Errorf("id %q body %q: fan-out body %s, send body %s", id, body, whole, got)
+					}
+					if bytes.Contains(head, []byte(body)) && len(body) > 8 {
+						t.Errorf("fan-out head %q holds the data", head)
+					}
+				}
+				var want []byte
+				if tc.close {
+					ws := subjects.GatewayWebSocket{Action: subjects.ActionClosing, SecConnectionID: id}
+					want, _ = json.Marshal(subjects.PushBody{WebSocket: ws})
+				} else {
+					// SPEC §1: a send always carries "data", even empty;
+					// subjects.GatewayWebSocket would omit it.
+					ws := sendWS{Action: subjects.ActionDataSend, SecConnectionID: id, DataType: subjects.DataText, Data: body}
 					if tc.binary {
 						ws.DataType, ws.Data = subjects.DataBinary, base64.StdEncoding.EncodeToString([]byte(body))
 					}
+					want, _ = json.Marshal(struct {
+						WebSocket sendWS `json:"websocket"`
+					}{ws})
+					if body == "" && !bytes.Contains(got, []byte(`"data":""`)) {
+						t.Errorf("empty send without \"data\":\"\": %s", got)
+					}
 				}
-				want, _ := json.Marshal(subjects.PushBody{WebSocket: ws})
 				if !bytes.Equal(got, want) {
 					t.Errorf("id %q body %q close %v binary %v:\n got %s\nwant %s", id, body, tc.close, tc.binary, got, want)
 				}

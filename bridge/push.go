@@ -73,9 +73,10 @@ var okAnswer = []byte(`{"errNo":0,"errMsg":"ok"}`)
 // a few dozen bytes.
 var answerBufs = sync.Pool{New: func() any { b := make([]byte, 512); return &b }}
 
-// push posts one body and classifies the answer. ctx cancels the push
-// (shutdown); a cancelled push is transient, so the message is kept.
-func (p *pusher) push(ctx context.Context, body []byte) Outcome {
+// push posts one body, head followed by tail (nil when head is the whole
+// body), and classifies the answer. ctx cancels the push (shutdown); a
+// cancelled push is transient, so the message is kept.
+func (p *pusher) push(ctx context.Context, head, tail []byte) Outcome {
 	if p.limiter != nil {
 		if err := p.limiter.Wait(ctx); err != nil {
 			return Classify(0, 0, fmt.Errorf("push rate limit: %w", err), nil)
@@ -83,9 +84,19 @@ func (p *pusher) push(ctx context.Context, body []byte) Outcome {
 	}
 	// An empty URL parses without allocating; the pre-parsed one replaces
 	// it (the client only reads req.URL and req.Header).
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "", bytes.NewReader(body))
+	var body io.Reader = bytes.NewReader(head)
+	if tail != nil {
+		body = &twoPart{head, tail}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "", body)
 	if err != nil {
 		return Classify(0, 0, fmt.Errorf("build push request: %w", err), nil)
+	}
+	if tail != nil {
+		// What NewRequest does for a bytes.Reader: a known length (no
+		// chunking) and a body the transport can replay.
+		req.ContentLength = int64(len(head) + len(tail))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(&twoPart{head, tail}), nil }
 	}
 	req.URL, req.Host, req.Header = p.url, p.url.Host, p.header
 	resp, err := p.client.Do(req)
@@ -120,6 +131,21 @@ func (p *pusher) push(ctx context.Context, body []byte) Outcome {
 		o.Err = fmt.Errorf("gateway errNo %d: %s", errNo, clipString(a.Msg, 200))
 	}
 	return o
+}
+
+// twoPart reads a then b without copying them together.
+type twoPart struct{ a, b []byte }
+
+func (r *twoPart) Read(p []byte) (int, error) {
+	if len(r.a) == 0 {
+		r.a, r.b = r.b, nil
+	}
+	if len(r.a) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.a)
+	r.a = r.a[n:]
+	return n, nil
 }
 
 // readAnswer reads at most maxAnswer bytes of r, into buf while they fit,

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // index is the in-memory view of the registry bucket used to expand
@@ -27,8 +28,9 @@ type index struct {
 }
 
 type conn struct {
-	user   string   // interned; "" when the record has none
-	groups []string // interned names; read only (may be shared)
+	user    string   // interned; "" when the record has none
+	groups  []string // interned names; read only (may be shared)
+	written int64    // when the record was last written (Unix ns; 0 unknown), for refreshes
 }
 
 // members is the set of tokens sharing a user or group.
@@ -117,22 +119,33 @@ func newIndex() *index {
 
 // put indexes a registry value; a value that does not decode is indexed
 // without user and groups, so broadcast still reaches the connection.
-func (x *index) put(token string, value []byte) {
+func (x *index) put(token string, value []byte) { x.putAt(token, value, time.Time{}) }
+
+// putAt is put for a record written at written (the KV entry's Created).
+func (x *index) putAt(token string, value []byte, written time.Time) {
 	var r record
 	_ = json.Unmarshal(value, &r)
+	var at int64
+	if !written.IsZero() {
+		at = written.UnixNano()
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	old, had := x.conns[token]
 	if had {
 		if old.user == r.UserID && slices.Equal(old.groups, r.Groups) {
-			return // a rewrite that changes nothing the index keeps
+			// A rewrite that changes nothing else the index keeps (a
+			// refresh): only the write time moves.
+			old.written = max(old.written, at)
+			x.conns[token] = old
+			return
 		}
 		x.removeLocked(token)
 	}
 	// The watcher's key is a slice of the whole message subject; a copy
 	// does not keep that alive.
 	token = strings.Clone(token)
-	var c conn
+	c := conn{written: at}
 	if r.UserID != "" {
 		c.user = addTo(x.byUser, r.UserID, token).name
 	}
@@ -156,16 +169,39 @@ func (x *index) put(token string, value []byte) {
 	x.conns[token] = c
 }
 
-func (x *index) remove(token string) {
+// remove forgets token and reports whether the index held it.
+func (x *index) remove(token string) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.removeLocked(token)
+	return x.removeLocked(token)
 }
 
-func (x *index) removeLocked(token string) {
+// written returns when token's record was last written (zero when unknown)
+// and whether the index holds token.
+func (x *index) written(token string) (time.Time, bool) {
+	x.mu.RLock()
+	c, ok := x.conns[token]
+	x.mu.RUnlock()
+	if !ok || c.written == 0 {
+		return time.Time{}, ok
+	}
+	return time.Unix(0, c.written), true
+}
+
+// touch records that token's record was rewritten at t, if still indexed.
+func (x *index) touch(token string, t time.Time) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if c, ok := x.conns[token]; ok && t.UnixNano() > c.written {
+		c.written = t.UnixNano()
+		x.conns[token] = c
+	}
+}
+
+func (x *index) removeLocked(token string) bool {
 	old, ok := x.conns[token]
 	if !ok {
-		return
+		return false
 	}
 	delete(x.conns, token)
 	if old.user != "" {
@@ -174,6 +210,7 @@ func (x *index) removeLocked(token string) {
 	for _, g := range old.groups {
 		removeFrom(x.byGroup, g, token)
 	}
+	return true
 }
 
 // addTo adds token to the set of key, creating it (and interning key) when

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
@@ -574,8 +575,10 @@ func TestOrderPerConnection(t *testing.T) {
 }
 
 // TestPushToGoneConnection publishes to the token of a closed connection:
-// the gateway answers 404, the bridge dead-letters the message on
-// P.dlq.send.T and announces the connection gone.
+// the gateway answers 404 and the bridge dead-letters the message on
+// P.dlq.send.T; the cleanup already announced the disconnect, so no second
+// one follows. A connection whose cleanup was lost (its record still in the
+// registry) is announced gone, once, and leaves the registry.
 func TestPushToGoneConnection(t *testing.T) {
 	t.Parallel()
 	st := startStack(t, nil)
@@ -613,15 +616,37 @@ func TestPushToGoneConnection(t *testing.T) {
 		h.Get(subjects.HeaderAttempts) != "1" || h.Get(subjects.HeaderSubject) != svc.names.Send(c.token) {
 		t.Errorf("dead letter headers %v: want status 404, reason gone, an error, 1 attempt, the original subject", h)
 	}
+
+	// A connection the gateway lost without a cleanup: its record stays.
+	staleID := "lost-cleanup-0000000000000=="
+	stale := subjects.Token(staleID)
+	kv, err := svc.c.JetStream().KeyValue(svc.ctx(t), svc.names.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec0, _ := json.Marshal(subjects.ConnectEvent{ConnectionID: staleID, Token: stale, ConnectedAt: time.Now().UTC()})
+	if _, err := kv.Put(svc.ctx(t), stale, rec0); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(t, st.MetricsURL(), "wsbridge_registry_connections", "", 1) // the bridge indexed it
+	for i := 0; i < 3; i++ {
+		if err := svc.c.SendText(svc.ctx(t), stale, "to nobody"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ev := rec.wait(t, "disconnect event with reason gone", func(ev subjects.Event) bool {
-		return ev.Kind == subjects.KindDisconnect && ev.Token == c.token && ev.Disconnect.Reason == subjects.ReasonGone
+		return ev.Kind == subjects.KindDisconnect && ev.Token == stale && ev.Disconnect.Reason == subjects.ReasonGone
 	})
-	if ev.ConnectionID == "" {
-		t.Errorf("gone event without connection id: %+v", ev.Disconnect)
+	if ev.ConnectionID != staleID {
+		t.Errorf("gone event for connection %q, want %q", ev.ConnectionID, staleID)
 	}
-	if svc.registered(t, c.token) {
-		t.Errorf("registry holds gone %s", c.token)
+	waitFor(t, "the lost connection's record to be deleted", func() bool { return !svc.registered(t, stale) })
+	waitMetric(t, st.MetricsURL(), "wsbridge_dead_letters_total", `reason="gone"`, 4)
+	if evs := rec.find(isKind(subjects.KindDisconnect, stale)); len(evs) != 1 {
+		t.Errorf("%d disconnect events for the lost connection, want 1 (three sends answered 404)", len(evs))
 	}
-	waitMetric(t, st.MetricsURL(), "wsbridge_dead_letters_total", `reason="gone"`, 1)
-	waitMetric(t, st.MetricsURL(), "wsbridge_pushes_total", `action="send",result="gone"`, 1)
+	if evs := rec.find(isKind(subjects.KindDisconnect, c.token)); len(evs) != 1 {
+		t.Errorf("%d disconnect events for the closed connection, want only the cleanup's", len(evs))
+	}
+	waitMetric(t, st.MetricsURL(), "wsbridge_pushes_total", `action="send",result="gone"`, 4)
 }
