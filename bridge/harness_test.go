@@ -220,7 +220,9 @@ func (e *env) publish(subject string, data []byte, hdr ...string) {
 func (e *env) publishAsync(msgs []*nats.Msg) {
 	e.t.Helper()
 	for _, m := range msgs {
-		if _, err := e.js.PublishMsgAsync(m); err != nil {
+		// A long stall wait: on a busy machine acks lag, and the default
+		// 200ms turns a slow publish into a failed test.
+		if _, err := e.js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second)); err != nil {
 			e.t.Fatal(err)
 		}
 	}
