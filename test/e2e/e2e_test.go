@@ -242,7 +242,13 @@ func TestRoundTrip(t *testing.T) {
 			if f.typ != tc.typ || !bytes.Equal(f.data, tc.data) {
 				t.Fatalf("echo: got %v %d bytes %.40q, want %v %d bytes %.40q", f.typ, len(f.data), f.data, tc.typ, len(tc.data), tc.data)
 			}
-			evs := rec.find(isKind(subjects.KindMessage, c.token))
+			// The echo and the recorder are two subscriptions: the echo
+			// can arrive before the recorder has seen the event.
+			var evs []subjects.Event
+			waitFor(t, "the recorder to see the message event", func() bool {
+				evs = rec.find(isKind(subjects.KindMessage, c.token))
+				return len(evs) >= i+1
+			})
 			if len(evs) != i+1 {
 				t.Fatalf("%d message events for %s, want %d", len(evs), c.token, i+1)
 			}
