@@ -148,6 +148,12 @@ func testLogger(t testing.TB) *slog.Logger {
 // start runs a bridge with fast retries; mod adjusts the options.
 func (e *env) start(mod func(*Options)) *Bridge {
 	e.t.Helper()
+	return e.startLogged(testLogger(e.t), mod)
+}
+
+// startLogged is start with a logger of the test's choice.
+func (e *env) startLogged(log *slog.Logger, mod func(*Options)) *Bridge {
+	e.t.Helper()
 	o := Options{
 		PushURL:     e.tg.srv.URL + "/api-secret",
 		Concurrency: 16,
@@ -159,8 +165,7 @@ func (e *env) start(mod func(*Options)) *Bridge {
 	if mod != nil {
 		mod(&o)
 	}
-	nc := connect(e.t, e.s)
-	b, err := New(o, Deps{Conn: nc, Logger: testLogger(e.t)})
+	b, err := New(o, Deps{Conn: connect(e.t, e.s), Logger: log})
 	if err != nil {
 		e.t.Fatal(err)
 	}

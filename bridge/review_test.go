@@ -258,33 +258,6 @@ func (h countHandler) Handle(_ context.Context, r slog.Record) error {
 func (h countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h countHandler) WithGroup(string) slog.Handler      { return h }
 
-// startLogged is env.start with a logger of the test's choice.
-func (e *env) startLogged(log *slog.Logger, mod func(*Options)) *Bridge {
-	e.t.Helper()
-	o := Options{
-		PushURL:     e.tg.srv.URL + "/api-secret",
-		Concurrency: 16,
-		BackoffBase: 5 * time.Millisecond,
-		BackoffMax:  50 * time.Millisecond,
-		MaxAttempts: 5,
-		AckWait:     5 * time.Second,
-	}
-	if mod != nil {
-		mod(&o)
-	}
-	b, err := New(o, Deps{Conn: connect(e.t, e.s), Logger: log})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { _ = b.Stop(context.Background()) })
-	return b
-}
-
 // Item 5: while the dead letter of a message cannot be published, later
 // messages to the same connection wait for it.
 func TestDeadLetterFailureKeepsOrder(t *testing.T) {
