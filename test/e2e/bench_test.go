@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,7 +39,7 @@ import (
 // stack's own and each process needs one descriptor per connection.
 func BenchmarkDevLoad(b *testing.B) {
 	opts := devLoadOptions(b)
-	if err := raiseOpenFiles(uint64(opts.Conns + 4096)); err != nil {
+	if err := gateway.RaiseFileLimit(uint64(opts.Conns + 4096)); err != nil {
 		b.Fatalf("%d connections: %v", opts.Conns, err)
 	}
 	st := startStack(b, func(o *stack.Options) {
@@ -192,51 +191,15 @@ func TestDevLoadClientProcess(t *testing.T) {
 	}
 }
 
-func envInt(tb testing.TB, name string, def int) int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		tb.Fatalf("%s=%q: want a positive integer", name, v)
-	}
-	return n
-}
-
 // devLoadOptions reads the WSBRIDGE_BENCH_* variables.
 func devLoadOptions(tb testing.TB) gateway.LoadOptions {
-	opts := gateway.LoadOptions{
-		Conns:    envInt(tb, "WSBRIDGE_BENCH_CONNS", 1000),
-		Rate:     envInt(tb, "WSBRIDGE_BENCH_RATE", 1000),
-		Duration: 5 * time.Second,
-		Dialers:  64,
-	}
-	if v := os.Getenv("WSBRIDGE_BENCH_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			tb.Fatalf("WSBRIDGE_BENCH_DURATION=%q: want a positive duration", v)
-		}
-		opts.Duration = d
+	opts, err := gateway.LoadOptionsFromEnv(gateway.LoadOptions{
+		Conns: 1000, Rate: 1000, Duration: 5 * time.Second, Dialers: 64,
+	}, os.Getenv)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return opts
-}
-
-// raiseOpenFiles lifts the soft open-file limit to need (up to the hard
-// limit): the stack holds one descriptor per connection.
-func raiseOpenFiles(need uint64) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
-	}
-	if lim.Cur >= need {
-		return nil
-	}
-	if lim.Max < need {
-		return fmt.Errorf("need %d open files, hard limit is %d", need, lim.Max)
-	}
-	lim.Cur = need
-	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 }
 
 // memoryNow returns this process's resident set, live heap and goroutines.

@@ -60,30 +60,11 @@ func BenchmarkConnections(b *testing.B) {
 	b.Log(rep)
 }
 
-func envInt(tb testing.TB, name string, def int) int {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		tb.Fatalf("%s=%q: want a positive integer", name, v)
-	}
-	return n
-}
-
 // benchOptions reads the WSBRIDGE_BENCH_* variables.
 func benchOptions(tb testing.TB) LoadOptions {
-	opts := LoadOptions{
-		Conns: envInt(tb, "WSBRIDGE_BENCH_CONNS", 1000),
-		Rate:  envInt(tb, "WSBRIDGE_BENCH_RATE", 1000),
-	}
-	if v := os.Getenv("WSBRIDGE_BENCH_DURATION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			tb.Fatalf("WSBRIDGE_BENCH_DURATION=%q: want a positive duration", v)
-		}
-		opts.Duration = d
+	opts, err := LoadOptionsFromEnv(LoadOptions{Conns: 1000, Rate: 1000}, os.Getenv)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return opts.withDefaults()
 }

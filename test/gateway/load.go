@@ -100,7 +100,7 @@ func Load(ctx context.Context, opts LoadOptions) (LoadReport, error) {
 	if opts.ClientCmd == nil {
 		need += uint64(opts.Conns)
 	}
-	if err := raiseFileLimit(need); err != nil {
+	if err := RaiseFileLimit(need); err != nil {
 		return LoadReport{}, fmt.Errorf("load: %d connections need %d open files (set ClientCmd to split them over two processes): %w", opts.Conns, need, err)
 	}
 
@@ -173,7 +173,7 @@ type ClientResult struct {
 // and writes its ClientResult as one line of JSON to out.
 func RunLoadClients(ctx context.Context, wsURL string, opts LoadOptions, in io.Reader, out io.Writer) error {
 	opts = opts.withDefaults()
-	if err := raiseFileLimit(uint64(opts.Conns + 1024)); err != nil {
+	if err := RaiseFileLimit(uint64(opts.Conns + 1024)); err != nil {
 		return fmt.Errorf("load clients: %w", err)
 	}
 	res, err := runClients(ctx, wsURL, opts, func() error {
@@ -444,4 +444,43 @@ func readRSS() uint64 {
 		}
 	}
 	return 0
+}
+
+// LoadOptionsFromEnv overrides base with the WSBRIDGE_BENCH_CONNS,
+// WSBRIDGE_BENCH_RATE and WSBRIDGE_BENCH_DURATION variables the load
+// benchmarks document, when set.
+func LoadOptionsFromEnv(base LoadOptions, getenv func(string) string) (LoadOptions, error) {
+	positive := func(name string, set func(string) error) error {
+		v := getenv(name)
+		if v == "" {
+			return nil
+		}
+		if err := set(v); err != nil {
+			return fmt.Errorf("%s=%q: %w", name, v, err)
+		}
+		return nil
+	}
+	atoi := func(dst *int) func(string) error {
+		return func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return errors.New("want a positive integer")
+			}
+			*dst = n
+			return nil
+		}
+	}
+	err := errors.Join(
+		positive("WSBRIDGE_BENCH_CONNS", atoi(&base.Conns)),
+		positive("WSBRIDGE_BENCH_RATE", atoi(&base.Rate)),
+		positive("WSBRIDGE_BENCH_DURATION", func(v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return errors.New("want a positive duration")
+			}
+			base.Duration = d
+			return nil
+		}),
+	)
+	return base, err
 }

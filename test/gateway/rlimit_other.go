@@ -2,5 +2,5 @@
 
 package gateway
 
-// raiseFileLimit is a no-op where there is no RLIMIT_NOFILE.
-func raiseFileLimit(uint64) error { return nil }
+// RaiseFileLimit is a no-op where there is no RLIMIT_NOFILE.
+func RaiseFileLimit(uint64) error { return nil }
