@@ -147,15 +147,9 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 	if err != nil {
 		return err
 	}
-	if cpuProfile != "" {
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
+	stopCPU, err := startCPUProfile(cpuProfile)
+	if err != nil {
+		return err
 	}
 	if memProfile != "" {
 		runtime.GC()
@@ -172,9 +166,7 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 	}
 	bridgeTook := time.Since(start)
 	bridgeCPU := cpuTime() - cpu0
-	if cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopCPU()
 	if memProfile != "" {
 		if err := writeProfile("allocs", memProfile); err != nil {
 			return err
@@ -197,15 +189,9 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 	tg.count.Store(0)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	if plainProfile != "" {
-		f, err := os.Create(plainProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
+	stopPlainCPU, err := startCPUProfile(plainProfile)
+	if err != nil {
+		return err
 	}
 	cpu0 = cpuTime()
 	start = time.Now()
@@ -225,9 +211,7 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 	wg.Wait()
 	plainTook := time.Since(start)
 	plainCPU := cpuTime() - cpu0
-	if plainProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopPlainCPU()
 	plainRate := float64(n) / plainTook.Seconds()
 	fmt.Printf("plain:     %8.0f msg/s  (%d posts in %v; process CPU %.0f µs/msg, %.0f%% of a CPU)\n", plainRate, n, plainTook.Round(time.Millisecond),
 		float64(plainCPU.Microseconds())/float64(n), 100*plainCPU.Seconds()/plainTook.Seconds())
@@ -436,4 +420,24 @@ func procStatus(field string) string {
 		}
 	}
 	return "unknown"
+}
+
+// startCPUProfile starts a CPU profile into path ("" profiles nothing) and
+// returns what stops it.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
