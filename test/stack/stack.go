@@ -28,9 +28,9 @@ import (
 
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/functions"
+	"github.com/wsbridge/wsbridge/gateway"
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/demo"
-	"github.com/wsbridge/wsbridge/test/gateway"
 )
 
 // Options configure a Stack. Start from DefaultOptions.

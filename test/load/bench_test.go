@@ -1,4 +1,4 @@
-package gateway
+package load
 
 import (
 	"context"
@@ -28,7 +28,7 @@ func TestLoadSmall(t *testing.T) {
 // WSBRIDGE_BENCH_CONNS (default 1000), WSBRIDGE_BENCH_RATE (round trips per
 // second, default 1000) and WSBRIDGE_BENCH_DURATION (default 3s) change it:
 //
-//	WSBRIDGE_BENCH_CONNS=10000 go test -run '^$' -bench Connections -benchtime=1x ./test/gateway/
+//	WSBRIDGE_BENCH_CONNS=10000 go test -run '^$' -bench Connections -benchtime=1x ./test/load/
 func BenchmarkConnections(b *testing.B) {
 	opts := benchOptions(b)
 	// The clients run in a child process (this test binary, see

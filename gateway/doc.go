@@ -1,5 +1,7 @@
-// Package gateway emulates Tencent API Gateway's WebSocket API (SPEC §1) so
-// wsbridge can be run and tested on one machine.
+// Package gateway is the self-hosted WebSocket edge that replaces Tencent API
+// Gateway's WebSocket API (SPEC §1, §6); `wsbridge gateway` runs it and
+// `wsbridge dev` runs it as the emulator, so wsbridge can be run and tested on
+// one machine.
 //
 // Like the real gateway it accepts WebSocket clients on one path, invokes a
 // registration function before completing the upgrade, a transfer function

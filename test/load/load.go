@@ -1,4 +1,7 @@
-package gateway
+// Package load is the load generator of the gateway benchmarks: it holds many
+// WebSocket connections against a gateway and measures memory per
+// connection and round-trip latency. It is test tooling, not product code.
+package load
 
 import (
 	"bufio"
@@ -22,6 +25,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wsbridge/wsbridge/gateway"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -109,9 +113,9 @@ func Load(ctx context.Context, opts LoadOptions) (LoadReport, error) {
 		return LoadReport{}, fmt.Errorf("load: %w", err)
 	}
 	base := "http://" + ln.Addr().String()
-	fn := newEchoFunction(base + DefaultPushPath)
+	fn := newEchoFunction(base + gateway.DefaultPushPath)
 	defer fn.client.CloseIdleConnections()
-	g, err := New(Options{
+	g, err := gateway.New(gateway.Options{
 		Register: fn, Transfer: fn, Cleanup: fn,
 		MaxConnections:  opts.Conns + 16,
 		MaxMessageSize:  int64(opts.MessageSize) + 1024,
@@ -128,7 +132,7 @@ func Load(ctx context.Context, opts LoadOptions) (LoadReport, error) {
 	go func() { served <- g.Serve(sctx, ln) }()
 	defer func() { stop(); <-served }()
 
-	wsURL := "ws" + strings.TrimPrefix(base, "http") + DefaultWSPath
+	wsURL := "ws" + strings.TrimPrefix(base, "http") + gateway.DefaultWSPath
 	before := memory()
 	rep := LoadReport{Conns: opts.Conns, ServerOnly: opts.ClientCmd != nil}
 	// ready runs once every client is connected, before the round trips.
@@ -384,7 +388,7 @@ func newEchoFunction(pushURL string) *echoFunction {
 
 var acceptReply = []byte(`{"errNo":0,"errMsg":"ok"}`)
 
-// Invoke implements Invoker.
+// Invoke implements gateway.Invoker.
 func (f *echoFunction) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 	var ev subjects.GatewayEvent
 	if err := json.Unmarshal(payload, &ev); err != nil || ev.WebSocket == nil {
