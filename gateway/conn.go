@@ -32,10 +32,26 @@ type conn struct {
 	id string
 	// ready is closed once the upgrade is decided; ws is set before that
 	// when it succeeded and must not be read before ready is closed.
-	ready   chan struct{}
-	ws      *websocket.Conn
-	last    atomic.Int64 // g.since() of the last frame in either direction
-	closing atomic.Bool  // a close handshake was started by the gateway
+	ready    chan struct{}
+	ws       *websocket.Conn
+	ip       string       // client IP, for the per-IP count
+	last     atomic.Int64 // g.since() of the last data frame either way, or client ping
+	pinged   atomic.Int64 // g.since() of the last ping the gateway sent
+	closing  atomic.Bool  // a close handshake was started by the gateway
+	why      atomic.Int32 // index in disconnectReasons of why it ended; 0 = client
+	shutdown atomic.Bool  // this instance is stopping: announce, do not clean up
+}
+
+// disconnectReasons are the values of conn.why.
+var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown}
+
+func reasonIndex(reason string) int32 {
+	for i, r := range disconnectReasons {
+		if r == reason {
+			return int32(i)
+		}
+	}
+	return 0
 }
 
 // settle publishes the outcome of the upgrade: ws, or nil when the
@@ -75,9 +91,10 @@ func (c *conn) touch() { c.last.Store(c.g.since()) }
 
 // close starts the close handshake once; later calls do nothing, so the
 // first reason (push, idle, shutdown, transfer failure) is what the client
-// sees.
-func (c *conn) close(code websocket.StatusCode, reason string) {
+// sees; why is the disconnects_total reason.
+func (c *conn) close(code websocket.StatusCode, reason, why string) {
 	if c.closing.CompareAndSwap(false, true) {
+		c.why.Store(reasonIndex(why))
 		_ = c.ws.Close(code, reason)
 	}
 }
@@ -90,6 +107,7 @@ func (c *conn) write(ctx context.Context, typ websocket.MessageType, data []byte
 	}
 	c.touch()
 	c.g.stats.framesOut.Add(1)
+	c.g.m.framesOut.Inc()
 	return nil
 }
 
@@ -103,8 +121,7 @@ func firstProtocol(p string) string {
 
 func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !g.enter() {
-		g.stats.rejected.Add(1)
-		writeReply(w, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "gateway is shutting down")
+		g.refuse(w, http.StatusServiceUnavailable, "gateway is shutting down")
 		return
 	}
 	defer g.wg.Done()
@@ -122,29 +139,45 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeReply(w, http.StatusUpgradeRequired, http.StatusUpgradeRequired, "WebSocket upgrade required")
 		return
 	}
+	if origin := r.Header.Get("Origin"); origin != "" && !g.originAllowed(origin) {
+		g.log.Info("connection refused: origin not allowed", "origin", clipHeader(origin))
+		g.refuse(w, http.StatusForbidden, "origin not allowed")
+		return
+	}
 	if n := g.slots.Add(1); n > int64(g.opts.MaxConnections) {
 		g.slots.Add(-1)
-		g.stats.rejected.Add(1)
-		g.log.Warn("connection rejected: limit reached", "max_connections", g.opts.MaxConnections)
-		writeReply(w, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "too many connections")
+		g.log.Warn("connection refused: limit reached", "max_connections", g.opts.MaxConnections)
+		g.refuse(w, http.StatusServiceUnavailable, "too many connections")
 		return
 	}
 	defer g.slots.Add(-1)
+	ip := g.clientIP(r)
+	if !g.takeIP(ip) {
+		g.log.Info("connection refused: per-IP limit reached", "ip", ip, "max_connections_per_ip", g.opts.MaxConnectionsPerIP)
+		g.refuse(w, http.StatusTooManyRequests, "too many connections from this address")
+		return
+	}
+	ipHeld := true
+	defer func() {
+		if ipHeld {
+			g.releaseIP(ip)
+		}
+	}()
 
-	id := newConnID()
+	id := g.newConnID()
 	log := g.log.With("conn", id)
 	// Known to pushes from now on, so a reply to the connect event that
 	// overtakes the upgrade waits for it instead of finding nothing.
-	c := &conn{g: g, id: id, ready: make(chan struct{})}
+	c := &conn{g: g, id: id, ip: ip, ready: make(chan struct{})}
 	if !g.add(c) {
-		g.stats.rejected.Add(1)
-		writeReply(w, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "gateway is shutting down")
+		g.refuse(w, http.StatusServiceUnavailable, "gateway is shutting down")
 		return
 	}
-	refuse := func(status, errNo int, msg string) {
+	refuse := func(status, errNo int, msg, result string) {
 		g.remove(c)
 		c.settle(nil)
 		g.stats.rejected.Add(1)
+		g.m.connects.WithLabelValues(result).Inc()
 		writeReply(w, status, errNo, msg)
 	}
 	ev := connectingEvent{
@@ -153,7 +186,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 			Path:            r.URL.Path,
 			HTTPMethod:      http.MethodGet,
 			RequestID:       newRequestID(),
-			SourceIP:        sourceIP(r),
+			SourceIP:        ip,
 			Stage:           g.opts.Stage,
 			WebsocketEnable: true,
 		},
@@ -173,32 +206,38 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		log.Warn("connection rejected: register failed", "err", err)
-		refuse(http.StatusBadGateway, http.StatusBadGateway, err.Error())
+		refuse(http.StatusBadGateway, http.StatusBadGateway, err.Error(), connectError)
 		return
 	}
 	if rep.ErrNo != 0 {
 		log.Info("connection rejected by register function", "errNo", rep.ErrNo, "errMsg", rep.ErrMsg)
-		refuse(http.StatusForbidden, rep.ErrNo, rep.ErrMsg)
+		refuse(http.StatusForbidden, rep.ErrNo, rep.ErrMsg, connectRejected)
 		return
 	}
 
 	opts := &websocket.AcceptOptions{
 		// Tencent's gateway does not check Origin; deciding who may
 		// connect is the register function's job.
+		// The Origin list, when set, was checked above.
 		InsecureSkipVerify: true,
 		OnPingReceived:     func(context.Context, []byte) bool { c.touch(); return true },
-		OnPongReceived:     func(context.Context, []byte) { c.touch() },
 	}
 	if rep.WebSocket != nil {
 		if p := firstProtocol(rep.WebSocket.SecWebSocketProtocol); p != "" {
 			opts.Subprotocols = []string{p}
 		}
 	}
+	// The listener's read and write timeouts bound the upgrade request; the
+	// WebSocket that follows lives on (idle timeout and pings bound it).
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
 	ws, err := websocket.Accept(w, r, opts)
 	if err != nil {
 		// Accept answered the client. The register function did accept,
 		// so the connection may be recorded somewhere: clean it up.
 		log.Warn("upgrade failed after register accepted", "err", err)
+		g.m.connects.WithLabelValues(connectError).Inc()
 		g.remove(c)
 		c.settle(nil)
 		g.cleanup(id)
@@ -206,12 +245,15 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(g.opts.MaxMessageSize)
 	c.touch()
+	c.pinged.Store(c.last.Load())
 	g.stats.total.Add(1)
 	g.stats.open.Add(1)
+	g.m.connects.WithLabelValues(connectAccepted).Inc()
+	ipHeld = false // released by finish
 	c.settle(ws)
 	if g.isClosed() {
 		// Close may have missed it while it was being upgraded.
-		c.close(statusGoingAway, "gateway shutting down")
+		c.close(statusGoingAway, "gateway shutting down", discShutdown)
 		c.finish()
 		return
 	}
@@ -234,6 +276,7 @@ func (c *conn) serve() {
 		}
 		c.touch()
 		g.stats.framesIn.Add(1)
+		g.m.framesIn.Inc()
 		var ev dataEvent
 		if typ == websocket.MessageBinary {
 			ev = newDataEvent(c.id, subjects.DataBinary, base64.StdEncoding.EncodeToString(data))
@@ -242,18 +285,31 @@ func (c *conn) serve() {
 		}
 		if _, err := g.invoke(context.Background(), "transfer", g.opts.Transfer, ev); err != nil {
 			g.log.Warn("closing client: transfer failed", "conn", c.id, "err", err)
-			c.close(statusInternal, "transfer function failed")
+			c.close(statusInternal, "transfer function failed", discError)
 			return
 		}
 	}
 }
 
-// finish runs once per accepted connection, from its reader goroutine.
+// finish runs once per accepted connection, from its reader goroutine. A
+// connection ended by this edge instance's shutdown is announced with reason
+// shutdown instead of invoking cleanup (which would announce it as the
+// client's doing): one disconnect event per connection.
 func (c *conn) finish() {
-	c.g.remove(c)
+	g := c.g
+	g.remove(c)
 	_ = c.ws.CloseNow()
-	c.g.stats.open.Add(-1)
-	c.g.cleanup(c.id)
+	g.stats.open.Add(-1)
+	g.releaseIP(c.ip)
+	why := disconnectReasons[c.why.Load()]
+	if c.shutdown.Load() && g.edge != nil {
+		why = discShutdown
+		g.edge.announce(subjects.Token(c.id), subjects.ReasonShutdown)
+		g.stats.cleanups.Add(1)
+	} else {
+		g.cleanup(c.id)
+	}
+	g.m.disconnects.WithLabelValues(why).Inc()
 }
 
 func (g *Gateway) cleanup(id string) {
@@ -276,8 +332,7 @@ func (g *Gateway) startJanitor() {
 // check interval bounds how late a close can be.
 func (g *Gateway) reapIdle() {
 	idle := int64(g.opts.IdleTimeout)
-	every := min(max(g.opts.IdleTimeout/4, 10*time.Millisecond), time.Second)
-	t := time.NewTicker(every)
+	t := time.NewTicker(g.tickEvery())
 	defer t.Stop()
 	var stale []*conn
 	for {
@@ -297,8 +352,9 @@ func (g *Gateway) reapIdle() {
 		g.mu.Unlock()
 		for _, c := range stale {
 			g.log.Debug("closing idle connection", "conn", c.id)
-			go c.close(statusGoingAway, "idle timeout")
+			go c.close(statusGoingAway, "idle timeout", discIdle)
 		}
 		clear(stale)
+		g.pingQuiet(now)
 	}
 }

@@ -1,12 +1,19 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wsbridge/wsbridge/subjects"
 )
 
 // Defaults of Options; a zero field takes its default.
@@ -34,6 +41,27 @@ const (
 	DefaultWriteTimeout = 10 * time.Second
 	// DefaultShutdownTimeout bounds Close.
 	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultReadTimeout bounds reading one HTTP request, headers and body
+	// (a push, the upgrade request, an ops request).
+	DefaultReadTimeout = 10 * time.Second
+	// DefaultHTTPWriteTimeout bounds writing one HTTP answer.
+	DefaultHTTPWriteTimeout = 10 * time.Second
+	// DefaultKeepAliveTimeout closes a keep-alive HTTP connection with no
+	// request for this long (push clients, ops scrapers).
+	DefaultKeepAliveTimeout = 60 * time.Second
+	// DefaultMaxHeaderBytes bounds the request line and headers.
+	DefaultMaxHeaderBytes = 16 << 10
+	// DefaultMaxHTTPConnections bounds the TCP connections of each listener
+	// that are not WebSockets (push, ops, upgrades in progress); beyond it a
+	// connection is closed at once.
+	DefaultMaxHTTPConnections = 1024
+	// DefaultPingInterval pings a client with no frame for this long; no
+	// pong within another interval closes it.
+	DefaultPingInterval = 30 * time.Second
+	// DefaultInstanceTTL is how long an edge instance's record in the
+	// instances bucket lives without a refresh (refreshed every third of
+	// it); a dead instance's connections are announced lost after it.
+	DefaultInstanceTTL = 10 * time.Second
 )
 
 // Options configure a Gateway. Use DefaultOptions, or leave fields zero to
@@ -64,6 +92,58 @@ type Options struct {
 	WriteTimeout time.Duration
 	// ShutdownTimeout bounds Close.
 	ShutdownTimeout time.Duration
+
+	// PushAddr, when set, serves PushPath on a listener of its own (Run
+	// only); otherwise PushPath is served on Addr.
+	PushAddr string
+	// HTTPAddr, when set, serves /metrics, /healthz and /readyz (Run only).
+	HTTPAddr string
+	// PushToken, when set, is required as "Authorization: Bearer <token>"
+	// on every push; a push without it gets 401.
+	PushToken string
+	// TLSCert and TLSKey (PEM files) make Addr serve wss:// and https://.
+	TLSCert, TLSKey string
+	// AllowedOrigins lists the Origin values an upgrade may carry (exact,
+	// case-insensitive, e.g. "https://app.example.com"); empty allows any.
+	// An upgrade without Origin (not a browser) is not affected.
+	AllowedOrigins []string
+	// MaxConnectionsPerIP bounds the connections of one client IP (0: no
+	// bound); beyond it an upgrade gets 429.
+	MaxConnectionsPerIP int
+	// TrustedProxies are the peers whose X-Forwarded-For names the client
+	// IP; anyone else's is ignored.
+	TrustedProxies []netip.Prefix
+	// ReadTimeout, HTTPWriteTimeout, KeepAliveTimeout and MaxHeaderBytes
+	// apply to every listener's HTTP requests (a WebSocket leaves them
+	// once upgraded).
+	ReadTimeout      time.Duration
+	HTTPWriteTimeout time.Duration
+	KeepAliveTimeout time.Duration
+	MaxHeaderBytes   int
+	// MaxHTTPConnections bounds each listener's TCP connections that are
+	// not WebSockets.
+	MaxHTTPConnections int
+	// PingInterval pings quiet clients; a negative value turns pings off.
+	PingInterval time.Duration
+
+	// NATS, when set, makes the gateway an edge instance (SPEC §6): its
+	// connection ids name InstanceID, it advertises PushURL in the
+	// instances bucket while it runs, announces its connections with
+	// reason shutdown when it stops, and announces the connections of
+	// instances that vanish with reason lost. Without it the gateway is
+	// the emulator: plain ids, and cleanup invoked on shutdown.
+	NATS *nats.Conn
+	// Prefix of the subjects and buckets ("ws").
+	Prefix string
+	// InstanceID names this instance (CheckInstanceID); required with NATS.
+	InstanceID string
+	// PushURL is where bridges reach this instance's PushPath; required
+	// with NATS.
+	PushURL string
+	// InstanceTTL is the life of the instance record without a refresh.
+	InstanceTTL time.Duration
+	// Ready, when set, is part of /readyz: the functions can be invoked.
+	Ready func(context.Context) error
 
 	// Register, Transfer and Cleanup are the three functions of the
 	// WebSocket API. A single-function deployment sets all three to the
@@ -112,6 +192,18 @@ func (o Options) withDefaults() Options {
 	if o.MaxConnections == 0 {
 		o.MaxConnections = DefaultMaxConnections
 	}
+	dur(&o.ReadTimeout, DefaultReadTimeout)
+	dur(&o.HTTPWriteTimeout, DefaultHTTPWriteTimeout)
+	dur(&o.KeepAliveTimeout, DefaultKeepAliveTimeout)
+	dur(&o.PingInterval, DefaultPingInterval)
+	dur(&o.InstanceTTL, DefaultInstanceTTL)
+	if o.MaxHeaderBytes == 0 {
+		o.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if o.MaxHTTPConnections == 0 {
+		o.MaxHTTPConnections = DefaultMaxHTTPConnections
+	}
+	str(&o.Prefix, subjects.DefaultPrefix)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -138,6 +230,10 @@ func (o Options) Validate() error {
 		{"FunctionTimeout", o.FunctionTimeout},
 		{"WriteTimeout", o.WriteTimeout},
 		{"ShutdownTimeout", o.ShutdownTimeout},
+		{"ReadTimeout", o.ReadTimeout},
+		{"HTTPWriteTimeout", o.HTTPWriteTimeout},
+		{"KeepAliveTimeout", o.KeepAliveTimeout},
+		{"InstanceTTL", o.InstanceTTL},
 	} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("gateway: %s %v must be positive", d.name, d.v))
@@ -146,8 +242,40 @@ func (o Options) Validate() error {
 	if o.MaxMessageSize < 0 {
 		errs = append(errs, fmt.Errorf("gateway: MaxMessageSize %d must be positive", o.MaxMessageSize))
 	}
-	if o.MaxConnections < 0 {
-		errs = append(errs, fmt.Errorf("gateway: MaxConnections %d must be positive", o.MaxConnections))
+	for _, n := range []struct {
+		name string
+		v    int
+	}{
+		{"MaxConnections", o.MaxConnections},
+		{"MaxConnectionsPerIP", o.MaxConnectionsPerIP},
+		{"MaxHeaderBytes", o.MaxHeaderBytes},
+		{"MaxHTTPConnections", o.MaxHTTPConnections},
+	} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("gateway: %s %d must be positive", n.name, n.v))
+		}
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		errs = append(errs, errors.New("gateway: --tls-cert and --tls-key go together"))
+	}
+	for _, origin := range o.AllowedOrigins {
+		if u, err := url.Parse(origin); err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" {
+			errs = append(errs, fmt.Errorf("gateway: allowed origin %q: want scheme://host[:port]", origin))
+		}
+	}
+	if _, err := subjects.New(o.Prefix); err != nil {
+		errs = append(errs, fmt.Errorf("gateway: %w", err))
+	}
+	if o.NATS != nil {
+		if err := subjects.CheckInstanceID(o.InstanceID); err != nil {
+			errs = append(errs, fmt.Errorf("gateway: --instance-id: %w", err))
+		}
+		if u, err := url.Parse(o.PushURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("gateway: --push-url %q: want http(s)://host:port/push, where bridges reach this instance", o.PushURL))
+		}
+		if o.InstanceTTL < time.Second {
+			errs = append(errs, fmt.Errorf("gateway: InstanceTTL %v must be at least 1s", o.InstanceTTL))
+		}
 	}
 	for _, f := range []struct {
 		name string

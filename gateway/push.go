@@ -2,12 +2,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/coder/websocket"
 
@@ -19,17 +21,35 @@ import (
 // strict here is what lets the emulator catch a bridge that sends anything
 // the real gateway might not take.
 func (g *Gateway) servePush(w http.ResponseWriter, r *http.Request) {
-	status, errNo, msg := g.push(w, r)
+	var status, errNo int
+	var msg string
+	if g.opts.PushToken != "" && !bearerOK(r.Header.Get("Authorization"), g.opts.PushToken) {
+		status, errNo, msg = http.StatusUnauthorized, http.StatusUnauthorized, "push needs Authorization: Bearer <push token>"
+		w.Header().Set("WWW-Authenticate", `Bearer realm="wsbridge-push"`)
+	} else {
+		status, errNo, msg = g.push(w, r)
+	}
+	result := pushInvalid
 	switch {
 	case status == http.StatusOK:
 		g.stats.pushOK.Add(1)
+		result = pushOK
 	case status == http.StatusNotFound:
 		g.stats.pushNotFound.Add(1)
-	case status == http.StatusGone, status >= 500:
+		result = pushGone
+	case status == http.StatusGone:
 		g.stats.pushFailed.Add(1)
+		result = pushGone
+	case status >= 500:
+		g.stats.pushFailed.Add(1)
+		result = pushError
+	case status == http.StatusUnauthorized:
+		g.stats.pushInvalid.Add(1)
+		result = pushUnauthorized
 	default:
 		g.stats.pushInvalid.Add(1)
 	}
+	g.m.pushes.WithLabelValues(result).Inc()
 	if status != http.StatusOK {
 		g.log.Debug("push refused", "status", status, "errMsg", msg)
 	}
@@ -106,12 +126,18 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 		// in the background because a client that never answers would hold
 		// this request for seconds. The reader then invokes cleanup.
 		g.remove(c)
-		go c.close(statusNormal, "")
+		go c.close(statusNormal, "", discClosed)
 		return http.StatusOK, 0, "ok"
 
 	default:
 		return bad("websocket.action %q: want %q or %q", ws.Action, subjects.ActionDataSend, subjects.ActionClosing)
 	}
+}
+
+// bearerOK compares "Bearer <token>" in constant time.
+func bearerOK(header, token string) bool {
+	got, ok := strings.CutPrefix(header, "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 // find returns the accepted connection id, waiting while it is still being

@@ -1,0 +1,304 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// edge is what makes a gateway one of many instances behind a balancer
+// (SPEC §6). Its connection ids name the instance; it keeps a record
+// (instance id -> push URL) in the instances bucket, whose records age out
+// after InstanceTTL unless refreshed, so bridges route pushes by the id
+// alone; it announces its own connections with reason shutdown when it
+// stops; and it watches the other instances: when one's record is gone, the
+// registry records naming it are announced with reason lost and deleted.
+type edge struct {
+	g     *Gateway
+	log   *slog.Logger
+	names subjects.Names
+	js    jetstream.JetStream
+
+	instances jetstream.KeyValue // the live instances
+	regMu     sync.Mutex
+	registry  jetstream.KeyValue // WS_CONNS; nil until it exists
+	ttl       time.Duration      // the instances bucket's TTL
+	record    []byte
+
+	// sem bounds the announcements in flight (a shutdown of 10,000
+	// connections would otherwise publish 10,000 at once).
+	sem chan struct{}
+
+	stopOnce sync.Once
+	quit     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// announceConcurrency bounds announcements in flight.
+const announceConcurrency = 64
+
+func newEdge(g *Gateway) (*edge, error) {
+	names, err := subjects.New(g.opts.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(g.opts.NATS)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: jetstream: %w", err)
+	}
+	rec, err := json.Marshal(subjects.Instance{ID: g.opts.InstanceID, PushURL: g.opts.PushURL, StartedAt: time.Now().UTC()})
+	if err != nil {
+		return nil, err
+	}
+	return &edge{
+		g: g, log: g.log, names: names, js: js, record: rec,
+		sem: make(chan struct{}, announceConcurrency), quit: make(chan struct{}),
+	}, nil
+}
+
+// start opens the instances bucket (creating it with InstanceTTL when it is
+// missing), announces as lost what an earlier life of this instance left in
+// the registry, advertises the instance and starts refreshing its record
+// and watching the others.
+func (e *edge) start(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	bucket := e.names.GatewayBucket()
+	kv, err := e.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "wsbridge gateway instances: instance id -> push URL; records age out unless refreshed",
+		History:     1,
+		TTL:         e.g.opts.InstanceTTL,
+		Replicas:    e.replicas(ctx),
+		Storage:     jetstream.FileStorage,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = e.js.KeyValue(ctx, bucket)
+	}
+	if err != nil {
+		return fmt.Errorf("gateway: instances bucket %s: %w", bucket, err)
+	}
+	e.instances = kv
+	e.ttl = e.g.opts.InstanceTTL
+	if st, err := kv.Status(ctx); err == nil && st.TTL() > 0 {
+		// The bucket's TTL decides, whoever created it.
+		e.ttl = st.TTL()
+	}
+	// No connection of this life exists yet: any record naming this
+	// instance is from an earlier one that did not shut down cleanly; and
+	// records of instances that vanished while none was watching go too.
+	self := e.g.opts.InstanceID
+	if err := e.sweep(ctx, self); err != nil {
+		e.log.Warn("sweep of an earlier life failed", "err", err)
+	}
+	if _, err := kv.Put(ctx, self, e.record); err != nil {
+		return fmt.Errorf("gateway: advertise instance %s: %w", self, err)
+	}
+	e.wg.Add(1)
+	go e.loop()
+	return nil
+}
+
+// replicas copies the registry's replica count, so the instances bucket
+// survives what the registry survives.
+func (e *edge) replicas(ctx context.Context) int {
+	s, err := e.js.Stream(ctx, "KV_"+e.names.Bucket())
+	if err != nil {
+		return 1
+	}
+	return max(s.CachedInfo().Config.Replicas, 1)
+}
+
+// loop refreshes the record every third of the TTL and checks the live set
+// every half: an instance seen before and gone now is swept.
+func (e *edge) loop() {
+	defer e.wg.Done()
+	refresh := time.NewTicker(e.ttl / 3)
+	defer refresh.Stop()
+	check := time.NewTicker(e.ttl / 2)
+	defer check.Stop()
+	known := map[string]bool{}
+	for {
+		select {
+		case <-e.quit:
+			return
+		case <-refresh.C:
+			ctx, cancel := context.WithTimeout(context.Background(), e.ttl/3)
+			if _, err := e.instances.Put(ctx, e.g.opts.InstanceID, e.record); err != nil {
+				e.log.Warn("instance record not refreshed", "err", err)
+			}
+			cancel()
+		case <-check.C:
+			ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
+			live, err := e.live(ctx)
+			if err != nil {
+				e.log.Warn("list gateway instances", "err", err)
+				cancel()
+				continue
+			}
+			var gone []string
+			for inst := range known {
+				if !live[inst] {
+					gone = append(gone, inst)
+				}
+			}
+			if len(gone) > 0 {
+				e.log.Warn("gateway instances vanished; announcing their connections lost", "instances", gone)
+				if err := e.sweep(ctx, ""); err != nil {
+					e.log.Warn("sweep failed", "err", err)
+					cancel()
+					continue // keep them known: the next check retries
+				}
+			}
+			known = live
+			cancel()
+		}
+	}
+}
+
+// live returns the instances whose records have not aged out.
+func (e *edge) live(ctx context.Context) (map[string]bool, error) {
+	keys, err := e.instances.ListKeys(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return map[string]bool{}, nil
+		}
+		return nil, err
+	}
+	live := map[string]bool{}
+	for k := range keys.Keys() {
+		live[k] = true
+	}
+	return live, nil
+}
+
+// sweep announces as lost every registry record naming an instance that is
+// not live, or is alsoDead (this instance's earlier life). The registry is listed
+// before the live set is read: an instance advertises itself before it
+// hands out ids, so a record listed belongs to an instance in the later
+// live set unless that instance is gone.
+func (e *edge) sweep(ctx context.Context, alsoDead string) error {
+	reg, err := e.registryKV(ctx)
+	if reg == nil {
+		return err
+	}
+	keys, err := reg.ListKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list registry: %w", err)
+	}
+	type rec struct{ token, inst string }
+	var recs []rec
+	for token := range keys.Keys() {
+		id, err := subjects.ConnID(token)
+		if err != nil {
+			continue
+		}
+		if inst, ok := subjects.EdgeInstance(id); ok {
+			recs = append(recs, rec{token, inst})
+		}
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	live, err := e.live(ctx)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	n := 0
+	for _, r := range recs {
+		if live[r.inst] && r.inst != alsoDead {
+			continue
+		}
+		n++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.announce(r.token, subjects.ReasonLost)
+		}()
+	}
+	wg.Wait()
+	if n > 0 {
+		e.g.m.disconnects.WithLabelValues(discLost).Add(float64(n))
+		e.log.Info("connections of vanished instances announced lost", "connections", n)
+	}
+	return nil
+}
+
+// registryKV returns WS_CONNS, or nil (and no error) while it does not
+// exist: then there is nothing to sweep.
+func (e *edge) registryKV(ctx context.Context) (jetstream.KeyValue, error) {
+	e.regMu.Lock()
+	defer e.regMu.Unlock()
+	if e.registry != nil {
+		return e.registry, nil
+	}
+	kv, err := e.js.KeyValue(ctx, e.names.Bucket())
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry bucket: %w", err)
+	}
+	e.registry = kv
+	return kv, nil
+}
+
+// announce is the one way the edge ends a connection on NATS: it deletes
+// the connection's registry record and publishes its disconnect event with
+// reason (shutdown or lost) and the message id <reason>-<token>, so
+// announcements of the same connection by several instances, or a bridge,
+// are stored once. Failures are logged: the registry TTL is the safety net.
+func (e *edge) announce(token, reason string) {
+	e.sem <- struct{}{}
+	defer func() { <-e.sem }()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if reg, err := e.registryKV(ctx); err != nil {
+		e.log.Warn("registry delete failed", "token", token, "err", err)
+	} else if reg != nil {
+		if err := reg.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			e.log.Warn("registry delete failed", "token", token, "err", err)
+		}
+	}
+	id, err := subjects.ConnID(token)
+	if err != nil {
+		return
+	}
+	data, err := json.Marshal(subjects.DisconnectEvent{ConnectionID: id, Token: token, At: time.Now().UTC(), Reason: reason})
+	if err != nil {
+		return
+	}
+	m := &nats.Msg{Subject: e.names.Disconnect(token), Data: data, Header: nats.Header{}}
+	m.Header.Set(subjects.HeaderConnID, id)
+	m.Header.Set(subjects.HeaderMsgID, reason+"-"+token)
+	if _, err := e.js.PublishMsg(ctx, m); err != nil {
+		e.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
+	}
+}
+
+// stop ends the refresh loop and withdraws the instance record, once every
+// connection has been announced.
+func (e *edge) stop() {
+	e.stopOnce.Do(func() {
+		close(e.quit)
+		e.wg.Wait()
+		if e.instances == nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := e.instances.Delete(ctx, e.g.opts.InstanceID); err != nil {
+			e.log.Warn("instance record not withdrawn", "err", err)
+		}
+	})
+}
