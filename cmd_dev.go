@@ -33,6 +33,13 @@ func stackFlags(fs *flag.FlagSet, o *stack.Options, logFormat, logLevel *string)
 	fs.Int64Var(&g.MaxMessageSize, "max-message-size", g.MaxMessageSize, "largest frame in bytes, either way")
 	fs.IntVar(&g.MaxConnections, "max-connections", g.MaxConnections, "most WebSocket connections at once")
 	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "deadline of each function invocation")
+	fs.DurationVar(&g.ReadTimeout, "read-timeout", g.ReadTimeout, "longest read of one HTTP request, headers and body, on every listener")
+	fs.DurationVar(&g.WriteTimeout, "write-timeout", g.WriteTimeout, "longest write of one frame to a client (a client slower than that is disconnected) and, doubled, of one HTTP answer")
+	fs.DurationVar(&g.KeepAliveTimeout, "keep-alive-timeout", g.KeepAliveTimeout, "close a keep-alive HTTP connection idle this long")
+	fs.IntVar(&g.MaxHeaderBytes, "max-header-bytes", g.MaxHeaderBytes, "largest request line and headers of an HTTP request")
+	fs.IntVar(&g.MaxHTTPConnections, "max-http-connections", g.MaxHTTPConnections, "TCP connections per listener that are not WebSockets (pushes, scrapes, upgrades in progress); beyond it they are closed at once")
+	fs.DurationVar(&g.PingInterval, "ping-interval", g.PingInterval, "ping a client quiet this long; no pong within as long again closes it (negative: no pings)")
+	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "time open connections get to close on SIGINT/SIGTERM")
 	fs.StringVar(logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
@@ -50,19 +57,6 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return runStack(ctx, "dev", fs, args, &o, &logFormat, &logLevel, stdout, stderr)
 }
 
-// runGateway runs the emulator alone against an existing NATS: run the bridge
-// beside it with --push-url pointing at its /push.
-func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("gateway", "\n\nRun the API Gateway emulator alone: WebSocket clients on /ws invoke the\nthree functions, which publish to NATS; the reverse-push address is /push.", stderr)
-	o := stack.DefaultOptions()
-	o.NATS.URL = defaultOpsURL
-	o.Bridge, o.Demo = false, false
-	var logFormat, logLevel string
-	stackFlags(fs, &o, &logFormat, &logLevel)
-	fs.BoolVar(&o.Demo, "demo", false, "serve the demo page and run the demo backend")
-	return runStack(ctx, "gateway", fs, args, &o, &logFormat, &logLevel, stdout, stderr)
-}
-
 func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string, o *stack.Options, logFormat, logLevel *string, stdout, stderr io.Writer) int {
 	if err := parseFlags(fs, args, nil); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
@@ -74,16 +68,17 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		fmt.Fprintf(stderr, "wsbridge %s: unexpected arguments %q\n", name, fs.Args())
 		return 2
 	}
-	if name == "gateway" && o.NATS.URL == "" {
-		fmt.Fprintln(stderr, "wsbridge gateway: --nats-url is required (use 'wsbridge dev' for an embedded NATS)")
-		return 2
-	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)
 	if err != nil {
 		fmt.Fprintf(stderr, "wsbridge %s: %v\n", name, err)
 		return 2
 	}
 	o.Logger = log
+	if name == "gateway" {
+		if code := prepareGateway(ctx, o, stderr); code != 0 {
+			return code
+		}
+	}
 	st, err := stack.Start(ctx, *o)
 	if err != nil {
 		log.Error("start failed", "err", err)
@@ -94,14 +89,15 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 	log.Info("shutting down")
 	done := make(chan error, 1)
 	go func() { done <- st.Close() }()
+	limit := 30*time.Second + o.Gateway.ShutdownTimeout
 	select {
 	case err := <-done:
 		if err != nil {
 			log.Error("shutdown", "err", err)
 			return 1
 		}
-	case <-time.After(45 * time.Second):
-		log.Error("shutdown did not finish in 45s")
+	case <-time.After(limit):
+		log.Error("shutdown did not finish in time", "limit", limit)
 		return 1
 	}
 	return 0
@@ -115,6 +111,9 @@ func printBanner(w io.Writer, name string, st *stack.Stack, o stack.Options) {
 	}
 	fmt.Fprintf(w, "  websocket      %s\n", st.WSURL())
 	fmt.Fprintf(w, "  reverse push   %s\n", st.PushURL())
+	if m := st.GatewayMetricsURL(); m != "" {
+		fmt.Fprintf(w, "  gateway ops    %s   (/healthz, /readyz)\n", m)
+	}
 	fmt.Fprintf(w, "  nats           %s\n", subjects.RedactURL(st.NATSURL()))
 	if m := st.MetricsURL(); m != "" {
 		fmt.Fprintf(w, "  metrics        %s\n", m)

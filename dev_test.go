@@ -105,7 +105,7 @@ func TestGatewayCommand(t *testing.T) {
 	pr, pw := io.Pipe()
 	code := make(chan int, 1)
 	go func() {
-		code <- run(ctx, []string{"gateway", "--nats-url", s.ClientURL(), "--addr", "127.0.0.1:0", "--log-level", "warn"}, pw, io.Discard)
+		code <- run(ctx, []string{"gateway", "--nats-url", s.ClientURL(), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "warn"}, pw, io.Discard)
 		pw.Close()
 	}()
 	urls := map[string]string{}

@@ -52,6 +52,7 @@ type Bridge struct {
 	m      *metrics.Metrics
 	pushes pushCounters
 	pusher *pusher
+	router *router
 
 	kv   jetstream.KeyValue
 	cons jetstream.Consumer
@@ -125,7 +126,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	if hc == nil {
 		hc = newHTTPClient(o.Concurrency, o.PushTimeout)
 	}
-	p, err := newPusher(hc, o.PushURL)
+	p, err := newPusher(hc, o.PushURL, o.PushToken)
 	if err != nil {
 		return nil, fmt.Errorf("bridge options: %w", err)
 	}
@@ -144,6 +145,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		m:      m,
 		pushes: newPushCounters(m),
 		pusher: p,
+		router: newRouter(js, names, p.url),
 		idx:    newIndex(),
 		lanes:  map[string]*lane{},
 		held:   map[uint64]*delivery{},
@@ -544,7 +546,7 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	it.attempts++
 	b.m.InFlight.Inc()
 	start := time.Now()
-	o := b.pusher.push(b.pushCtx, it.payload, it.d.tail)
+	o := b.push(it)
 	done := time.Now()
 	b.m.InFlight.Dec()
 	b.m.PushDuration.Observe(done.Sub(start).Seconds())
@@ -599,7 +601,7 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	}
 	it.dl = nil
 	if p.gone {
-		b.forget(it.token, subjects.ReasonGone, it.d.seq)
+		b.forget(it.token, disconnectReason(p.o), it.d.seq)
 	}
 	return resolved, 0
 }
@@ -743,7 +745,7 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 func (b *Bridge) forget(token, reason string, seq uint64) {
 	held := b.idx.remove(token)
 	msgID := reason + "-" + token + "-" + strconv.FormatUint(seq, 10)
-	if reason == subjects.ReasonGone {
+	if reason == subjects.ReasonGone || reason == subjects.ReasonLost {
 		if !held {
 			b.log.Debug("gone connection already forgotten", "token", token)
 			return

@@ -493,8 +493,11 @@ func TestOptionsValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
+	// No push URL: only self-hosted edge instances, found through NATS.
+	if err := (Options{}).WithDefaults().Validate(); err != nil {
+		t.Errorf("without a push URL: %v", err)
+	}
 	bad := []func(*Options){
-		func(o *Options) { o.PushURL = "" },
 		func(o *Options) { o.PushURL = "ftp://x/y" },
 		func(o *Options) { o.Prefix = "a b" },
 		func(o *Options) { o.Concurrency = -1 },

@@ -19,8 +19,14 @@ import (
 type Options struct {
 	// Prefix of every subject, stream and bucket name ("ws").
 	Prefix string
-	// PushURL is the gateway's reverse-push address (required).
+	// PushURL is API Gateway's reverse-push address: where connections go
+	// whose id names no self-hosted edge instance (`wsbridge gateway`
+	// instances are found through NATS). Empty with edge instances only;
+	// a push for another connection is then dead-lettered as permanent.
 	PushURL string
+	// PushToken, when set, is sent as "Authorization: Bearer <token>" with
+	// every push (the edge's --push-token).
+	PushToken string
 	// HTTPAddr serves /metrics, /healthz and /readyz; "" serves nothing.
 	HTTPAddr string
 	// Concurrency is the number of pushes in flight at once, and the size of
@@ -142,9 +148,9 @@ func (o Options) Validate() error {
 	if _, err := subjects.New(o.Prefix); err != nil {
 		errs = append(errs, err)
 	}
-	if o.PushURL == "" {
-		errs = append(errs, errors.New("push URL is required (PUSH_URL)"))
-	} else if u, err := url.Parse(o.PushURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	// An empty PushURL is fine: only self-hosted edge instances, found
+	// through NATS.
+	if u, err := url.Parse(o.PushURL); o.PushURL != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
 		errs = append(errs, fmt.Errorf("push URL %q: want http(s)://host/path", redactPushURL(o.PushURL)))
 	}
 	pos := func(name string, v int64) {

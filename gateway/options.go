@@ -44,8 +44,6 @@ const (
 	// DefaultReadTimeout bounds reading one HTTP request, headers and body
 	// (a push, the upgrade request, an ops request).
 	DefaultReadTimeout = 10 * time.Second
-	// DefaultHTTPWriteTimeout bounds writing one HTTP answer.
-	DefaultHTTPWriteTimeout = 10 * time.Second
 	// DefaultKeepAliveTimeout closes a keep-alive HTTP connection with no
 	// request for this long (push clients, ops scrapers).
 	DefaultKeepAliveTimeout = 60 * time.Second
@@ -113,11 +111,11 @@ type Options struct {
 	// TrustedProxies are the peers whose X-Forwarded-For names the client
 	// IP; anyone else's is ignored.
 	TrustedProxies []netip.Prefix
-	// ReadTimeout, HTTPWriteTimeout, KeepAliveTimeout and MaxHeaderBytes
-	// apply to every listener's HTTP requests (a WebSocket leaves them
-	// once upgraded).
+	// ReadTimeout, KeepAliveTimeout and MaxHeaderBytes apply to every
+	// listener's HTTP requests, and so does WriteTimeout (twice it bounds an
+	// answer: a push may wait that long for its frame); a WebSocket leaves
+	// them once upgraded.
 	ReadTimeout      time.Duration
-	HTTPWriteTimeout time.Duration
 	KeepAliveTimeout time.Duration
 	MaxHeaderBytes   int
 	// MaxHTTPConnections bounds each listener's TCP connections that are
@@ -193,7 +191,6 @@ func (o Options) withDefaults() Options {
 		o.MaxConnections = DefaultMaxConnections
 	}
 	dur(&o.ReadTimeout, DefaultReadTimeout)
-	dur(&o.HTTPWriteTimeout, DefaultHTTPWriteTimeout)
 	dur(&o.KeepAliveTimeout, DefaultKeepAliveTimeout)
 	dur(&o.PingInterval, DefaultPingInterval)
 	dur(&o.InstanceTTL, DefaultInstanceTTL)
@@ -231,7 +228,6 @@ func (o Options) Validate() error {
 		{"WriteTimeout", o.WriteTimeout},
 		{"ShutdownTimeout", o.ShutdownTimeout},
 		{"ReadTimeout", o.ReadTimeout},
-		{"HTTPWriteTimeout", o.HTTPWriteTimeout},
 		{"KeepAliveTimeout", o.KeepAliveTimeout},
 		{"InstanceTTL", o.InstanceTTL},
 	} {

@@ -142,6 +142,9 @@ func (r *RPCInvoker) waitReady(ctx context.Context) error {
 	}
 }
 
+// Ping checks that the function answers Function.Ping.
+func (r *RPCInvoker) Ping(ctx context.Context) error { return r.ping(ctx) }
+
 func (r *RPCInvoker) ping(ctx context.Context) error {
 	c, err := r.conn(ctx)
 	if err != nil {

@@ -101,7 +101,7 @@ func (g *Gateway) server(h http.Handler) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: g.opts.ReadTimeout,
 		ReadTimeout:       g.opts.ReadTimeout,
-		WriteTimeout:      g.opts.HTTPWriteTimeout,
+		WriteTimeout:      2 * g.opts.WriteTimeout,
 		IdleTimeout:       g.opts.KeepAliveTimeout,
 		MaxHeaderBytes:    g.opts.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),

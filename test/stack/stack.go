@@ -63,6 +63,13 @@ type Options struct {
 	// Demo serves the demo chat page on / and runs the demo backend.
 	Demo bool
 
+	// Edge makes the gateway an edge instance on the stack's NATS (SPEC
+	// §6): `wsbridge gateway` sets it, `dev` does not.
+	Edge bool
+	// Listeners, when set, are the gateway's sockets, bound beforehand;
+	// otherwise Start binds Gateway.Addr (and PushAddr, HTTPAddr).
+	Listeners *gateway.Listeners
+
 	Logger *slog.Logger
 }
 
@@ -96,6 +103,8 @@ type Stack struct {
 
 	natsURL  string
 	gwAddr   net.Addr
+	pushAddr net.Addr // nil: pushes on gwAddr
+	opsAddr  net.Addr // the gateway's /metrics; nil: off
 	fns      *functions.Functions
 	rpcs     []*gateway.RPCInvoker
 	tmpDir   string
@@ -132,7 +141,7 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		return nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = subjects.Provision(pctx, js, names, o.BridgeOptions.Streams)
+	err = s.provision(pctx, js, names)
 	cancel()
 	if err != nil {
 		return nil, err
@@ -142,12 +151,20 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	}
 	o = s.opts // with the invokers
 
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", o.Gateway.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: listen %s: %w", o.Gateway.Addr, err)
+	ls := o.Listeners
+	if ls == nil {
+		if ls, err = gateway.Listen(ctx, o.Gateway); err != nil {
+			return nil, err
+		}
 	}
-	s.gwAddr = ln.Addr()
+	ln := closerFunc(ls.Close)
+	s.gwAddr = ls.WS.Addr()
+	if ls.Push != nil {
+		s.pushAddr = ls.Push.Addr()
+	}
+	if ls.HTTP != nil {
+		s.opsAddr = ls.HTTP.Addr()
+	}
 
 	if o.Bridge {
 		bo := o.BridgeOptions
@@ -179,6 +196,14 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		o.Gateway.Fallback = demo.Page()
 	}
 	o.Gateway.Logger = s.log
+	o.Gateway.Ready = s.functionsReady
+	if o.Edge {
+		o.Gateway.NATS = s.Conn
+		o.Gateway.Prefix = o.Prefix
+		if o.Gateway.PushURL == "" {
+			o.Gateway.PushURL = s.PushURL()
+		}
+	}
 	s.Gateway, err = gateway.New(o.Gateway)
 	if err != nil {
 		ln.Close()
@@ -186,8 +211,45 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	}
 	sctx, cancelServe := context.WithCancel(context.Background())
 	s.cancel = cancelServe
-	go func() { s.served <- s.Gateway.Serve(sctx, ln) }()
+	go func() { s.served <- s.Gateway.ServeAll(sctx, ls) }()
 	return s, nil
+}
+
+type closerFunc func()
+
+func (f closerFunc) Close() { f() }
+
+// provision creates the streams and bucket. Next to an existing NATS
+// without the bridge (`wsbridge gateway`), only missing ones are created:
+// the bridge owns their settings (replicas, ages), which must not be
+// overwritten with defaults.
+func (s *Stack) provision(ctx context.Context, js jetstream.JetStream, names subjects.Names) error {
+	if !s.opts.Bridge && s.NATS == nil {
+		missing := false
+		for _, cfg := range names.StreamConfigs(s.opts.BridgeOptions.Streams) {
+			if _, err := js.Stream(ctx, cfg.Name); err != nil {
+				missing = true
+			}
+		}
+		if _, err := js.KeyValue(ctx, names.Bucket()); err != nil {
+			missing = true
+		}
+		if !missing {
+			return nil
+		}
+	}
+	return subjects.Provision(ctx, js, names, s.opts.BridgeOptions.Streams)
+}
+
+// functionsReady pings the function binaries (in-process functions are
+// always ready).
+func (s *Stack) functionsReady(ctx context.Context) error {
+	for _, r := range s.rpcs {
+		if err := r.Ping(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Stack) startNATS() error {
@@ -320,12 +382,34 @@ func (s *Stack) URL() string { return "http://" + s.gwAddr.String() + "/" }
 
 // WSURL is the emulator's WebSocket endpoint.
 func (s *Stack) WSURL() string {
-	return "ws://" + s.gwAddr.String() + s.gatewayPath(s.opts.Gateway.WSPath, gateway.DefaultWSPath)
+	scheme := "ws://"
+	if s.opts.Gateway.TLSCert != "" {
+		scheme = "wss://"
+	}
+	return scheme + s.gwAddr.String() + s.gatewayPath(s.opts.Gateway.WSPath, gateway.DefaultWSPath)
 }
 
-// PushURL is the emulator's reverse-push address.
+// PushURL is the emulator's reverse-push address: the one the gateway
+// advertises when set, else one on its own listener.
 func (s *Stack) PushURL() string {
-	return "http://" + s.gwAddr.String() + s.gatewayPath(s.opts.Gateway.PushPath, gateway.DefaultPushPath)
+	if s.Gateway != nil && s.Gateway.Options().PushURL != "" {
+		return s.Gateway.Options().PushURL
+	}
+	scheme, addr := "http://", s.gwAddr
+	if s.pushAddr != nil {
+		addr = s.pushAddr
+	} else if s.opts.Gateway.TLSCert != "" {
+		scheme = "https://"
+	}
+	return scheme + addr.String() + s.gatewayPath(s.opts.Gateway.PushPath, gateway.DefaultPushPath)
+}
+
+// GatewayMetricsURL is the gateway's /metrics, or "" without its HTTPAddr.
+func (s *Stack) GatewayMetricsURL() string {
+	if s.opsAddr == nil {
+		return ""
+	}
+	return "http://" + s.opsAddr.String() + "/metrics"
 }
 
 // MetricsURL is the bridge's /metrics, or "" without the bridge's HTTP server.
