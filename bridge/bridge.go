@@ -196,7 +196,11 @@ func (b *Bridge) Start(ctx context.Context) error {
 	if !b.started.CompareAndSwap(false, true) {
 		return errors.New("bridge already started")
 	}
-	b.log.Info("starting", "prefix", b.names.Prefix(), "push", redactPushURL(b.opts.PushURL),
+	push := "(none: gateway instances only)"
+	if b.opts.PushURL != "" {
+		push = redactPushURL(b.opts.PushURL)
+	}
+	b.log.Info("starting", "prefix", b.names.Prefix(), "push", push,
 		"concurrency", b.opts.Concurrency, "max_attempts", b.opts.MaxAttempts, "push_rate", b.opts.PushRate)
 	if b.opts.HTTPAddr != "" {
 		if err := b.serveHTTP(); err != nil {
