@@ -18,6 +18,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -307,9 +308,20 @@ func TestEdgeInstances(t *testing.T) {
 	names := subjects.MustNew(subjects.DefaultPrefix)
 	natsURL := s.ClientURL()
 
-	// The bridge first: it provisions the streams and the registry. It has
-	// no --push-url: edge instances are found through NATS.
+	// API Gateway, still serving some connections during the move: the
+	// bridge's --push-url. Edge instances are found through NATS.
+	apigw := make(chan subjects.PushBody, 4)
+	apigwSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b subjects.PushBody
+		_ = json.NewDecoder(r.Body).Decode(&b)
+		apigw <- b
+		_, _ = io.WriteString(w, `{"errNo":0,"errMsg":"ok"}`)
+	}))
+	defer apigwSrv.Close()
+
+	// The bridge first: it provisions the streams and the registry.
 	bridge := start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
+		"--push-url", apigwSrv.URL+"/api-secret",
 		"--push-token", pushToken, "--retry-backoff", "50ms", "--retry-backoff-max", "500ms", "--log-level", "debug")
 	waitFor(t, "the bridge's consumer", waitTimeout, func() bool {
 		_, err := js.Consumer(context.Background(), names.StreamOut(), names.Consumer())
@@ -416,6 +428,20 @@ func TestEdgeInstances(t *testing.T) {
 		if got := c.all(); len(got) != 3 {
 			t.Errorf("%s received %q, want its welcome, its send and the broadcast", c.name, got)
 		}
+	}
+
+	// A connection of API Gateway's goes to the --push-url.
+	const apigwID = "L5bZ4yiH7c2a+/=="
+	if _, err := js.Publish(context.Background(), names.Send(subjects.Token(apigwID)), []byte("via API Gateway")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-apigw:
+		if b.WebSocket.SecConnectionID != apigwID || b.WebSocket.Data != "via API Gateway" {
+			t.Errorf("API Gateway got %+v", b.WebSocket)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the send to an API Gateway connection did not reach the --push-url")
 	}
 
 	// A push without the token: 401, and nothing reaches the client.
@@ -550,7 +576,12 @@ func TestEdgeInstances(t *testing.T) {
 			t.Errorf("stored disconnect events of %s: %q, want [%s]", tok, r, reason)
 		}
 	}
-	_ = bridge
+	if err := bridge.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := bridge.exit(t, waitTimeout); code != 0 {
+		t.Errorf("bridge exited %d after SIGTERM", code)
+	}
 }
 
 // storedDisconnects reads every disconnect event stored in WS_IN.
