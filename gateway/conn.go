@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -150,16 +152,20 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		g.refuse(w, http.StatusServiceUnavailable, "too many connections")
 		return
 	}
-	defer g.slots.Add(-1)
+	handedOff := false // the slot and the IP count go with the connection
+	defer func() {
+		if !handedOff {
+			g.slots.Add(-1)
+		}
+	}()
 	ip := g.clientIP(r)
 	if !g.takeIP(ip) {
 		g.log.Info("connection refused: per-IP limit reached", "ip", ip, "max_connections_per_ip", g.opts.MaxConnectionsPerIP)
 		g.refuse(w, http.StatusTooManyRequests, "too many connections from this address")
 		return
 	}
-	ipHeld := true
 	defer func() {
-		if ipHeld {
+		if !handedOff {
 			g.releaseIP(ip)
 		}
 	}()
@@ -227,12 +233,9 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 			opts.Subprotocols = []string{p}
 		}
 	}
-	// The listener's read and write timeouts bound the upgrade request; the
-	// WebSocket that follows lives on (idle timeout and pings bound it).
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Time{})
-	_ = rc.SetWriteDeadline(time.Time{})
-	ws, err := websocket.Accept(w, r, opts)
+	// net/http clears the listener's read and write deadlines on hijack:
+	// the WebSocket lives on, bounded by the idle timeout and pings.
+	ws, err := websocket.Accept(smallBuffers{w}, r, opts)
 	if err != nil {
 		// Accept answered the client. The register function did accept,
 		// so the connection may be recorded somewhere: clean it up.
@@ -249,7 +252,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	g.stats.total.Add(1)
 	g.stats.open.Add(1)
 	g.m.connects.WithLabelValues(connectAccepted).Inc()
-	ipHeld = false // released by finish
+	handedOff = true // released by finish
 	c.settle(ws)
 	if g.isClosed() {
 		// Close may have missed it while it was being upgraded.
@@ -259,8 +262,50 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	g.startJanitor()
 	log.Debug("connection open", "protocol", ws.Subprotocol(), "source_ip", ev.RequestContext.SourceIP)
-	c.serve()
+	// The connection is read by a goroutine of its own and this handler
+	// returns, so net/http lets go of the request, its response buffers
+	// and the handler's grown stack: an idle connection costs only what
+	// it needs (see smallBuffers).
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		c.serve()
+	}()
 }
+
+// Buffer sizes of an accepted WebSocket. net/http's are 4 KiB each; frames
+// larger than a buffer are read and written past it, directly.
+const (
+	connReadBuffer  = 512
+	connWriteBuffer = 512
+)
+
+// smallBuffers hands coder/websocket a hijacked connection with buffers of
+// connReadBuffer and connWriteBuffer bytes instead of net/http's (what a
+// connection holds while idle is mostly its buffers).
+type smallBuffers struct{ http.ResponseWriter }
+
+// Hijack implements http.Hijacker.
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := brw.Writer.Flush(); err != nil {
+		_ = nc.Close()
+		return nil, nil, err
+	}
+	r := brw.Reader
+	if r.Buffered() == 0 {
+		// Nothing read ahead (the client waits for the 101): a fresh,
+		// small reader loses nothing.
+		r = bufio.NewReaderSize(nc, connReadBuffer)
+	}
+	return nc, bufio.NewReadWriter(r, bufio.NewWriterSize(nc, connWriteBuffer)), nil
+}
+
+// Unwrap gives http.ResponseController the wrapped writer.
+func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // serve reads frames in order and hands each to the transfer function
 // before reading the next, as the gateway does; it returns when the
@@ -297,6 +342,7 @@ func (c *conn) serve() {
 // client's doing): one disconnect event per connection.
 func (c *conn) finish() {
 	g := c.g
+	defer g.slots.Add(-1)
 	g.remove(c)
 	_ = c.ws.CloseNow()
 	g.stats.open.Add(-1)
