@@ -20,6 +20,14 @@ func TestLoadSmall(t *testing.T) {
 		t.Errorf("report %v: want 20 connections and every round trip back", rep)
 	}
 	t.Log(rep)
+	rep, err = Load(context.Background(), LoadOptions{Conns: 20, Rate: 200, Duration: 300 * time.Millisecond, Dialers: 4, PushOnly: true})
+	if err != nil {
+		t.Fatalf("Load, pushes only: %v (%v)", err, rep)
+	}
+	if rep.Sent == 0 || rep.Received != rep.Sent {
+		t.Errorf("report %v: want every push to arrive", rep)
+	}
+	t.Log(rep)
 }
 
 // BenchmarkConnections holds many connections and measures memory per
@@ -30,7 +38,21 @@ func TestLoadSmall(t *testing.T) {
 //
 //	WSBRIDGE_BENCH_CONNS=10000 go test -run '^$' -bench Connections -benchtime=1x ./test/load/
 func BenchmarkConnections(b *testing.B) {
+	runBench(b, benchOptions(b))
+}
+
+// BenchmarkPushLatency is BenchmarkConnections measuring push-to-client
+// latency: WSBRIDGE_BENCH_RATE pushes a second POSTed to the reverse-push
+// address, round robin over the connections:
+//
+//	WSBRIDGE_BENCH_CONNS=10000 go test -run '^$' -bench PushLatency -benchtime=1x ./test/load/
+func BenchmarkPushLatency(b *testing.B) {
 	opts := benchOptions(b)
+	opts.PushOnly = true
+	runBench(b, opts)
+}
+
+func runBench(b *testing.B, opts LoadOptions) {
 	// The clients run in a child process (this test binary, see
 	// TestLoadClientProcess) so the memory figures are the emulator's own
 	// and each process needs one descriptor per connection.
@@ -40,7 +62,8 @@ func BenchmarkConnections(b *testing.B) {
 			"WSBRIDGE_LOAD_CLIENT_URL="+wsURL,
 			"WSBRIDGE_BENCH_CONNS="+strconv.Itoa(opts.Conns),
 			"WSBRIDGE_BENCH_RATE="+strconv.Itoa(opts.Rate),
-			"WSBRIDGE_BENCH_DURATION="+opts.Duration.String())
+			"WSBRIDGE_BENCH_DURATION="+opts.Duration.String(),
+			"WSBRIDGE_BENCH_PUSH_ONLY="+strconv.FormatBool(opts.PushOnly))
 		return cmd
 	}
 	var rep LoadReport
@@ -56,7 +79,8 @@ func BenchmarkConnections(b *testing.B) {
 	b.ReportMetric(rep.RSSPerConn, "rss-B/conn")
 	b.ReportMetric(float64(rep.P50.Microseconds()), "p50-µs")
 	b.ReportMetric(float64(rep.P99.Microseconds()), "p99-µs")
-	b.ReportMetric(float64(rep.Received), "round-trips")
+	b.ReportMetric(float64(rep.Conns)/rep.ConnectTime.Seconds(), "connects/s")
+	b.ReportMetric(float64(rep.Received), "frames")
 	b.Log(rep)
 }
 
@@ -76,7 +100,9 @@ func TestLoadClientProcess(t *testing.T) {
 	if url == "" {
 		t.Skip("only runs as BenchmarkConnections' client process")
 	}
-	if err := RunLoadClients(context.Background(), url, benchOptions(t), os.Stdin, os.Stdout); err != nil {
+	opts := benchOptions(t)
+	opts.PushOnly = os.Getenv("WSBRIDGE_BENCH_PUSH_ONLY") == "true"
+	if err := RunLoadClients(context.Background(), url, opts, os.Stdin, os.Stdout); err != nil {
 		t.Fatal(err)
 	}
 }
