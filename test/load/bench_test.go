@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -20,21 +21,25 @@ func TestLoadSmall(t *testing.T) {
 		t.Errorf("report %v: want 20 connections and every round trip back", rep)
 	}
 	t.Log(rep)
-	rep, err = Load(context.Background(), LoadOptions{Conns: 20, Rate: 200, Duration: 300 * time.Millisecond, Dialers: 4, PushOnly: true})
-	if err != nil {
-		t.Fatalf("Load, pushes only: %v (%v)", err, rep)
+	for _, baseline := range []bool{false, true} {
+		rep, err = Load(context.Background(), LoadOptions{Conns: 20, Rate: 200, Duration: 300 * time.Millisecond, Dialers: 4, PushOnly: true, Baseline: baseline})
+		if err != nil {
+			t.Fatalf("Load, pushes only, baseline %v: %v (%v)", baseline, err, rep)
+		}
+		if rep.Sent == 0 || rep.Received != rep.Sent {
+			t.Errorf("report %v: want every push to arrive", rep)
+		}
+		t.Log(rep)
 	}
-	if rep.Sent == 0 || rep.Received != rep.Sent {
-		t.Errorf("report %v: want every push to arrive", rep)
-	}
-	t.Log(rep)
 }
 
 // BenchmarkConnections holds many connections and measures memory per
 // connection and round-trip latency at a fixed message rate. It measures a
 // fixed workload, not b.N operations: run it with -benchtime=1x.
 // WSBRIDGE_BENCH_CONNS (default 1000), WSBRIDGE_BENCH_RATE (round trips per
-// second, default 1000) and WSBRIDGE_BENCH_DURATION (default 3s) change it:
+// second, default 1000), WSBRIDGE_BENCH_DURATION (default 3s) and
+// WSBRIDGE_BENCH_RUNS (default 3) change it. Each run measures the gateway
+// and the baseline server (baseline.go); it reports medians and ratios:
 //
 //	WSBRIDGE_BENCH_CONNS=10000 go test -run '^$' -bench Connections -benchtime=1x ./test/load/
 func BenchmarkConnections(b *testing.B) {
@@ -66,22 +71,60 @@ func runBench(b *testing.B, opts LoadOptions) {
 			"WSBRIDGE_BENCH_PUSH_ONLY="+strconv.FormatBool(opts.PushOnly))
 		return cmd
 	}
-	var rep LoadReport
-	for i := 0; i < b.N; i++ {
-		var err error
-		if rep, err = Load(context.Background(), opts); err != nil {
-			b.Fatalf("Load: %v (%v)", err, rep)
+	// WSBRIDGE_BENCH_RUNS runs (3) of the gateway and of the baseline
+	// server, alternating, so both see the same machine; medians and the
+	// gateway/baseline ratios are reported.
+	runs := 3
+	if v := os.Getenv("WSBRIDGE_BENCH_RUNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			b.Fatalf("WSBRIDGE_BENCH_RUNS=%q: want a positive integer", v)
+		}
+		runs = n
+	}
+	var gw, bl []LoadReport
+	for range runs {
+		for _, baseline := range []bool{true, false} {
+			o := opts
+			o.Baseline = baseline
+			rep, err := Load(context.Background(), o)
+			if err != nil {
+				b.Fatalf("Load (baseline %v): %v (%v)", baseline, err, rep)
+			}
+			b.Logf("baseline=%v %v", baseline, rep)
+			if baseline {
+				bl = append(bl, rep)
+			} else {
+				gw = append(gw, rep)
+			}
 		}
 	}
 	b.ReportMetric(0, "ns/op") // a fixed workload: time per op means nothing
-	b.ReportMetric(float64(rep.Conns), "conns")
-	b.ReportMetric(rep.HeapPerConn, "heap-B/conn")
-	b.ReportMetric(rep.RSSPerConn, "rss-B/conn")
-	b.ReportMetric(float64(rep.P50.Microseconds()), "p50-µs")
-	b.ReportMetric(float64(rep.P99.Microseconds()), "p99-µs")
-	b.ReportMetric(float64(rep.Conns)/rep.ConnectTime.Seconds(), "connects/s")
-	b.ReportMetric(float64(rep.Received), "frames")
-	b.Log(rep)
+	b.ReportMetric(float64(opts.Conns), "conns")
+	for _, m := range []struct {
+		unit string
+		f    func(LoadReport) float64
+	}{
+		{"heap-B/conn", func(r LoadReport) float64 { return r.HeapPerConn }},
+		{"rss-B/conn", func(r LoadReport) float64 { return r.RSSPerConn }},
+		{"connects/s", func(r LoadReport) float64 { return float64(r.Conns) / r.ConnectTime.Seconds() }},
+		{"p50-µs", func(r LoadReport) float64 { return float64(r.P50.Microseconds()) }},
+		{"p99-µs", func(r LoadReport) float64 { return float64(r.P99.Microseconds()) }},
+	} {
+		g, base := median(gw, m.f), median(bl, m.f)
+		b.ReportMetric(g, m.unit)
+		b.ReportMetric(g/base, "ratio-"+m.unit)
+		b.Logf("%-12s gateway %10.0f  baseline %10.0f  ratio %.2f  (medians of %d)", m.unit, g, base, g/base, runs)
+	}
+}
+
+func median(reps []LoadReport, f func(LoadReport) float64) float64 {
+	v := make([]float64, len(reps))
+	for i, r := range reps {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
 }
 
 // benchOptions reads the WSBRIDGE_BENCH_* variables.

@@ -40,6 +40,9 @@ type LoadOptions struct {
 	// Rate pushes a second are POSTed to the reverse-push address, round
 	// robin over the connections, and the clients only receive.
 	PushOnly bool
+	// Baseline serves the same clients with a bare coder/websocket server
+	// (see baseline) instead of the gateway, as the yardstick.
+	Baseline bool
 
 	// ClientCmd, when set, returns the command that runs the clients in
 	// another process against wsURL; it must call RunLoadClients with its
@@ -122,23 +125,34 @@ func Load(ctx context.Context, opts LoadOptions) (LoadReport, error) {
 		return LoadReport{}, fmt.Errorf("load: %w", err)
 	}
 	base := "http://" + ln.Addr().String()
-	fn := newEchoFunction(base + gateway.DefaultPushPath)
-	defer fn.client.CloseIdleConnections()
-	g, err := gateway.New(gateway.Options{
-		Register: fn, Transfer: fn, Cleanup: fn,
-		MaxConnections:  opts.Conns + 16,
-		MaxMessageSize:  int64(opts.MessageSize) + 1024,
-		IdleTimeout:     time.Hour,
-		FunctionTimeout: 30 * time.Second,
-		ShutdownTimeout: 30 * time.Second,
-	})
-	if err != nil {
-		ln.Close()
-		return LoadReport{}, err
-	}
 	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	served := make(chan error, 1)
-	go func() { served <- g.Serve(sctx, ln) }()
+	var open func() int64
+	var ids func() []string
+	if opts.Baseline {
+		b := newBaseline()
+		open, ids = b.open.Load, b.ids
+		go func() { served <- b.serve(sctx, ln) }()
+	} else {
+		fn := newEchoFunction(base + gateway.DefaultPushPath)
+		defer fn.client.CloseIdleConnections()
+		g, err := gateway.New(gateway.Options{
+			Register: fn, Transfer: fn, Cleanup: fn,
+			MaxConnections:  opts.Conns + 16,
+			MaxMessageSize:  int64(opts.MessageSize) + 1024,
+			IdleTimeout:     time.Hour,
+			FunctionTimeout: 30 * time.Second,
+			ShutdownTimeout: 30 * time.Second,
+		})
+		if err != nil {
+			ln.Close()
+			stop()
+			return LoadReport{}, err
+		}
+		open = func() int64 { return g.Stats().ConnectionsOpen }
+		ids = g.ConnectionIDs
+		go func() { served <- g.Serve(sctx, ln) }()
+	}
 	defer func() { stop(); <-served }()
 
 	wsURL := "ws" + strings.TrimPrefix(base, "http") + gateway.DefaultWSPath
@@ -146,8 +160,8 @@ func Load(ctx context.Context, opts LoadOptions) (LoadReport, error) {
 	rep := LoadReport{Conns: opts.Conns, ServerOnly: opts.ClientCmd != nil, PushOnly: opts.PushOnly}
 	// ready runs once every client is connected, before the round trips.
 	ready := func() error {
-		if err := waitUntil(ctx, 30*time.Second, func() bool { return g.Stats().ConnectionsOpen == int64(opts.Conns) }); err != nil {
-			return fmt.Errorf("%d of %d connections open: %w", g.Stats().ConnectionsOpen, opts.Conns, err)
+		if err := waitUntil(ctx, 30*time.Second, func() bool { return open() == int64(opts.Conns) }); err != nil {
+			return fmt.Errorf("%d of %d connections open: %w", open(), opts.Conns, err)
 		}
 		after := memory()
 		rep.HeapPerConn = float64(int64(after.heap)-int64(before.heap)) / float64(opts.Conns)
@@ -159,7 +173,7 @@ func Load(ctx context.Context, opts LoadOptions) (LoadReport, error) {
 	}
 
 	// pushes runs the pushes of PushOnly and returns how many were made.
-	pushes := func() (int, error) { return pushAll(ctx, base+gateway.DefaultPushPath, g.ConnectionIDs(), opts) }
+	pushes := func() (int, error) { return pushAll(ctx, base+gateway.DefaultPushPath, ids(), opts) }
 
 	var res ClientResult
 	if opts.ClientCmd == nil {
