@@ -9,37 +9,51 @@ import (
 	"time"
 
 	"github.com/wsbridge/wsbridge/functions"
+	"github.com/wsbridge/wsbridge/gateway"
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/stack"
 )
 
-// stackFlags registers the flags `dev` and `gateway` share.
+// stackFlags registers the flags of `dev`.
 func stackFlags(fs *flag.FlagSet, o *stack.Options, logFormat, logLevel *string) {
 	connFlags(fs, &o.NATS)
-	g := &o.Gateway
 	fs.StringVar(&o.Prefix, "prefix", o.Prefix, "subject prefix")
-	fs.StringVar(&g.Addr, "addr", g.Addr, "listen address of the emulator: demo page on /, WebSocket on /ws, reverse push on /push")
-	fs.StringVar(&o.Functions, "functions", "", "invoke the handlers as SCF binaries over net/rpc: a directory with register, transfer and cleanup, or the websocket binary (empty: in process)")
-	fs.Func("auth", "connect authorization: off (default), optional or required", func(v string) error {
-		switch m := functions.AuthMode(v); m {
-		case functions.AuthOff, functions.AuthOptional, functions.AuthRequired:
-			o.Auth = m
-			return nil
-		}
-		return fmt.Errorf("want off, optional or required")
-	})
-	fs.DurationVar(&o.AuthTimeout, "auth-timeout", o.AuthTimeout, "how long to wait for the connect authorization reply")
-	fs.DurationVar(&g.IdleTimeout, "idle-timeout", g.IdleTimeout, "close connections idle this long")
+	edgeFlags(fs, &o.Gateway, "listen address of the emulator: demo page on /, WebSocket on /ws, reverse push on /push")
+	functionFlags(fs, &o.Functions, &o.Auth, &o.AuthTimeout)
+	logFlags(fs, logFormat, logLevel)
+}
+
+// edgeFlags registers the gateway's flags that `dev` and `gateway` share.
+func edgeFlags(fs *flag.FlagSet, g *gateway.Options, addrUsage string) {
+	fs.StringVar(&g.Addr, "addr", g.Addr, addrUsage)
+	fs.DurationVar(&g.IdleTimeout, "idle-timeout", g.IdleTimeout, "close connections with no data frame either way for this long")
 	fs.Int64Var(&g.MaxMessageSize, "max-message-size", g.MaxMessageSize, "largest frame in bytes, either way")
-	fs.IntVar(&g.MaxConnections, "max-connections", g.MaxConnections, "most WebSocket connections at once")
+	fs.IntVar(&g.MaxConnections, "max-connections", g.MaxConnections, "most WebSocket connections at once; beyond it upgrades get 503")
 	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "deadline of each function invocation")
 	fs.DurationVar(&g.ReadTimeout, "read-timeout", g.ReadTimeout, "longest read of one HTTP request, headers and body, on every listener")
 	fs.DurationVar(&g.WriteTimeout, "write-timeout", g.WriteTimeout, "longest write of one frame to a client (a client slower than that is disconnected) and, doubled, of one HTTP answer")
 	fs.DurationVar(&g.KeepAliveTimeout, "keep-alive-timeout", g.KeepAliveTimeout, "close a keep-alive HTTP connection idle this long")
-	fs.IntVar(&g.MaxHeaderBytes, "max-header-bytes", g.MaxHeaderBytes, "largest request line and headers of an HTTP request")
+	fs.IntVar(&g.MaxHeaderBytes, "max-header-bytes", g.MaxHeaderBytes, "largest request line and headers of an HTTP request; beyond it 431")
 	fs.IntVar(&g.MaxHTTPConnections, "max-http-connections", g.MaxHTTPConnections, "TCP connections per listener that are not WebSockets (pushes, scrapes, upgrades in progress); beyond it they are closed at once")
 	fs.DurationVar(&g.PingInterval, "ping-interval", g.PingInterval, "ping a client quiet this long; no pong within as long again closes it (negative: no pings)")
 	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "time open connections get to close on SIGINT/SIGTERM")
+}
+
+// functionFlags registers how the three functions run.
+func functionFlags(fs *flag.FlagSet, dir *string, auth *functions.AuthMode, authTimeout *time.Duration) {
+	fs.StringVar(dir, "functions", "", "invoke the handlers as SCF binaries over net/rpc: a directory with register, transfer and cleanup, or the websocket binary (empty: in process)")
+	fs.Func("auth", "connect authorization: off (default), optional or required", func(v string) error {
+		switch m := functions.AuthMode(v); m {
+		case functions.AuthOff, functions.AuthOptional, functions.AuthRequired:
+			*auth = m
+			return nil
+		}
+		return fmt.Errorf("want off, optional or required")
+	})
+	fs.DurationVar(authTimeout, "auth-timeout", *authTimeout, "how long to wait for the connect authorization reply")
+}
+
+func logFlags(fs *flag.FlagSet, logFormat, logLevel *string) {
 	fs.StringVar(logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
@@ -74,51 +88,46 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		return 2
 	}
 	o.Logger = log
-	if name == "gateway" {
-		if code := prepareGateway(ctx, o, stderr); code != 0 {
-			return code
-		}
-	}
 	st, err := stack.Start(ctx, *o)
 	if err != nil {
 		log.Error("start failed", "err", err)
 		return 1
 	}
-	printBanner(stdout, name, st, *o)
+	var entries [][2]string
+	if o.Demo {
+		entries = append(entries, [2]string{"demo chat", st.URL() + "   (open it in a browser)"})
+	}
+	entries = append(entries, [2]string{"websocket", st.WSURL()}, [2]string{"reverse push", st.PushURL()},
+		[2]string{"nats", subjects.RedactURL(st.NATSURL())})
+	if m := st.MetricsURL(); m != "" {
+		entries = append(entries, [2]string{"metrics", m})
+	}
+	printBanner(stdout, name, o.Prefix, entries)
 	<-ctx.Done()
 	log.Info("shutting down")
 	done := make(chan error, 1)
 	go func() { done <- st.Close() }()
-	limit := 30*time.Second + o.Gateway.ShutdownTimeout
 	select {
 	case err := <-done:
 		if err != nil {
 			log.Error("shutdown", "err", err)
 			return 1
 		}
-	case <-time.After(limit):
-		log.Error("shutdown did not finish in time", "limit", limit)
+	case <-time.After(45 * time.Second):
+		log.Error("shutdown did not finish in 45s")
 		return 1
 	}
 	return 0
 }
 
-func printBanner(w io.Writer, name string, st *stack.Stack, o stack.Options) {
-	n := subjects.MustNew(o.Prefix)
+// printBanner tells where everything is: entries are (what, where) pairs.
+func printBanner(w io.Writer, name, prefix string, entries [][2]string) {
+	n := subjects.MustNew(prefix)
 	fmt.Fprintf(w, "wsbridge %s is running\n", name)
-	if o.Demo {
-		fmt.Fprintf(w, "  demo chat      %s   (open it in a browser)\n", st.URL())
+	for _, e := range entries {
+		fmt.Fprintf(w, "  %-14s %s\n", e[0], e[1])
 	}
-	fmt.Fprintf(w, "  websocket      %s\n", st.WSURL())
-	fmt.Fprintf(w, "  reverse push   %s\n", st.PushURL())
-	if m := st.GatewayMetricsURL(); m != "" {
-		fmt.Fprintf(w, "  gateway ops    %s   (/healthz, /readyz)\n", m)
-	}
-	fmt.Fprintf(w, "  nats           %s\n", subjects.RedactURL(st.NATSURL()))
-	if m := st.MetricsURL(); m != "" {
-		fmt.Fprintf(w, "  metrics        %s\n", m)
-	}
-	fmt.Fprintf(w, "\ntalk to the connected clients with the nats CLI (a client's token is on the demo page):\n")
+	fmt.Fprintf(w, "\ntalk to the connected clients with the nats CLI (a client's token is in its connect event):\n")
 	for _, l := range [][2]string{
 		{"nats sub '" + n.Inbound() + "'", "what clients send, connects and disconnects"},
 		{"nats pub " + n.Send("<token>") + " hello", "to one client"},

@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -63,13 +62,6 @@ type Options struct {
 	// Demo serves the demo chat page on / and runs the demo backend.
 	Demo bool
 
-	// Edge makes the gateway an edge instance on the stack's NATS (SPEC
-	// §6): `wsbridge gateway` sets it, `dev` does not.
-	Edge bool
-	// Listeners, when set, are the gateway's sockets, bound beforehand;
-	// otherwise Start binds Gateway.Addr (and PushAddr, HTTPAddr).
-	Listeners *gateway.Listeners
-
 	Logger *slog.Logger
 }
 
@@ -103,10 +95,7 @@ type Stack struct {
 
 	natsURL  string
 	gwAddr   net.Addr
-	pushAddr net.Addr // nil: pushes on gwAddr
-	opsAddr  net.Addr // the gateway's /metrics; nil: off
-	fns      *functions.Functions
-	rpcs     []*gateway.RPCInvoker
+	fns      *gateway.Functions
 	tmpDir   string
 	cancel   context.CancelFunc
 	served   chan error
@@ -141,7 +130,7 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		return nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = s.provision(pctx, js, names)
+	err = subjects.Provision(pctx, js, names, o.BridgeOptions.Streams)
 	cancel()
 	if err != nil {
 		return nil, err
@@ -151,20 +140,12 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	}
 	o = s.opts // with the invokers
 
-	ls := o.Listeners
-	if ls == nil {
-		if ls, err = gateway.Listen(ctx, o.Gateway); err != nil {
-			return nil, err
-		}
+	ls, err := gateway.Listen(ctx, o.Gateway)
+	if err != nil {
+		return nil, err
 	}
 	ln := closerFunc(ls.Close)
 	s.gwAddr = ls.WS.Addr()
-	if ls.Push != nil {
-		s.pushAddr = ls.Push.Addr()
-	}
-	if ls.HTTP != nil {
-		s.opsAddr = ls.HTTP.Addr()
-	}
 
 	if o.Bridge {
 		bo := o.BridgeOptions
@@ -196,14 +177,6 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		o.Gateway.Fallback = demo.Page()
 	}
 	o.Gateway.Logger = s.log
-	o.Gateway.Ready = s.functionsReady
-	if o.Edge {
-		o.Gateway.NATS = s.Conn
-		o.Gateway.Prefix = o.Prefix
-		if o.Gateway.PushURL == "" {
-			o.Gateway.PushURL = s.PushURL()
-		}
-	}
 	s.Gateway, err = gateway.New(o.Gateway)
 	if err != nil {
 		ln.Close()
@@ -218,39 +191,6 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 type closerFunc func()
 
 func (f closerFunc) Close() { f() }
-
-// provision creates the streams and bucket. Next to an existing NATS
-// without the bridge (`wsbridge gateway`), only missing ones are created:
-// the bridge owns their settings (replicas, ages), which must not be
-// overwritten with defaults.
-func (s *Stack) provision(ctx context.Context, js jetstream.JetStream, names subjects.Names) error {
-	if !s.opts.Bridge && s.NATS == nil {
-		missing := false
-		for _, cfg := range names.StreamConfigs(s.opts.BridgeOptions.Streams) {
-			if _, err := js.Stream(ctx, cfg.Name); err != nil {
-				missing = true
-			}
-		}
-		if _, err := js.KeyValue(ctx, names.Bucket()); err != nil {
-			missing = true
-		}
-		if !missing {
-			return nil
-		}
-	}
-	return subjects.Provision(ctx, js, names, s.opts.BridgeOptions.Streams)
-}
-
-// functionsReady pings the function binaries (in-process functions are
-// always ready).
-func (s *Stack) functionsReady(ctx context.Context) error {
-	for _, r := range s.rpcs {
-		if err := r.Ping(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 func (s *Stack) startNATS() error {
 	o := s.opts
@@ -293,84 +233,24 @@ func (s *Stack) startNATS() error {
 	return nil
 }
 
-// functionEnv is the environment of function binaries: the variables of
-// SPEC §4, pointing at this stack's NATS.
-func (s *Stack) functionEnv() []string {
-	o := s.opts
-	env := []string{
-		subjects.EnvPrefix + "NATS_URL=" + s.natsURL,
-		subjects.EnvPrefix + "PREFIX=" + o.Prefix,
-		subjects.EnvPrefix + "AUTH=" + string(o.Auth),
-		subjects.EnvPrefix + "AUTH_TIMEOUT=" + o.AuthTimeout.String(),
-	}
-	for name, v := range map[string]string{
-		"NATS_CREDS": o.NATS.Creds, "NATS_NKEY": o.NATS.NKey, "NATS_TOKEN": o.NATS.Token,
-		"NATS_USER": o.NATS.User, "NATS_PASSWORD": o.NATS.Password, "NATS_TLS_CA": o.NATS.TLSCA,
-		"NATS_TLS_CERT": o.NATS.TLSCert, "NATS_TLS_KEY": o.NATS.TLSKey,
-	} {
-		if v != "" {
-			env = append(env, subjects.EnvPrefix+name+"="+v)
-		}
-	}
-	if o.Gateway.MaxMessageSize > 0 {
-		env = append(env, fmt.Sprintf("%sMAX_MESSAGE_SIZE=%d", subjects.EnvPrefix, o.Gateway.MaxMessageSize))
-	}
-	return env
-}
-
 func (s *Stack) startFunctions(ctx context.Context) error {
 	o := &s.opts
-	if o.Functions == "" {
-		fo := functions.DefaultOptions()
-		fo.Prefix = o.Prefix
-		fo.Auth = o.Auth
-		fo.AuthTimeout = o.AuthTimeout
-		if o.Gateway.MaxMessageSize > 0 {
-			fo.MaxMessageSize = int(o.Gateway.MaxMessageSize)
-		}
-		fo.Logger = s.log
-		fns, err := functions.New(fo, s.Conn)
-		if err != nil {
-			return err
-		}
-		s.fns = fns
-		o.Gateway.Register = fns.Invoker(functions.RoleRegister)
-		o.Gateway.Transfer = fns.Invoker(functions.RoleTransfer)
-		o.Gateway.Cleanup = fns.Invoker(functions.RoleCleanup)
-		return nil
+	fo := functions.DefaultOptions()
+	fo.NATS = o.NATS
+	fo.NATS.URL = s.natsURL
+	fo.Prefix = o.Prefix
+	fo.Auth = o.Auth
+	fo.AuthTimeout = o.AuthTimeout
+	if o.Gateway.MaxMessageSize > 0 {
+		fo.MaxMessageSize = int(o.Gateway.MaxMessageSize)
 	}
-	fi, err := os.Stat(o.Functions)
+	fo.Logger = s.log
+	fns, err := gateway.StartFunctions(ctx, gateway.FunctionsOptions{Dir: o.Functions, Functions: fo, Conn: s.Conn})
 	if err != nil {
-		return fmt.Errorf("functions: %w", err)
+		return err
 	}
-	start := func(path string) (*gateway.RPCInvoker, error) {
-		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		defer cancel()
-		inv, err := gateway.StartBinary(sctx, path, append(os.Environ(), s.functionEnv()...))
-		if err != nil {
-			return nil, fmt.Errorf("function %s: %w", path, err)
-		}
-		s.rpcs = append(s.rpcs, inv)
-		return inv, nil
-	}
-	if !fi.IsDir() {
-		inv, err := start(o.Functions)
-		if err != nil {
-			return err
-		}
-		o.Gateway.Register, o.Gateway.Transfer, o.Gateway.Cleanup = inv, inv, inv
-		return nil
-	}
-	for _, role := range []struct {
-		name string
-		dst  *gateway.Invoker
-	}{{"register", &o.Gateway.Register}, {"transfer", &o.Gateway.Transfer}, {"cleanup", &o.Gateway.Cleanup}} {
-		inv, err := start(filepath.Join(o.Functions, role.name))
-		if err != nil {
-			return err
-		}
-		*role.dst = inv
-	}
+	s.fns = fns
+	fns.Apply(&o.Gateway)
 	return nil
 }
 
@@ -382,34 +262,12 @@ func (s *Stack) URL() string { return "http://" + s.gwAddr.String() + "/" }
 
 // WSURL is the emulator's WebSocket endpoint.
 func (s *Stack) WSURL() string {
-	scheme := "ws://"
-	if s.opts.Gateway.TLSCert != "" {
-		scheme = "wss://"
-	}
-	return scheme + s.gwAddr.String() + s.gatewayPath(s.opts.Gateway.WSPath, gateway.DefaultWSPath)
+	return "ws://" + s.gwAddr.String() + s.gatewayPath(s.opts.Gateway.WSPath, gateway.DefaultWSPath)
 }
 
-// PushURL is the emulator's reverse-push address: the one the gateway
-// advertises when set, else one on its own listener.
+// PushURL is the emulator's reverse-push address.
 func (s *Stack) PushURL() string {
-	if s.Gateway != nil && s.Gateway.Options().PushURL != "" {
-		return s.Gateway.Options().PushURL
-	}
-	scheme, addr := "http://", s.gwAddr
-	if s.pushAddr != nil {
-		addr = s.pushAddr
-	} else if s.opts.Gateway.TLSCert != "" {
-		scheme = "https://"
-	}
-	return scheme + addr.String() + s.gatewayPath(s.opts.Gateway.PushPath, gateway.DefaultPushPath)
-}
-
-// GatewayMetricsURL is the gateway's /metrics, or "" without its HTTPAddr.
-func (s *Stack) GatewayMetricsURL() string {
-	if s.opsAddr == nil {
-		return ""
-	}
-	return "http://" + s.opsAddr.String() + "/metrics"
+	return "http://" + s.gwAddr.String() + s.gatewayPath(s.opts.Gateway.PushPath, gateway.DefaultPushPath)
 }
 
 // MetricsURL is the bridge's /metrics, or "" without the bridge's HTTP server.
@@ -450,10 +308,7 @@ func (s *Stack) Close() error {
 			s.Backend.Stop()
 		}
 		if s.fns != nil {
-			s.fns.Close()
-		}
-		for _, r := range s.rpcs {
-			_ = r.Close()
+			_ = s.fns.Close()
 		}
 		if s.Conn != nil {
 			_ = s.Conn.Drain()
