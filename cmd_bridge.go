@@ -33,7 +33,7 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	connFlags(fs, &c.conn)
 	o := &c.opts
 	fs.StringVar(&o.Prefix, "prefix", subjects.DefaultPrefix, "subject prefix (streams and bucket derive from it)")
-	fs.StringVar(&o.PushURL, "push-url", "", "API Gateway's WebSocket reverse-push address (empty: only `wsbridge gateway` instances, which are found through NATS)")
+	fs.StringVar(&o.PushURL, "push-url", "", "API Gateway's WebSocket reverse-push address (empty: only wsbridge gateway instances, which are found through NATS)")
 	fs.StringVar(&o.PushToken, "push-token", "", "sent as 'Authorization: Bearer <token>' with every push (the gateway's --push-token)")
 	fs.StringVar(&o.HTTPAddr, "http-addr", bridge.DefaultHTTPAddr, "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.dataDir, "data-dir", "wsbridge-data", "JetStream storage of the embedded NATS server (when --nats-url is empty)")
