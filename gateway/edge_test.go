@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,4 +95,47 @@ func TestEdgeStartSweepsEarlierLife(t *testing.T) {
 		var rec subjects.Instance
 		return err == nil && json.Unmarshal(e.Value(), &rec) == nil && !rec.StartedAt.IsZero()
 	})
+}
+
+// TestReadyz: ready while NATS is connected and the functions answer; not
+// once NATS is gone; /healthz regardless.
+func TestReadyz(t *testing.T) {
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s, nats.MaxReconnects(-1))
+	js, _ := jetstream.New(nc)
+	if err := subjects.Provision(context.Background(), js, subjects.MustNew("ws"), subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var fnDown atomic.Bool
+	srv := serveAll(t, func(o *Options) {
+		o.NATS, o.InstanceID, o.PushURL = nc, "edge-r", "http://127.0.0.1:1/push"
+		o.Ready = func(context.Context) error {
+			if fnDown.Load() {
+				return errors.New("function not answering")
+			}
+			return nil
+		}
+	})
+	status := func(path string) int {
+		resp, err := http.Get("http://" + srv.ops + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitFor(t, "ready", func() bool { return status("/readyz") == http.StatusOK })
+	fnDown.Store(true)
+	if got := status("/readyz"); got != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with a function down = %d, want 503", got)
+	}
+	fnDown.Store(false)
+	s.Shutdown()
+	waitFor(t, "not ready without NATS", func() bool { return status("/readyz") == http.StatusServiceUnavailable })
+	if got := status("/healthz"); got != http.StatusOK {
+		t.Errorf("/healthz = %d, want 200", got)
+	}
+	if !strings.Contains(metricsText(t, srv.ops), "wsbridge_gateway_nats_connected 0") {
+		t.Error("nats_connected is not 0 without NATS")
+	}
 }

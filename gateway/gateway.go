@@ -31,7 +31,8 @@ type Gateway struct {
 	perIP  map[string]int // connections and upgrades per client IP
 	wg     sync.WaitGroup // upgrades and connections in flight
 
-	slots atomic.Int64 // upgrades in progress plus open connections
+	slots atomic.Int64  // upgrades in progress plus open connections
+	pings chan struct{} // pings awaiting their pong, at most maxPings
 	stats counters
 
 	janitorOnce sync.Once
@@ -52,6 +53,7 @@ func New(opts Options) (*Gateway, error) {
 		epoch: time.Now(),
 		conns: make(map[string]*conn),
 		perIP: make(map[string]int),
+		pings: make(chan struct{}, maxPings),
 		done:  make(chan struct{}),
 	}
 	g.m = newMetrics(g)

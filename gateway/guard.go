@@ -142,9 +142,15 @@ func (g *Gateway) newConnID() string {
 	return newConnID()
 }
 
-// pingQuiet pings every connection with no frame and no ping for
-// PingInterval; one that does not answer within another PingInterval is
-// closed. Traffic proves a client alive, so busy connections are not pinged.
+// maxPings bounds the pings awaiting their pong at once: each holds a
+// goroutine, and 10,000 connections that went quiet together must not cost
+// 10,000 goroutines at once. Connections left over are pinged on a later
+// tick.
+const maxPings = 256
+
+// pingQuiet pings connections with no frame and no ping for PingInterval;
+// one that does not answer within another PingInterval is closed. Traffic
+// proves a client alive, so busy connections are not pinged.
 func (g *Gateway) pingQuiet(now int64) {
 	if g.opts.PingInterval <= 0 {
 		return
@@ -153,6 +159,9 @@ func (g *Gateway) pingQuiet(now int64) {
 	var quiet []*conn
 	g.mu.Lock()
 	for _, c := range g.conns {
+		if len(quiet) >= maxPings-len(g.pings) {
+			break
+		}
 		if c.isReady() && c.ws != nil && !c.closing.Load() && now-max(c.last.Load(), c.pinged.Load()) >= every {
 			c.pinged.Store(now)
 			quiet = append(quiet, c)
@@ -160,7 +169,9 @@ func (g *Gateway) pingQuiet(now int64) {
 	}
 	g.mu.Unlock()
 	for _, c := range quiet {
+		g.pings <- struct{}{}
 		go func() {
+			defer func() { <-g.pings }()
 			ctx, cancel := context.WithTimeout(context.Background(), g.opts.PingInterval)
 			defer cancel()
 			// Only a missing pong counts: any other error means the
