@@ -164,43 +164,33 @@ func DefaultOptions() Options {
 	return Options{}.withDefaults()
 }
 
+// orDefault sets *p to v when it is the zero value.
+func orDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
 func (o Options) withDefaults() Options {
-	str := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	dur := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	str(&o.Addr, DefaultAddr)
-	str(&o.WSPath, DefaultWSPath)
-	str(&o.PushPath, DefaultPushPath)
-	str(&o.ServiceID, DefaultServiceID)
-	str(&o.Stage, DefaultStage)
-	dur(&o.IdleTimeout, DefaultIdleTimeout)
-	dur(&o.FunctionTimeout, DefaultFunctionTimeout)
-	dur(&o.WriteTimeout, DefaultWriteTimeout)
-	dur(&o.ShutdownTimeout, DefaultShutdownTimeout)
-	if o.MaxMessageSize == 0 {
-		o.MaxMessageSize = DefaultMaxMessageSize
-	}
-	if o.MaxConnections == 0 {
-		o.MaxConnections = DefaultMaxConnections
-	}
-	dur(&o.ReadTimeout, DefaultReadTimeout)
-	dur(&o.KeepAliveTimeout, DefaultKeepAliveTimeout)
-	dur(&o.PingInterval, DefaultPingInterval)
-	dur(&o.InstanceTTL, DefaultInstanceTTL)
-	if o.MaxHeaderBytes == 0 {
-		o.MaxHeaderBytes = DefaultMaxHeaderBytes
-	}
-	if o.MaxHTTPConnections == 0 {
-		o.MaxHTTPConnections = DefaultMaxHTTPConnections
-	}
-	str(&o.Prefix, subjects.DefaultPrefix)
+	orDefault(&o.Addr, DefaultAddr)
+	orDefault(&o.WSPath, DefaultWSPath)
+	orDefault(&o.PushPath, DefaultPushPath)
+	orDefault(&o.ServiceID, DefaultServiceID)
+	orDefault(&o.Stage, DefaultStage)
+	orDefault(&o.IdleTimeout, DefaultIdleTimeout)
+	orDefault(&o.FunctionTimeout, DefaultFunctionTimeout)
+	orDefault(&o.WriteTimeout, DefaultWriteTimeout)
+	orDefault(&o.ShutdownTimeout, DefaultShutdownTimeout)
+	orDefault(&o.ReadTimeout, DefaultReadTimeout)
+	orDefault(&o.KeepAliveTimeout, DefaultKeepAliveTimeout)
+	orDefault(&o.PingInterval, DefaultPingInterval)
+	orDefault(&o.InstanceTTL, DefaultInstanceTTL)
+	orDefault(&o.MaxConnections, DefaultMaxConnections)
+	orDefault(&o.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	orDefault(&o.MaxHTTPConnections, DefaultMaxHTTPConnections)
+	orDefault(&o.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&o.Prefix, subjects.DefaultPrefix)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
