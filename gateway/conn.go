@@ -34,15 +34,24 @@ type conn struct {
 	id string
 	// ready is closed once the upgrade is decided; ws is set before that
 	// when it succeeded and must not be read before ready is closed.
-	ready    chan struct{}
-	ws       *websocket.Conn
-	ip       string       // client IP, for the per-IP count
-	last     atomic.Int64 // g.since() of the last data frame either way, or client ping
-	pinged   atomic.Int64 // g.since() of the last ping the gateway sent
-	closing  atomic.Bool  // a close handshake was started by the gateway
-	why      atomic.Int32 // index in disconnectReasons of why it ended; 0 = client
-	shutdown atomic.Bool  // this instance is stopping: announce, do not clean up
+	ready   chan struct{}
+	ws      *websocket.Conn
+	ip      string       // client IP, for the per-IP count
+	last    atomic.Int64 // g.since() of the last data frame either way, or client ping
+	pinged  atomic.Int64 // g.since() of the last ping the gateway sent
+	closing atomic.Bool  // a close handshake was started by the gateway
+	why     atomic.Int32 // index in disconnectReasons of why it ended; 0 = client
+	// announce, when set, is the disconnect reason this edge instance
+	// announces the connection with instead of invoking cleanup:
+	// shutdown, or lost when its registry record was swept while this
+	// instance was cut off from NATS.
+	announce atomic.Pointer[string]
 }
+
+var (
+	announceShutdown = subjects.ReasonShutdown
+	announceLost     = subjects.ReasonLost
+)
 
 // disconnectReasons are the values of conn.why.
 var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown}
@@ -339,7 +348,8 @@ func (c *conn) serve() {
 // finish runs once per accepted connection, from its reader goroutine. A
 // connection ended by this edge instance's shutdown is announced with reason
 // shutdown instead of invoking cleanup (which would announce it as the
-// client's doing): one disconnect event per connection.
+// client's doing), one found swept as lost: one disconnect event per
+// connection.
 func (c *conn) finish() {
 	g := c.g
 	defer g.slots.Add(-1)
@@ -348,9 +358,9 @@ func (c *conn) finish() {
 	g.stats.open.Add(-1)
 	g.releaseIP(c.ip)
 	why := disconnectReasons[c.why.Load()]
-	if c.shutdown.Load() && g.edge != nil {
-		why = discShutdown
-		g.edge.announce(subjects.Token(c.id), subjects.ReasonShutdown)
+	if reason := c.announce.Load(); reason != nil && g.edge != nil {
+		why = *reason
+		g.edge.announce(subjects.Token(c.id), *reason)
 		g.stats.cleanups.Add(1)
 	} else {
 		g.cleanup(c.id)

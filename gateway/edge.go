@@ -120,6 +120,13 @@ func (e *edge) replicas(ctx context.Context) int {
 
 // loop refreshes the record every third of the TTL and checks the live set
 // every half: an instance seen before and gone now is swept.
+//
+// A NATS outage longer than the TTL ages every record out, the living
+// instances' too. So absence is believed only once this instance has been
+// connected for a whole TTL (every living instance has refreshed by then);
+// and an instance whose own refresh failed for longer than the TTL looks
+// for its connections' registry records afterwards: those swept meanwhile
+// are closed and announced lost, so no connection lives on unregistered.
 func (e *edge) loop() {
 	defer e.wg.Done()
 	refresh := time.NewTicker(e.ttl / 3)
@@ -127,41 +134,104 @@ func (e *edge) loop() {
 	check := time.NewTicker(e.ttl / 2)
 	defer check.Stop()
 	known := map[string]bool{}
+	lastRefresh, upSince := time.Now(), time.Now()
 	for {
 		select {
 		case <-e.quit:
 			return
 		case <-refresh.C:
 			ctx, cancel := context.WithTimeout(context.Background(), e.ttl/3)
-			if _, err := e.instances.Put(ctx, e.g.opts.InstanceID, e.record); err != nil {
-				e.log.Warn("instance record not refreshed", "err", err)
-			}
+			_, err := e.instances.Put(ctx, e.g.opts.InstanceID, e.record)
 			cancel()
-		case <-check.C:
-			ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
-			live, err := e.live(ctx)
 			if err != nil {
-				e.log.Warn("list gateway instances", "err", err)
-				cancel()
+				e.log.Warn("instance record not refreshed", "err", err)
 				continue
 			}
-			var gone []string
-			for inst := range known {
-				if !live[inst] {
-					gone = append(gone, inst)
-				}
+			if gap := time.Since(lastRefresh); gap > e.ttl {
+				e.log.Warn("instance record was not refreshed for longer than its TTL; checking for swept connections", "gap", gap.Round(time.Millisecond))
+				e.wg.Add(1)
+				go func() { defer e.wg.Done(); e.reconcile() }()
 			}
-			if len(gone) > 0 {
-				e.log.Warn("gateway instances vanished; announcing their connections lost", "instances", gone)
-				if err := e.sweep(ctx, ""); err != nil {
-					e.log.Warn("sweep failed", "err", err)
-					cancel()
-					continue // keep them known: the next check retries
-				}
+			lastRefresh = time.Now()
+		case <-check.C:
+			if !e.g.opts.NATS.IsConnected() {
+				upSince = time.Time{}
+				continue
 			}
-			known = live
-			cancel()
+			if upSince.IsZero() {
+				upSince = time.Now()
+			}
+			if time.Since(upSince) < e.ttl {
+				continue
+			}
+			known = e.check(known)
 		}
+	}
+}
+
+// check sweeps when an instance in known is no longer live, and returns the
+// live set to know next time (known again when the sweep failed, so the
+// next check retries).
+func (e *edge) check(known map[string]bool) map[string]bool {
+	ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
+	defer cancel()
+	live, err := e.live(ctx)
+	if err != nil {
+		e.log.Warn("list gateway instances", "err", err)
+		return known
+	}
+	var gone []string
+	for inst := range known {
+		if !live[inst] {
+			gone = append(gone, inst)
+		}
+	}
+	if len(gone) > 0 {
+		e.log.Warn("gateway instances vanished; announcing their connections lost", "instances", gone)
+		if err := e.sweep(ctx, ""); err != nil {
+			e.log.Warn("sweep failed", "err", err)
+			return known
+		}
+	}
+	return live
+}
+
+// reconcile closes the connections whose registry records are gone (swept
+// as lost by another instance while this one was cut off), announcing them
+// lost: the message id matches the other instance's announcement.
+func (e *edge) reconcile() {
+	ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
+	defer cancel()
+	reg, err := e.registryKV(ctx)
+	if reg == nil {
+		if err != nil {
+			e.log.Warn("reconcile", "err", err)
+		}
+		return
+	}
+	g := e.g
+	g.mu.Lock()
+	open := make([]*conn, 0, len(g.conns))
+	for _, c := range g.conns {
+		if c.isReady() && c.ws != nil {
+			open = append(open, c)
+		}
+	}
+	g.mu.Unlock()
+	closed := 0
+	for _, c := range open {
+		if _, err := reg.Get(ctx, subjects.Token(c.id)); errors.Is(err, jetstream.ErrKeyNotFound) {
+			if c.announce.CompareAndSwap(nil, &announceLost) {
+				closed++
+				go c.close(statusGoingAway, "connection state lost", discLost)
+			}
+		} else if err != nil {
+			e.log.Warn("reconcile", "err", err)
+			return
+		}
+	}
+	if closed > 0 {
+		e.log.Warn("closed connections whose records were swept while this instance was cut off", "connections", closed)
 	}
 }
 

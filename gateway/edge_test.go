@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -137,5 +140,176 @@ func TestReadyz(t *testing.T) {
 	}
 	if !strings.Contains(metricsText(t, srv.ops), "wsbridge_gateway_nats_connected 0") {
 		t.Error("nats_connected is not 0 without NATS")
+	}
+}
+
+// startEdge serves an edge instance on its own NATS connection to s.
+func startEdge(t *testing.T, url, id string) (*served, *nats.Conn) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	srv := serveAll(t, func(o *Options) {
+		o.NATS, o.InstanceID, o.PushURL, o.InstanceTTL = nc, id, "http://127.0.0.1:1/push", time.Second
+	})
+	return srv, nc
+}
+
+// TestEdgeSurvivesNATSOutage: an outage longer than the instance TTL ages
+// every instance record out; once NATS is back no instance may take the
+// others for dead, so no connection is announced lost and none is closed.
+func TestEdgeSurvivesNATSOutage(t *testing.T) {
+	var opts *server.Options
+	s := natstest.Start(t, func(o *server.Options) { opts = o })
+	url := s.ClientURL()
+	nc := natstest.Connect(t, s, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	js, _ := jetstream.New(nc)
+	names := subjects.MustNew("ws")
+	if err := subjects.Provision(context.Background(), js, names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := startEdge(t, url, "edge-a")
+	b, _ := startEdge(t, url, "edge-b")
+	var clients []*websocket.Conn
+	for _, srv := range []*served{a, b} {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		c, _, err := websocket.Dial(ctx, "ws://"+srv.ws+"/ws", nil)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		go func() { _, _, _ = c.Read(context.Background()) }() // answers pings and closes
+		clients = append(clients, c)
+	}
+	// The fake register function writes no records: write them as the
+	// real one does (reconcile looks for them after the outage).
+	reg, _ := js.KeyValue(context.Background(), names.Bucket())
+	for _, srv := range []*served{a, b} {
+		waitFor(t, "the connection accepted", func() bool { return len(srv.g.ConnectionIDs()) == 1 })
+		for _, id := range srv.g.ConnectionIDs() {
+			if _, err := reg.Put(context.Background(), subjects.Token(id), []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Both instances have seen each other before the outage.
+	inst, _ := js.KeyValue(context.Background(), names.GatewayBucket())
+	waitFor(t, "both instances advertised", func() bool {
+		_, ea := inst.Get(context.Background(), "edge-a")
+		_, eb := inst.Get(context.Background(), "edge-b")
+		return ea == nil && eb == nil
+	})
+	time.Sleep(1500 * time.Millisecond) // a few checks of the live set
+
+	opts.Port = s.Addr().(*net.TCPAddr).Port
+	s.Shutdown()
+	s.WaitForShutdown()
+	time.Sleep(2500 * time.Millisecond) // longer than the TTL: every record ages out
+	s2, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s2.Start()
+	if !s2.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS did not restart")
+	}
+	t.Cleanup(func() { s2.Shutdown(); s2.WaitForShutdown() })
+
+	discs := make(chan *nats.Msg, 4)
+	waitFor(t, "the test's connection back", nc.IsConnected)
+	sub, err := nc.ChanSubscribe(names.InboundKind(subjects.KindDisconnect), discs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	waitFor(t, "both instances advertised again", func() bool {
+		_, ea := inst.Get(context.Background(), "edge-a")
+		_, eb := inst.Get(context.Background(), "edge-b")
+		return ea == nil && eb == nil
+	})
+	// Several TTLs: every check and reconcile that could misfire has run.
+	time.Sleep(4 * time.Second)
+	select {
+	case m := <-discs:
+		t.Fatalf("disconnect event after the outage: %s", m.Data)
+	default:
+	}
+	for i, srv := range []*served{a, b} {
+		if n := srv.g.Stats().ConnectionsOpen; n != 1 {
+			t.Errorf("instance %d holds %d connections after the outage, want 1", i, n)
+		}
+		srv.stop() // while NATS is up
+	}
+}
+
+// TestEdgeReconcileClosesSweptConnections: a connection whose registry
+// record was swept (as lost, by another instance) while this one was cut
+// off is closed with 1001 and announced lost, not left unregistered.
+func TestEdgeReconcileClosesSweptConnections(t *testing.T) {
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	js, _ := jetstream.New(nc)
+	names := subjects.MustNew("ws")
+	if err := subjects.Provision(context.Background(), js, names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := startEdge(t, s.ClientURL(), "edge-a")
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	closed := make(chan websocket.StatusCode, 2)
+	for range 2 {
+		c, _, err := websocket.Dial(ctx, "ws://"+srv.ws+"/ws", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		go func() { _, _, err := c.Read(context.Background()); closed <- websocket.CloseStatus(err) }()
+	}
+	var ids []string
+	waitFor(t, "two connections", func() bool { ids = srv.g.ConnectionIDs(); return len(ids) == 2 })
+	// The fake register function writes no records: write them as the
+	// real one does, then take one away.
+	reg, _ := js.KeyValue(ctx, names.Bucket())
+	for _, id := range ids {
+		if _, err := reg.Put(ctx, subjects.Token(id), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sweptID := ids[0]
+	if err := reg.Delete(ctx, subjects.Token(sweptID)); err != nil {
+		t.Fatal(err)
+	}
+	discs := make(chan *nats.Msg, 4)
+	sub, _ := nc.ChanSubscribe(names.Disconnect(subjects.Token(sweptID)), discs)
+	defer sub.Unsubscribe()
+
+	srv.g.edge.reconcile()
+	select {
+	case m := <-discs:
+		var d subjects.DisconnectEvent
+		_ = json.Unmarshal(m.Data, &d)
+		if d.Reason != subjects.ReasonLost || m.Header.Get(subjects.HeaderMsgID) != "lost-"+d.Token {
+			t.Errorf("disconnect event %s (id %q), want lost with id lost-<token>", m.Data, m.Header.Get(subjects.HeaderMsgID))
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("no disconnect event for the swept connection")
+	}
+	select {
+	case code := <-closed:
+		if code != websocket.StatusGoingAway {
+			t.Errorf("a client closed with %d, want 1001", code)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("no client closed")
+	}
+	waitFor(t, "one connection left", func() bool { return srv.g.Stats().ConnectionsOpen == 1 })
+	if got := srv.g.ConnectionIDs(); len(got) != 1 || got[0] != ids[1] {
+		t.Errorf("connections left %q, want %q", got, ids[1])
+	}
+	if n := srv.fn.cleanups(sweptID); n != 0 {
+		t.Errorf("cleanup invoked %d times for the swept connection, want 0 (it is announced lost)", n)
 	}
 }

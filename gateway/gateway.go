@@ -116,7 +116,7 @@ func (g *Gateway) Close() error {
 		g.closed = true
 		open := make([]*conn, 0, len(g.conns))
 		for _, c := range g.conns {
-			c.shutdown.Store(true)
+			c.announce.CompareAndSwap(nil, &announceShutdown)
 			open = append(open, c)
 		}
 		g.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 type served struct {
 	g             *Gateway
 	fn            *fakeFn
+	stop          func() // stops serving (also when the test ends)
 	ws, push, ops string // host:port
 }
 
@@ -45,13 +47,17 @@ func serveAll(t *testing.T, tweak func(*Options)) *served {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.ServeAll(ctx, ls) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ServeAll: %v", err)
-		}
-	})
-	return &served{g: g, fn: fn, ws: ls.WS.Addr().String(), push: ls.Push.Addr().String(), ops: ls.HTTP.Addr().String()}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("ServeAll: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &served{g: g, fn: fn, stop: stop, ws: ls.WS.Addr().String(), push: ls.Push.Addr().String(), ops: ls.HTTP.Addr().String()}
 }
 
 // closedByServer reports whether the server closes c (it may answer first)
