@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -97,7 +98,7 @@ func (e *edge) start(ctx context.Context) error {
 	// instance is from an earlier one that did not shut down cleanly; and
 	// records of instances that vanished while none was watching go too.
 	self := e.g.opts.InstanceID
-	if err := e.sweep(ctx, self); err != nil {
+	if err := e.sweep(ctx, func(inst string, live map[string]bool) bool { return inst == self || !live[inst] }); err != nil {
 		e.log.Warn("sweep of an earlier life failed", "err", err)
 	}
 	if _, err := kv.Put(ctx, self, e.record); err != nil {
@@ -119,7 +120,7 @@ func (e *edge) replicas(ctx context.Context) int {
 }
 
 // loop refreshes the record every third of the TTL and checks the live set
-// every half: an instance seen before and gone now is swept.
+// every half: an instance seen before and missing twice since is swept.
 //
 // A NATS outage longer than the TTL ages every record out, the living
 // instances' too. So absence is believed only once this instance has been
@@ -169,9 +170,10 @@ func (e *edge) loop() {
 	}
 }
 
-// check sweeps when an instance in known is no longer live, and returns the
-// live set to know next time (known again when the sweep failed, so the
-// next check retries).
+// check sweeps when an instance in known has been missing from the live
+// set in two checks in a row (one missing record may be an instance slow to
+// reconnect after an outage), and returns the live set to know next time,
+// with the instances missing once still in it.
 func (e *edge) check(known map[string]bool) map[string]bool {
 	ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
 	defer cancel()
@@ -180,20 +182,31 @@ func (e *edge) check(known map[string]bool) map[string]bool {
 		e.log.Warn("list gateway instances", "err", err)
 		return known
 	}
+	next := map[string]bool{}
 	var gone []string
-	for inst := range known {
-		if !live[inst] {
+	for inst := range live {
+		next[inst] = true
+	}
+	for inst, seen := range known {
+		switch {
+		case live[inst]:
+		case seen:
+			next[inst] = false // missing once: a suspect
+		default:
 			gone = append(gone, inst)
 		}
 	}
 	if len(gone) > 0 {
 		e.log.Warn("gateway instances vanished; announcing their connections lost", "instances", gone)
-		if err := e.sweep(ctx, ""); err != nil {
+		dead := func(inst string, live map[string]bool) bool { return slices.Contains(gone, inst) && !live[inst] }
+		if err := e.sweep(ctx, dead); err != nil {
 			e.log.Warn("sweep failed", "err", err)
-			return known
+			for _, inst := range gone {
+				next[inst] = false // retried next time
+			}
 		}
 	}
-	return live
+	return next
 }
 
 // reconcile closes the connections whose registry records are gone (swept
@@ -251,12 +264,12 @@ func (e *edge) live(ctx context.Context) (map[string]bool, error) {
 	return live, nil
 }
 
-// sweep announces as lost every registry record naming an instance that is
-// not live, or is alsoDead (this instance's earlier life). The registry is listed
-// before the live set is read: an instance advertises itself before it
-// hands out ids, so a record listed belongs to an instance in the later
-// live set unless that instance is gone.
-func (e *edge) sweep(ctx context.Context, alsoDead string) error {
+// sweep announces as lost every registry record naming an instance dead
+// reports dead, given the live set. The registry is listed before the live
+// set is read: an instance advertises itself before it hands out ids, so a
+// record listed belongs to an instance in the later live set unless that
+// instance is gone.
+func (e *edge) sweep(ctx context.Context, dead func(inst string, live map[string]bool) bool) error {
 	reg, err := e.registryKV(ctx)
 	if reg == nil {
 		return err
@@ -286,7 +299,7 @@ func (e *edge) sweep(ctx context.Context, alsoDead string) error {
 	var wg sync.WaitGroup
 	n := 0
 	for _, r := range recs {
-		if live[r.inst] && r.inst != alsoDead {
+		if !dead(r.inst, live) {
 			continue
 		}
 		n++
