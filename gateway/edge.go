@@ -104,8 +104,14 @@ func (e *edge) start(ctx context.Context) error {
 	if _, err := kv.Put(ctx, self, e.record); err != nil {
 		return fmt.Errorf("gateway: advertise instance %s: %w", self, err)
 	}
+	// The instances live now are watched from the start (the first checks
+	// wait out a grace period, during which one may die).
+	known, err := e.live(ctx)
+	if err != nil {
+		known = map[string]bool{}
+	}
 	e.wg.Add(1)
-	go e.loop()
+	go e.loop(known)
 	return nil
 }
 
@@ -124,18 +130,20 @@ func (e *edge) replicas(ctx context.Context) int {
 //
 // A NATS outage longer than the TTL ages every record out, the living
 // instances' too. So absence is believed only once this instance has been
-// connected for a whole TTL (every living instance has refreshed by then);
+// connected for two TTLs (every living instance has reconnected and
+// refreshed by then, unless it is cut off itself);
 // and an instance whose own refresh failed for longer than the TTL looks
 // for its connections' registry records afterwards: those swept meanwhile
 // are closed and announced lost, so no connection lives on unregistered.
-func (e *edge) loop() {
+func (e *edge) loop(known map[string]bool) {
 	defer e.wg.Done()
 	refresh := time.NewTicker(e.ttl / 3)
 	defer refresh.Stop()
 	check := time.NewTicker(e.ttl / 2)
 	defer check.Stop()
-	known := map[string]bool{}
 	lastRefresh, upSince := time.Now(), time.Now()
+	nc := e.g.opts.NATS
+	reconnects := nc.Stats().Reconnects
 	for {
 		select {
 		case <-e.quit:
@@ -155,14 +163,13 @@ func (e *edge) loop() {
 			}
 			lastRefresh = time.Now()
 		case <-check.C:
-			if !e.g.opts.NATS.IsConnected() {
-				upSince = time.Time{}
+			// A reconnect between two checks counts too: this loop may
+			// have been busy for the whole outage.
+			if r := nc.Stats().Reconnects; !nc.IsConnected() || r != reconnects {
+				reconnects, upSince = r, time.Now()
 				continue
 			}
-			if upSince.IsZero() {
-				upSince = time.Now()
-			}
-			if time.Since(upSince) < e.ttl {
+			if time.Since(upSince) < 2*e.ttl {
 				continue
 			}
 			known = e.check(known)
@@ -189,7 +196,7 @@ func (e *edge) check(known map[string]bool) map[string]bool {
 	}
 	for inst, seen := range known {
 		switch {
-		case live[inst]:
+		case live[inst], inst == e.g.opts.InstanceID: // its own record comes back with the next refresh
 		case seen:
 			next[inst] = false // missing once: a suspect
 		default:

@@ -1,12 +1,16 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -151,10 +155,31 @@ func startEdge(t *testing.T, url, id string) (*served, *nats.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
+	var logs bytes.Buffer
+	var mu sync.Mutex
 	srv := serveAll(t, func(o *Options) {
 		o.NATS, o.InstanceID, o.PushURL, o.InstanceTTL = nc, id, "http://127.0.0.1:1/push", time.Second
+		o.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("%s log:\n%s", id, logs.String())
+			mu.Unlock()
+		}
 	})
 	return srv, nc
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // TestEdgeSurvivesNATSOutage: an outage longer than the instance TTL ages
@@ -231,7 +256,7 @@ func TestEdgeSurvivesNATSOutage(t *testing.T) {
 		return ea == nil && eb == nil
 	})
 	// Several TTLs: every check and reconcile that could misfire has run.
-	time.Sleep(4 * time.Second)
+	time.Sleep(5 * time.Second)
 	select {
 	case m := <-discs:
 		t.Fatalf("disconnect event after the outage: %s", m.Data)
