@@ -110,7 +110,7 @@ func gatewayFlags(fs *flag.FlagSet, g *gateway.Options) {
 	})
 	fs.StringVar(&g.HTTPAddr, "http-addr", g.HTTPAddr, "address of the gateway's /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&g.InstanceID, "instance-id", g.InstanceID, "this instance's name in connection ids and in the instances bucket (letters, digits, - _ .)")
-	fs.DurationVar(&g.InstanceTTL, "instance-ttl", gateway.DefaultInstanceTTL, "life of this instance's record without a refresh; a dead instance's connections are announced lost after it (the bucket's creator sets it)")
+	fs.DurationVar(&g.InstanceTTL, "instance-ttl", gateway.DefaultInstanceTTL, "life of this instance's record without a refresh, 1s to 15s; a dead instance's connections are announced lost about two of it later (the bucket's creator sets it)")
 }
 
 // checkGateway reports settings that cannot work before anything starts.

@@ -60,6 +60,9 @@ const (
 	// instances bucket lives without a refresh (refreshed every third of
 	// it); a dead instance's connections are announced lost after it.
 	DefaultInstanceTTL = 10 * time.Second
+	// MaxInstanceTTL keeps the announcement of a dead instance's
+	// connections, about two TTLs after its death, within SPEC §6's 30s.
+	MaxInstanceTTL = 15 * time.Second
 )
 
 // Options configure a Gateway. Use DefaultOptions, or leave fields zero to
@@ -259,8 +262,8 @@ func (o Options) Validate() error {
 		if u, err := url.Parse(o.PushURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			errs = append(errs, fmt.Errorf("gateway: --push-url %q: want http(s)://host:port/push, where bridges reach this instance", o.PushURL))
 		}
-		if o.InstanceTTL < time.Second {
-			errs = append(errs, fmt.Errorf("gateway: InstanceTTL %v must be at least 1s", o.InstanceTTL))
+		if o.InstanceTTL < time.Second || o.InstanceTTL > MaxInstanceTTL {
+			errs = append(errs, fmt.Errorf("gateway: --instance-ttl %v: want 1s to %v (a dead instance's connections must be announced lost within 30s)", o.InstanceTTL, MaxInstanceTTL))
 		}
 	}
 	for _, f := range []struct {
