@@ -153,6 +153,9 @@ func (o Options) Validate() error {
 	if u, err := url.Parse(o.PushURL); o.PushURL != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
 		errs = append(errs, fmt.Errorf("push URL %q: want http(s)://host/path", redactPushURL(o.PushURL)))
 	}
+	if err := subjects.CheckPushToken(o.PushToken); err != nil {
+		errs = append(errs, err)
+	}
 	pos := func(name string, v int64) {
 		if v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %d", name, v))

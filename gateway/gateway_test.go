@@ -457,6 +457,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"negative limit", func(o *Options) { o.MaxConnections = -1 }, "MaxConnections"},
 		{"negative per-IP limit", func(o *Options) { o.MaxConnectionsPerIP = -1 }, "MaxConnectionsPerIP"},
 		{"tls cert alone", func(o *Options) { o.TLSCert = "c.pem" }, "--tls-cert and --tls-key"},
+		{"push token with a space", func(o *Options) { o.PushToken = "a b" }, "push token"},
 		{"bad origin", func(o *Options) { o.AllowedOrigins = []string{"app.example.com"} }, "allowed origin"},
 		{"edge without instance id", func(o *Options) { o.NATS, o.PushURL = edgeConn, "http://10.0.0.1:9090/push" }, "--instance-id"},
 		{"edge without push url", func(o *Options) { o.NATS, o.InstanceID = edgeConn, "a" }, "--push-url"},

@@ -244,6 +244,9 @@ func (o Options) Validate() error {
 			errs = append(errs, fmt.Errorf("gateway: %s %d must be positive", n.name, n.v))
 		}
 	}
+	if err := subjects.CheckPushToken(o.PushToken); err != nil {
+		errs = append(errs, fmt.Errorf("gateway: --%w", err))
+	}
 	if (o.TLSCert == "") != (o.TLSKey == "") {
 		errs = append(errs, errors.New("gateway: --tls-cert and --tls-key go together"))
 	}

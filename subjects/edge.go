@@ -79,3 +79,21 @@ const (
 	ReasonShutdown = "shutdown" // the edge instance holding it was stopped
 	ReasonLost     = "lost"     // the edge instance holding it vanished
 )
+
+// MaxPushTokenLen bounds a push token.
+const MaxPushTokenLen = 512
+
+// CheckPushToken accepts a bearer token the bridge can send and the gateway
+// compare: up to MaxPushTokenLen visible ASCII characters (no spaces); ""
+// means no token.
+func CheckPushToken(token string) error {
+	if len(token) > MaxPushTokenLen {
+		return fmt.Errorf("push token: %d bytes, more than %d", len(token), MaxPushTokenLen)
+	}
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; c <= ' ' || c >= 0x7f {
+			return fmt.Errorf("push token: byte %d is not visible ASCII (a header value cannot carry it)", i)
+		}
+	}
+	return nil
+}

@@ -40,3 +40,16 @@ func TestEdgeConnID(t *testing.T) {
 		t.Errorf("GatewayBucket = %q", got)
 	}
 }
+
+func TestCheckPushToken(t *testing.T) {
+	for _, ok := range []string{"", "s3cret", strings.Repeat("a", MaxPushTokenLen)} {
+		if err := CheckPushToken(ok); err != nil {
+			t.Errorf("CheckPushToken(%q): %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"a b", "a\nb", "é", strings.Repeat("a", MaxPushTokenLen+1)} {
+		if err := CheckPushToken(bad); err == nil {
+			t.Errorf("CheckPushToken(%q) = nil, want an error", bad)
+		}
+	}
+}
