@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -38,6 +39,8 @@ type edge struct {
 	// sem bounds the announcements in flight (a shutdown of 10,000
 	// connections would otherwise publish 10,000 at once).
 	sem chan struct{}
+
+	unannounced atomic.Int64 // shutdowns not announced: NATS was down
 
 	stopOnce sync.Once
 	quit     chan struct{}
@@ -349,6 +352,13 @@ func (e *edge) registryKV(ctx context.Context) (jetstream.KeyValue, error) {
 // announcements of the same connection by several instances, or a bridge,
 // are stored once. Failures are logged: the registry TTL is the safety net.
 func (e *edge) announce(token, reason string) {
+	if reason == subjects.ReasonShutdown && !e.g.opts.NATS.IsConnected() {
+		// Stopping without NATS: waiting for each announcement to time
+		// out would outlast any shutdown timeout. The record of this
+		// instance ages out and the survivors announce the rest lost.
+		e.unannounced.Add(1)
+		return
+	}
 	e.sem <- struct{}{}
 	defer func() { <-e.sem }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -382,6 +392,9 @@ func (e *edge) stop() {
 	e.stopOnce.Do(func() {
 		close(e.quit)
 		e.wg.Wait()
+		if n := e.unannounced.Load(); n > 0 {
+			e.log.Warn("NATS down while stopping: connections not announced; the other instances will announce them lost", "connections", n)
+		}
 		if e.instances == nil {
 			return
 		}

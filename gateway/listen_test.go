@@ -101,7 +101,7 @@ func TestSlowAndIdleHTTPConnectionsAreClosed(t *testing.T) {
 			attack{l.name + " idle keep-alive", l.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"},
 		)
 	}
-	const each = 25
+	const each = 84 // about 1,000 connections in all, as in issue 7 item 8
 	conns := make([][]net.Conn, len(attacks))
 	for i, a := range attacks {
 		for range each {
@@ -285,6 +285,7 @@ func TestPingClosesSilentClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.CloseNow()
+	waitFor(t, "both accepted", func() bool { return s.g.Stats().ConnectionsTotal == 2 })
 	waitFor(t, "the silent client to be closed", func() bool { return s.g.Stats().ConnectionsOpen == 1 })
 	if !strings.Contains(metricsText(t, s.ops), `wsbridge_gateway_disconnects_total{reason="ping"} 1`) {
 		t.Error("the ping timeout is not counted")

@@ -64,6 +64,12 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 		w.Header().Set("Allow", http.MethodPost)
 		return http.StatusMethodNotAllowed, http.StatusMethodNotAllowed, "method " + r.Method + " not allowed: push with POST"
 	}
+	if g.edge != nil && g.isClosed() {
+		// Transient, so the bridge tries again: by then this instance's
+		// record is gone and the bridge knows its connections are lost,
+		// while a 404 now would announce them gone beside the shutdown.
+		return http.StatusServiceUnavailable, http.StatusServiceUnavailable, "gateway instance shutting down"
+	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, g.maxPushBody()))
 	dec.DisallowUnknownFields()
 	var body subjects.PushBody
