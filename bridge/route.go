@@ -26,6 +26,10 @@ var errInstanceLost = errors.New("gateway instance is not live")
 // the retry looks again.
 const routeCacheTTL = 2 * time.Second
 
+// recheckDelay is the wait before an instance found missing is looked up
+// again, once, before its connections are taken for lost.
+const recheckDelay = 200 * time.Millisecond
+
 // router picks the push URL of each connection (SPEC §6): a connection id
 // that names an edge instance goes to the push URL that instance advertises
 // in the instances bucket; any other id (API Gateway's) goes to the bridge's
@@ -98,6 +102,16 @@ func (r *router) lookup(ctx context.Context, inst string) (*url.URL, error) {
 		return nil, err
 	}
 	e, err := kv.Get(ctx, inst)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		// Once more after a moment: a replica serving the read may lag
+		// behind the instance's first write by a few milliseconds.
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(recheckDelay):
+		}
+		e, err = kv.Get(ctx, inst)
+	}
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, errInstanceLost
 	}
