@@ -30,6 +30,10 @@ const routeCacheTTL = 2 * time.Second
 // again, once, before its connections are taken for lost.
 const recheckDelay = 200 * time.Millisecond
 
+// maxMissing bounds the instances remembered as missing (pod names come and
+// go).
+const maxMissing = 1024
+
 // router picks the push URL of each connection (SPEC §6): a connection id
 // that names an edge instance goes to the push URL that instance advertises
 // in the instances bucket; any other id (API Gateway's) goes to the bridge's
@@ -40,9 +44,10 @@ type router struct {
 	bucket   string
 	fallback *url.URL // nil: no PushURL configured
 
-	mu     sync.Mutex
-	kv     jetstream.KeyValue
-	routes map[string]route // instance id -> where it is
+	mu      sync.Mutex
+	kv      jetstream.KeyValue
+	routes  map[string]route     // instance id -> where it is
+	missing map[string]time.Time // instance id -> when it was last found missing
 }
 
 type route struct {
@@ -51,7 +56,7 @@ type route struct {
 }
 
 func newRouter(js jetstream.JetStream, names subjects.Names, fallback *url.URL) *router {
-	return &router{js: js, bucket: names.GatewayBucket(), fallback: fallback, routes: map[string]route{}}
+	return &router{js: js, bucket: names.GatewayBucket(), fallback: fallback, routes: map[string]route{}, missing: map[string]time.Time{}}
 }
 
 // resolve returns the URL to push the connection's messages to, or the
@@ -102,9 +107,11 @@ func (r *router) lookup(ctx context.Context, inst string) (*url.URL, error) {
 		return nil, err
 	}
 	e, err := kv.Get(ctx, inst)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	if errors.Is(err, jetstream.ErrKeyNotFound) && !r.recentlyMissing(inst) {
 		// Once more after a moment: a replica serving the read may lag
-		// behind the instance's first write by a few milliseconds.
+		// behind the instance's first write by a few milliseconds. Only
+		// the first lookup in a while waits: a broadcast to a dead
+		// instance's many connections must not stall the workers.
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -113,6 +120,12 @@ func (r *router) lookup(ctx context.Context, inst string) (*url.URL, error) {
 		e, err = kv.Get(ctx, inst)
 	}
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		r.mu.Lock()
+		if len(r.missing) >= maxMissing {
+			clear(r.missing) // old findings only save a recheck
+		}
+		r.missing[inst] = time.Now()
+		r.mu.Unlock()
 		return nil, errInstanceLost
 	}
 	if err != nil {
@@ -128,6 +141,19 @@ func (r *router) lookup(ctx context.Context, inst string) (*url.URL, error) {
 	}
 	u.Host = strings.TrimSuffix(u.Host, ":")
 	return u, nil
+}
+
+// recentlyMissing reports whether inst was found missing within the last
+// routeCacheTTL (and forgets older findings).
+func (r *router) recentlyMissing(inst string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at, ok := r.missing[inst]
+	if ok && time.Since(at) >= routeCacheTTL {
+		delete(r.missing, inst)
+		ok = false
+	}
+	return ok
 }
 
 // instances opens the instances bucket; while it does not exist no edge
