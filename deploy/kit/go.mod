@@ -1,0 +1,3 @@
+module github.com/wsbridge/wsbridge/deploy/kit
+
+go 1.26.0
