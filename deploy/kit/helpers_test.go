@@ -61,3 +61,12 @@ func readRepoFile(t *testing.T, rel string) []byte {
 	}
 	return b
 }
+
+// TestMain removes what tests shared across the run (the built binary).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
