@@ -17,12 +17,12 @@ type ruleFile struct {
 }
 
 type rule struct {
-	Alert       string            `json:"alert"`
-	Record      string            `json:"record"`
+	Alert       string            `json:"alert,omitempty"`
+	Record      string            `json:"record,omitempty"`
 	Expr        string            `json:"expr"`
-	For         string            `json:"for"`
-	Labels      map[string]string `json:"labels"`
-	Annotations map[string]string `json:"annotations"`
+	For         string            `json:"for,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 func readAlerts(t *testing.T, b []byte) []rule {
