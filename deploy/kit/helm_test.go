@@ -266,8 +266,8 @@ func TestHelmChartAllOptions(t *testing.T) {
 	r := helmTemplate(t, "ci/all-values.yaml")
 	checkWorkloads(t, r, "ws", true)
 	var values struct {
-		Config map[string]any
-		Bridge struct{ Config map[string]any }
+		Config  map[string]any
+		Bridge  struct{ Config map[string]any }
 		Gateway struct{ Config map[string]any }
 	}
 	if err := yaml.Unmarshal(readRepoFile(t, chart+"/ci/all-values.yaml"), &values); err != nil {
