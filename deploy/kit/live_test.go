@@ -45,37 +45,31 @@ func wsbridgeBinary(t *testing.T) string {
 	return filepath.Join(binDir, "wsbridge")
 }
 
-// syncBuffer collects a child process's output while tests read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // process is a running wsbridge command, stopped with SIGTERM when the test ends.
 type process struct {
-	out    *syncBuffer
-	exited chan struct{}
-	err    error
+	logFile string // its stdout and stderr
+	exited  chan struct{}
+	err     error
+}
+
+// output is what the process printed so far.
+func (p *process) output() string {
+	b, _ := os.ReadFile(p.logFile)
+	return string(b)
 }
 
 func start(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
-	p := &process{out: new(syncBuffer), exited: make(chan struct{})}
+	dir := t.TempDir()
+	p := &process{logFile: filepath.Join(dir, "output.log"), exited: make(chan struct{})}
+	out, err := os.Create(p.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close() // the child holds its own descriptor
 	cmd := exec.Command(bin, args...)
-	cmd.Dir = t.TempDir()
-	cmd.Stdout, cmd.Stderr = p.out, p.out
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -97,14 +91,14 @@ func (p *process) waitLog(t *testing.T, what string, re *regexp.Regexp) string {
 	t.Helper()
 	deadline := time.After(90 * time.Second)
 	for {
-		if m := re.FindStringSubmatch(p.out.String()); m != nil {
+		if m := re.FindStringSubmatch(p.output()); m != nil {
 			return m[1]
 		}
 		select {
 		case <-p.exited:
-			t.Fatalf("exited (%v) before logging %s:\n%s", p.err, what, p.out.String())
+			t.Fatalf("exited (%v) before logging %s:\n%s", p.err, what, p.output())
 		case <-deadline:
-			t.Fatalf("no %s logged in 90s:\n%s", what, p.out.String())
+			t.Fatalf("no %s logged in 90s:\n%s", what, p.output())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -123,9 +117,9 @@ func (p *process) scrapeNames(t *testing.T, url string) map[string]bool {
 		}
 		select {
 		case <-p.exited:
-			t.Fatalf("exited (%v) before serving %s:\n%s", p.err, url, p.out.String())
+			t.Fatalf("exited (%v) before serving %s:\n%s", p.err, url, p.output())
 		case <-ctx.Done():
-			t.Fatalf("GET %s: %v\n%s", url, err, p.out.String())
+			t.Fatalf("GET %s: %v\n%s", url, err, p.output())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
