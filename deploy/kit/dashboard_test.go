@@ -33,7 +33,10 @@ type panel struct {
 		Expr  string `json:"expr"`
 		RefID string `json:"refId"`
 	} `json:"targets"`
-	Panels []panel `json:"panels"`
+	Panels  []panel `json:"panels"`
+	GridPos struct {
+		H, W, X, Y int
+	} `json:"gridPos"`
 }
 
 func readDashboard(t *testing.T) dashboard {
@@ -124,6 +127,17 @@ func TestDashboardShape(t *testing.T) {
 	for name, typ := range map[string]string{"datasource": "datasource", "instance": "query", "gateway_instance": "query"} {
 		if vars[name] != typ {
 			t.Errorf("variable %q: type %q, want %q", name, vars[name], typ)
+		}
+	}
+	// Grafana lays panels out by gridPos and tells them apart by id.
+	ids := map[int]string{}
+	for _, p := range d.Panels {
+		if prev, dup := ids[p.ID]; dup || p.ID == 0 {
+			t.Errorf("panel %q: id %d is zero or also %q's", p.Title, p.ID, prev)
+		}
+		ids[p.ID] = p.Title
+		if g := p.GridPos; g.W <= 0 || g.H <= 0 || g.X < 0 || g.X+g.W > 24 {
+			t.Errorf("panel %q: gridPos %+v outside the 24-column grid", p.Title, g)
 		}
 	}
 	series := dashboardSeries(t, d)
