@@ -422,3 +422,24 @@ func TestStrictDecodeRejectsUnknownFields(t *testing.T) {
 		t.Errorf("misspelt field: err = %v, want an unknown-field error naming it", err)
 	}
 }
+
+// TestHelmChartRejectsBadValues: the chart's values schema turns a misspelt
+// or malformed value into a clear error instead of a silently ignored one.
+func TestHelmChartRejectsBadValues(t *testing.T) {
+	helm := tool(t, "helm")
+	for _, tc := range []struct{ values, want string }{
+		{"gateway:\n  enabeld: false\n", "enabeld"},
+		{"bridge:\n  config:\n    'PUSH CONCURRENCY': 8\n", "PUSH CONCURRENCY"},
+		{"secret:\n  existingFiles: [creds.txt]\n", "existingFiles"},
+		{"gateway:\n  service:\n    type: Ingress\n", "type"},
+	} {
+		f := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(f, []byte(tc.values), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := command(repo, nil, helm, "template", "t", chart, "-f", f).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "schema") || !strings.Contains(string(out), tc.want) {
+			t.Errorf("values %q: err %v, output %s; want a schema error naming %q", tc.values, err, out, tc.want)
+		}
+	}
+}
