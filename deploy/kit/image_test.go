@@ -134,8 +134,14 @@ func TestDockerfile(t *testing.T) {
 	ins := parseDockerfile(t, readRepoFile(t, "deploy/Dockerfile"))
 	ign := readDockerignore(t)
 	var froms, users, entry, expose []string
+	staticBuild := false
 	for _, in := range ins {
 		switch in.cmd {
+		case "RUN":
+			if strings.Contains(in.args, "CGO_ENABLED=0") && strings.Contains(in.args, "go build") &&
+				strings.Contains(in.args, "-X main.version=") {
+				staticBuild = true
+			}
 		case "FROM":
 			froms = append(froms, in.args)
 		case "USER":
@@ -167,6 +173,9 @@ func TestDockerfile(t *testing.T) {
 				}
 			}
 		}
+	}
+	if !staticBuild {
+		t.Error("no RUN CGO_ENABLED=0 go build … -X main.version=…: want a static build stamped with the version")
 	}
 	if len(froms) < 2 {
 		t.Errorf("FROM %q: want a multi-stage build", froms)
