@@ -443,3 +443,29 @@ func TestHelmChartRejectsBadValues(t *testing.T) {
 		}
 	}
 }
+
+// TestHelmChartNotes renders NOTES.txt (which `helm template` skips) by
+// wrapping it as a manifest in a copy of the chart.
+func TestHelmChartNotes(t *testing.T) {
+	helm := tool(t, "helm")
+	dir := filepath.Join(t.TempDir(), "wsbridge")
+	runIn(t, repo, nil, "cp", "-rL", chart, dir)
+	notes, err := os.ReadFile(filepath.Join(dir, "templates", "NOTES.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped := "notes: |\n  " + strings.ReplaceAll(string(notes), "\n", "\n  ")
+	if err := os.WriteFile(filepath.Join(dir, "templates", "notes-check.yaml"), []byte(wrapped), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for values, want := range map[string]string{"": "ws://t-wsbridge-gateway.wsb.svc:80/ws", "ci/all-values.yaml": "wss://ws-gateway.wsb.svc:443/ws"} {
+		args := []string{"template", "t", dir, "--namespace", "wsb", "--show-only", "templates/notes-check.yaml"}
+		if values != "" {
+			args = append(args, "-f", filepath.Join(dir, values))
+		}
+		out := runIn(t, repo, nil, helm, args...)
+		if !strings.Contains(out, want) {
+			t.Errorf("NOTES with values %q lack %q:\n%s", values, want, out)
+		}
+	}
+}
