@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -123,7 +124,11 @@ func TestTransferAndCleanup(t *testing.T) {
 		if m.Subject != st.subject {
 			t.Errorf("%s: subject %q, want %q", st.name, m.Subject, st.subject)
 		}
-		if m.Header.Get(subjects.HeaderConnID) != connID || m.Header.Get(subjects.HeaderMsgID) != reqID || m.Header.Get(subjects.HeaderDataType) != st.dataType {
+		wantMsgID := reqID
+		if st.name == "closing" {
+			wantMsgID = subjects.DisconnectMsgID(tok) // one disconnect per connection
+		}
+		if m.Header.Get(subjects.HeaderConnID) != connID || m.Header.Get(subjects.HeaderMsgID) != wantMsgID || m.Header.Get(subjects.HeaderDataType) != st.dataType {
 			t.Errorf("%s: headers %v", st.name, m.Header)
 		}
 		if st.data != nil && string(m.Data) != string(st.data) {
@@ -243,7 +248,7 @@ func TestAuthorization(t *testing.T) {
 		}
 		switch {
 		case strings.HasPrefix(ce.ConnectionID, "allow"):
-			_ = m.Respond([]byte(`{"allow":true,"userId":"alice","groups":["room1","room2"],"protocol":"chosen","state":{"plan":"pro"}}`))
+			_ = m.Respond([]byte(`{"allow":true,"userId":"alice","groups":["room1","room2","room1"],"protocol":"chosen","state":{"plan":"pro"}}`))
 		case strings.HasPrefix(ce.ConnectionID, "deny-code"):
 			_ = m.Respond([]byte(`{"allow":false,"errNo":4001,"errMsg":"token expired"}`))
 		case strings.HasPrefix(ce.ConnectionID, "deny"):
@@ -254,6 +259,14 @@ func TestAuthorization(t *testing.T) {
 			_ = m.Respond([]byte(`{"allow":true,"protocol":"never-offered"}`))
 		case strings.HasPrefix(ce.ConnectionID, "badgroup"):
 			_ = m.Respond([]byte(`{"allow":true,"groups":["a.b"]}`))
+		case strings.HasPrefix(ce.ConnectionID, "toomany"):
+			// One past the limit (issue 7): refused, not stored.
+			groups := make([]string, subjects.MaxGroups+1)
+			for i := range groups {
+				groups[i] = fmt.Sprintf("g%d", i)
+			}
+			data, _ := json.Marshal(subjects.AuthReply{Allow: true, Groups: groups})
+			_ = m.Respond(data)
 		case strings.HasPrefix(ce.ConnectionID, "silent"):
 			// never answers: a timeout
 		}
@@ -283,6 +296,7 @@ func TestAuthorization(t *testing.T) {
 		{functions.AuthRequired, "garbage-req", false, 500, "not an auth reply", ""},
 		{functions.AuthRequired, "badgroup-req", false, 500, "group", ""},
 		{functions.AuthRequired, "badproto-req", false, 500, "not one the client offered", ""},
+		{functions.AuthRequired, "toomany-req", false, 500, "too many groups", ""},
 		// Last: these unsubscribe the authorizer.
 		{functions.AuthOptional, "noresp-opt", true, 0, "ok", ""},
 		{functions.AuthRequired, "noresp-req", true, 503, "no responder", ""},
