@@ -410,6 +410,42 @@ func TestMalformedEventsNeedNoNATS(t *testing.T) {
 	}
 }
 
+// Item 9 of issue 7: a message just under 1 MiB passed the size check (whose
+// default was the server's max_payload) and then failed to store, a
+// 500-class error. The default leaves room for the headers; a limit set
+// above what the server stores is still answered "too large".
+func TestMaxMessageSizeFitsMaxPayload(t *testing.T) {
+	s := startNATS(t)
+	obs := observe(t, s, true)
+	for _, tc := range []struct {
+		name string
+		max  int // 0: the default
+		size int
+		want error
+	}{
+		{"at the default", 0, functions.DefaultMaxMessageSize, nil},
+		{"past the default", 0, functions.DefaultMaxMessageSize + 1, functions.ErrTooLarge},
+		{"just under max_payload, limit set to 1 MiB", 1 << 20, 1<<20 - 100, functions.ErrTooLarge},
+	} {
+		f := newFunctions(t, s.ClientURL(), func(o *functions.Options) {
+			if tc.max != 0 {
+				o.MaxMessageSize = tc.max
+			}
+		})
+		before := len(obs.stored(t))
+		_, err := f.Transfer(invocation(t, "", 5*time.Second), json.RawMessage(dataEvent("a", "text", strings.Repeat("x", tc.size))))
+		if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+			t.Errorf("%s: error %v, want %v", tc.name, err, tc.want)
+		}
+		if tc.want != nil && !strings.Contains(err.Error(), "too large") {
+			t.Errorf("%s: error %q does not say too large", tc.name, err)
+		}
+		if stored := len(obs.stored(t)) - before; (tc.want == nil) != (stored == 1) {
+			t.Errorf("%s: %d messages stored", tc.name, stored)
+		}
+	}
+}
+
 func TestMaxMessageSize(t *testing.T) {
 	s := startNATS(t)
 	obs := observe(t, s, true)

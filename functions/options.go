@@ -29,7 +29,13 @@ const (
 // Defaults of Options.
 const (
 	DefaultAuthTimeout    = 2 * time.Second
-	DefaultMaxMessageSize = 1 << 20 // 1 MiB, decoded bytes
+	// DefaultMaxMessageSize is 1 MiB (NATS' default max_payload) less
+	// the room a message's headers need (MessageHeadroom), decoded bytes.
+	DefaultMaxMessageSize = 1<<20 - MessageHeadroom
+	// MessageHeadroom is what an inbound message's headers and framing may
+	// take of the server's max_payload (Ws-Connection-Id, Nats-Msg-Id,
+	// Ws-Data-Type: well under 1 KiB).
+	MessageHeadroom = 4 << 10
 	DefaultTimeout        = 10 * time.Second
 	DefaultLogLevel       = "info"
 	DefaultLogFormat      = "text"

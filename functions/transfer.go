@@ -45,6 +45,12 @@ func (f *Functions) transfer(ctx context.Context, ev subjects.GatewayEvent, reqI
 	if err != nil {
 		return nil, err
 	}
+	if room := c.nc.MaxPayload() - MessageHeadroom; int64(len(m.data)) > room {
+		// Over what the server stores: say so, rather than fail the
+		// publish with a store error.
+		return nil, fmt.Errorf("%w: %s message of %d bytes, the NATS server stores at most %d (its max_payload less %d for headers)",
+			ErrTooLarge, m.dataType, len(m.data), room, MessageHeadroom)
+	}
 	if err := c.publish(bctx, cfg.names.Message(m.token), m.data, m.connID, reqID, m.dataType); err != nil {
 		return nil, err
 	}
