@@ -91,6 +91,14 @@ func runBridge(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "wsbridge bridge:", err)
 		return 2
 	}
+	addrs := []listenAddr{{"http-addr", c.opts.HTTPAddr}}
+	if c.conn.URL == "" {
+		addrs = append(addrs, listenAddr{"nats-listen", c.natsListen})
+	}
+	if err := checkListen(addrs...); err != nil {
+		fmt.Fprintln(stderr, "wsbridge bridge:", err)
+		return 1
+	}
 	if err := runBridgeDaemon(ctx, c, log); err != nil {
 		log.Error("bridge failed", "err", err)
 		return 1
