@@ -16,7 +16,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -481,11 +480,8 @@ func (b *Bridge) handle(m jetstream.Msg) {
 	b.m.HeldBytes.Set(float64(b.heldBytes))
 	b.mu.Unlock()
 
-	subj, err := b.names.Parse(m.Subject())
-	if err != nil || subj.Dir != subjects.Out {
-		if err == nil {
-			err = fmt.Errorf("%w: not an outbound subject", subjects.ErrBadSubject)
-		}
+	subj, binary, err := parseOutbound(b.names, m.Subject(), m.Headers(), m.Data())
+	if subj.Dir != subjects.Out {
 		b.reject(d, subjects.KindInvalid, "", metrics.ReasonInvalid, err, 0)
 		return
 	}
@@ -495,28 +491,11 @@ func (b *Bridge) handle(m jetstream.Msg) {
 			fmt.Errorf("delivered %d times without an outcome (max deliver %d)", meta.NumDelivered, b.opts.MaxDeliver), int(meta.NumDelivered))
 		return
 	}
-	d.body = m.Data()
-	if subj.Kind != subjects.KindClose {
-		switch dt := m.Headers().Get(subjects.HeaderDataType); dt {
-		case "", subjects.DataText:
-			if !utf8.Valid(d.body) {
-				b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-					errors.New("text payload is not valid UTF-8 (send it with Ws-Data-Type: binary)"), 0)
-				return
-			}
-		case subjects.DataBinary:
-			d.binary = true
-		default:
-			b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-				fmt.Errorf("unknown %s %q (want text or binary)", subjects.HeaderDataType, clipString(dt, 32)), 0)
-			return
-		}
-	}
-	if ex := m.Headers().Get(subjects.HeaderExclude); len(ex) > subjects.MaxExcludeLen {
-		b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-			fmt.Errorf("%s of %d bytes, limit %d", subjects.HeaderExclude, len(ex), subjects.MaxExcludeLen), 0)
+	if err != nil {
+		b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid, err, 0)
 		return
 	}
+	d.body, d.binary = m.Data(), binary
 	var tokens []string
 	switch subj.Kind {
 	case subjects.KindSend, subjects.KindClose:
