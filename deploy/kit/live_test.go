@@ -213,7 +213,8 @@ func checkServed(t *testing.T, series map[string][]string, served map[string]boo
 func TestOperatorSeriesServed(t *testing.T) {
 	series := operatorSeries(t)
 	bin := wsbridgeBinary(t)
-	bridge := start(t, bin, "bridge", "--push-url", "http://127.0.0.1:9/push", "--nats-listen", "127.0.0.1:-1",
+	// The embedded server takes a concrete port (its port 0 would mean 4222).
+	bridge := start(t, bin, "bridge", "--push-url", "http://127.0.0.1:9/push", "--nats-listen", freeAddr(t),
 		"--data-dir", "data", "--http-addr", "127.0.0.1:0")
 	natsURL := bridge.waitLog(t, "the embedded NATS URL", regexp.MustCompile(`embedded NATS with JetStream".*? url=(\S+)`))
 	opsAddr := bridge.waitLog(t, "the ops address", regexp.MustCompile(`serving ops endpoints".*? addr=(\S+)`))
