@@ -637,6 +637,8 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 			it.dl = nil
 			if p.gone {
 				b.forget(it.token, subjects.ReasonGone)
+			} else if it.close {
+				b.unmarkClosing(it.token)
 			}
 			return resolved, 0
 		}
@@ -648,6 +650,8 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	it.dl = nil
 	if p.gone {
 		b.forget(it.token, subjects.ReasonGone)
+	} else if it.close {
+		b.unmarkClosing(it.token)
 	}
 	return resolved, 0
 }
@@ -791,26 +795,21 @@ func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason str
 }
 
 // forget deletes a connection from the registry and publishes its
-// disconnect event. Both are best effort (SPEC §3): failures are logged, the
-// registry TTL is the safety net.
-//
-// A connection is announced once (subjects.DisconnectMsgID lets WS_IN drop
-// what several messages, instances or the cleanup function announce again).
-// A connection found gone is not announced at all once the index no longer
-// holds it: every message queued for it is answered gone.
+// disconnect event, if the record is still there: whoever deletes the
+// record announces the disconnect (subjects.Names.Forget), so a connection
+// gets one event however many messages, instances or cleanup invocations
+// see its end. Best effort (SPEC §3): failures are logged, the registry TTL
+// is the safety net.
 func (b *Bridge) forget(token, reason string) {
-	held := b.idx.remove(token)
-	if reason == subjects.ReasonGone && !held {
-		b.log.Debug("gone connection already forgotten", "token", token)
-		return
-	}
+	b.idx.remove(token)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := b.kv.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		b.log.Warn("registry delete failed", "token", token, "err", err)
-	}
-	if err := b.publishDisconnect(ctx, token, reason); err != nil {
-		b.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
+	announced, err := b.names.Forget(ctx, b.js, b.kv, token, reason, time.Now())
+	switch {
+	case err != nil:
+		b.log.Warn("disconnect not recorded", "token", token, "reason", reason, "err", err)
+	case announced == "":
+		b.log.Debug("connection already forgotten", "token", token, "reason", reason)
 	}
 }
 
