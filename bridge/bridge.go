@@ -550,7 +550,6 @@ const (
 	resolved attemptResult = iota
 	retry
 	abandon
-	release // the item leaves its lane unresolved: its message is NAKed after the delay
 )
 
 // attempt pushes one item once and acts on the decision.
@@ -801,7 +800,12 @@ func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason str
 // see its end. Best effort (SPEC §3): failures are logged, the registry TTL
 // is the safety net.
 func (b *Bridge) forget(token, reason string) {
-	b.idx.remove(token)
+	if held := b.idx.remove(token); !held && reason == subjects.ReasonGone {
+		// Every message queued for a gone connection is answered gone;
+		// the first one forgot it (the index follows the registry).
+		b.log.Debug("gone connection already forgotten", "token", token)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	announced, err := b.names.Forget(ctx, b.js, b.kv, token, reason, time.Now())

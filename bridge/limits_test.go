@@ -125,10 +125,9 @@ func TestAttackDeadLetterOverMaxPayload(t *testing.T) {
 	if got := e.tg.of("big")[0].Data; got != "after" {
 		t.Errorf("pushed %q", got)
 	}
-	m := dlq.bySubject(e.names.DeadLetter(subjects.KindSend, subjects.Token("big")))
-	if m == nil {
-		t.Fatal("no dead letter")
-	}
+	dlSubj := e.names.DeadLetter(subjects.KindSend, subjects.Token("big"))
+	waitFor(t, "the dead letter", 20*time.Second, func() bool { return dlq.bySubject(dlSubj) != nil })
+	m := dlq.bySubject(dlSubj)
 	if m.Header.Get(subjects.HeaderTruncated) != strconv.Itoa(len(body)) || m.Header.Get(subjects.HeaderStatus) != "413" ||
 		m.Header.Get("X-App") == "" || len(m.Data) >= len(body) || !strings.HasPrefix(string(body), string(m.Data)) {
 		t.Errorf("dead letter: %d bytes, headers %v", len(m.Data), m.Header)
