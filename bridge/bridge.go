@@ -757,6 +757,9 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 // deadLetterAs is deadLetter; minimal keeps only the Ws-* metadata and
 // connection id, without the original body and headers.
 func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int, minimal bool) error {
+	if _, err := subjects.ConnID(token); token != "" && err != nil {
+		token = "" // never a subject from a bad token: P.dlq.<kind>
+	}
 	h := nats.Header{}
 	errText := "unknown"
 	if o.Err != nil {
@@ -857,6 +860,12 @@ func (b *Bridge) watch(w jetstream.KeyWatcher) {
 			}
 			switch e.Operation() {
 			case jetstream.KeyValuePut:
+				if _, err := subjects.ConnID(e.Key()); err != nil {
+					// Not written by wsbridge: a fan-out would build
+					// subjects from it. Left out, and said once.
+					b.log.Warn("registry key is not a connection token; not indexed", "err", err)
+					continue
+				}
 				b.idx.putAt(e.Key(), e.Value(), e.Created())
 			case jetstream.KeyValueDelete:
 				b.idx.remove(e.Key())

@@ -486,3 +486,26 @@ func TestConsumeErrLevel(t *testing.T) {
 		t.Errorf("consumer deleted: %v, want warn", got)
 	}
 }
+
+// A registry key that is not a connection token (written to the bucket by
+// something else than wsbridge) is not indexed: a broadcast would otherwise
+// build a dead-letter subject from it.
+func TestAttackRegistryKeyNotAToken(t *testing.T) {
+	e := newEnv(t, nil)
+	e.register("victim")
+	kv, err := e.js.KeyValue(context.Background(), e.names.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("A", 4000)
+	if _, err := kv.Put(context.Background(), long, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	b := e.start(nil)
+	if b.idx.size() != 1 {
+		t.Errorf("index holds %d connections, want only the valid one", b.idx.size())
+	}
+	e.publish(e.names.Broadcast(), []byte("to all"))
+	waitFor(t, "the broadcast", 20*time.Second, func() bool { return len(e.tg.of("victim")) == 1 })
+	e.alive(b, "victim")
+}
