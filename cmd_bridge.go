@@ -33,7 +33,7 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	connFlags(fs, &c.conn)
 	o := &c.opts
 	fs.StringVar(&o.Prefix, "prefix", subjects.DefaultPrefix, "subject prefix (streams and bucket derive from it)")
-	fs.StringVar(&o.PushURL, "push-url", "", "API Gateway's WebSocket reverse-push address (empty: only wsbridge gateway instances, which are found through NATS)")
+	fs.StringVar(&o.PushURL, "push-url", "", "reverse-push address for connections no wsbridge gateway instance claims (those are found through NATS): API Gateway's; with gateway instances only, their push address (required)")
 	fs.StringVar(&o.PushToken, "push-token", "", "sent as 'Authorization: Bearer <token>' with every push (the gateway's --push-token)")
 	fs.StringVar(&o.HTTPAddr, "http-addr", bridge.DefaultHTTPAddr, "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.dataDir, "data-dir", "wsbridge-data", "JetStream storage of the embedded NATS server (when --nats-url is empty)")
@@ -50,6 +50,7 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	fs.IntVar(&o.MaxDeliver, "max-deliver", bridge.DefaultMaxDeliver, "dead-letter a message JetStream delivered this many times without an outcome")
 	fs.DurationVar(&o.AckWait, "ack-wait", bridge.DefaultAckWait, "how long a message held by a dead bridge waits before redelivery")
 	fs.IntVar(&o.MaxAckPending, "max-ack-pending", bridge.DefaultMaxAckPending, "messages held unacknowledged by all bridges at most")
+	fs.Int64Var(&o.MaxHeldBytes, "max-held-bytes", bridge.DefaultMaxHeldBytes, "bytes of messages held at once by this bridge (bodies and push bodies); past it no new message is taken until pushes settle")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", bridge.DefaultShutdownTimeout, "time in-flight pushes get to finish on SIGINT/SIGTERM")
 	fs.IntVar(&o.Streams.Replicas, "replicas", 1, "replicas of the streams and bucket (3 on a cluster)")
 	fs.DurationVar(&o.Streams.RegistryTTL, "registry-ttl", 0, "TTL of registry records, the safety net for lost disconnects (0: 24h)")
@@ -90,6 +91,14 @@ func runBridge(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := c.opts.WithDefaults().Validate(); err != nil {
 		fmt.Fprintln(stderr, "wsbridge bridge:", err)
 		return 2
+	}
+	addrs := []listenAddr{{"http-addr", c.opts.HTTPAddr}}
+	if c.conn.URL == "" {
+		addrs = append(addrs, listenAddr{"nats-listen", c.natsListen})
+	}
+	if err := checkListen(addrs...); err != nil {
+		fmt.Fprintln(stderr, "wsbridge bridge:", err)
+		return 1
 	}
 	if err := runBridgeDaemon(ctx, c, log); err != nil {
 		log.Error("bridge failed", "err", err)

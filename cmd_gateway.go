@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -200,13 +201,32 @@ func serveGateway(ctx context.Context, c *gatewayConfig, ls *gateway.Listeners, 
 	if ls.HTTP != nil {
 		entries = append(entries, [2]string{"gateway ops", "http://" + ls.HTTP.Addr().String() + "/metrics   (/healthz, /readyz)"})
 	}
+	// A NATS connection closed for good (credentials revoked) leaves the
+	// functions nothing to publish to: stop, and exit non-zero so the
+	// supervisor restarts the instance.
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var natsLost atomic.Bool
+	closed := nc.StatusChanged(nats.CLOSED)
+	go func() {
+		select {
+		case <-closed:
+			log.Error("nats connection closed for good; shutting down", "err", nc.LastError())
+			natsLost.Store(true)
+			stop()
+		case <-sctx.Done():
+		}
+	}()
 	served := make(chan error, 1)
-	go func() { served <- g.ServeAll(ctx, ls) }()
+	go func() { served <- g.ServeAll(sctx, ls) }()
 	// ServeAll advertises the instance before it accepts a client; the
 	// banner waits for neither (a client early on is simply served).
 	printBanner(stdout, "gateway", c.gw.Prefix, entries)
 	if err := <-served; err != nil {
 		log.Error("gateway stopped", "err", err)
+		return 1
+	}
+	if natsLost.Load() {
 		return 1
 	}
 	log.Info("gateway stopped")

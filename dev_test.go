@@ -182,7 +182,7 @@ func TestGatewayCommandChecksAddresses(t *testing.T) {
 	base := []string{"gateway", "--nats-url", "nats://127.0.0.1:1", "--addr", "127.0.0.1:0", "--push-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
 	for _, flag := range []string{"--addr", "--push-addr", "--http-addr"} {
 		code, _, stderr := runCmd(t, append(base, flag, busy.Addr().String())...)
-		if code == 0 || !strings.Contains(stderr, flag+" "+busy.Addr().String()+" is not free") {
+		if code != 1 || !strings.Contains(stderr, flag+" "+busy.Addr().String()+": address already in use") || !strings.Contains(stderr, flag+" or "+envName(strings.TrimPrefix(flag, "--"))) {
 			t.Errorf("%s in use: exit %d, stderr %q; want a failure naming it", flag, code, stderr)
 		}
 	}

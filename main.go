@@ -5,6 +5,7 @@
 //	wsbridge dev        everything on one machine: NATS, bridge, gateway emulator, demo
 //	wsbridge gateway    the self-hosted WebSocket edge that replaces API Gateway
 //	wsbridge send|close|broadcast|tail|conns   operator commands
+//	wsbridge version    version, VCS revision and Go version of this binary
 package main
 
 import (
@@ -34,6 +35,7 @@ func commands() map[string]command {
 		"broadcast": {"send a message to every connection (or a group or user)", runBroadcast},
 		"tail":      {"print inbound events (and optionally dead letters) as they happen", runTail},
 		"conns":     {"list registered connections", runConns},
+		"version":   {"print the version, VCS revision and Go version", runVersion},
 	}
 }
 

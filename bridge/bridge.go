@@ -16,7 +16,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -75,6 +74,14 @@ type Bridge struct {
 	// once they were.
 	giveBack []jetstream.Msg
 	gaveBack bool
+	// The held-bytes budget (limits.go): bytes held, and a signal that
+	// some were released. settled* remember recently acknowledged
+	// sequences.
+	heldBytes   int64
+	room        chan struct{}
+	settledSet  map[uint64]struct{}
+	settledRing []uint64
+	settledNext int
 
 	started   atomic.Bool
 	stopping  atomic.Bool
@@ -126,6 +133,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	if hc == nil {
 		hc = newHTTPClient(o.Concurrency, o.PushTimeout)
 	}
+	hc = withoutRedirects(hc)
 	p, err := newPusher(hc, o.PushURL, o.PushToken)
 	if err != nil {
 		return nil, fmt.Errorf("bridge options: %w", err)
@@ -150,6 +158,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		lanes:  map[string]*lane{},
 		held:   map[uint64]*delivery{},
 		ready:  newReadyQueue(),
+		room:   make(chan struct{}, 1),
 
 		refreshCh:  make(chan string, refreshQueue),
 		refreshing: map[string]struct{}{},
@@ -179,9 +188,18 @@ func (b *Bridge) Run(ctx context.Context) error {
 		_ = b.Stop(context.Background())
 		return err
 	}
+	closed := b.nc.StatusChanged(nats.CLOSED)
+	defer b.nc.RemoveStatusListener(closed)
 	select {
 	case <-ctx.Done():
 	case <-b.stopCh: // stopped by someone else
+	case <-closed:
+	}
+	if err := b.Healthy(); err != nil {
+		// Nothing can bring the connection back: stop and say so, so the
+		// process exits non-zero and its supervisor restarts it.
+		b.log.Error("nats connection closed for good; stopping", "err", err)
+		return errors.Join(err, b.Stop(context.Background()))
 	}
 	return b.Stop(context.Background())
 }
@@ -196,11 +214,7 @@ func (b *Bridge) Start(ctx context.Context) error {
 	if !b.started.CompareAndSwap(false, true) {
 		return errors.New("bridge already started")
 	}
-	push := "(none: gateway instances only)"
-	if b.opts.PushURL != "" {
-		push = redactPushURL(b.opts.PushURL)
-	}
-	b.log.Info("starting", "prefix", b.names.Prefix(), "push", push,
+	b.log.Info("starting", "prefix", b.names.Prefix(), "push", redactPushURL(b.opts.PushURL),
 		"concurrency", b.opts.Concurrency, "max_attempts", b.opts.MaxAttempts, "push_rate", b.opts.PushRate)
 	if b.opts.HTTPAddr != "" {
 		if err := b.serveHTTP(); err != nil {
@@ -269,15 +283,17 @@ func (b *Bridge) Start(ctx context.Context) error {
 	go b.keepAlive()
 	go b.sample()
 	go b.refresher()
-	batch := min(b.opts.MaxAckPending, 1000)
 	cc, err := cons.Consume(b.handle,
-		jetstream.PullMaxMessages(batch),
+		// Bounded in bytes, not messages: 1000 messages of 1 MB would be
+		// a gigabyte buffered (see pullBytes); the count is bounded by
+		// MaxAckPending at the server.
+		jetstream.PullMaxBytes(pullBytes(b.opts.MaxHeldBytes, b.nc.MaxPayload())),
 		jetstream.PullExpiry(pullExpiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if b.stopping.Load() {
 				return
 			}
-			b.log.Warn("consume", "err", err)
+			b.log.Log(context.Background(), consumeErrLevel(err), "consume", "err", err)
 		}))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", b.names.Consumer(), err)
@@ -427,7 +443,9 @@ func (b *Bridge) handle(m jetstream.Msg) {
 	// (stop sets stopping under b.mu too): otherwise stop's waitHeld could
 	// see nothing held between them and finish while this message is
 	// queued with no worker left to settle it.
+	size := heldSize(m)
 	b.mu.Lock()
+	b.waitRoomLocked(size)
 	if b.stopping.Load() {
 		if !b.gaveBack {
 			b.giveBack = append(b.giveBack, m)
@@ -451,14 +469,21 @@ func (b *Bridge) handle(m jetstream.Msg) {
 		b.mu.Unlock()
 		return
 	}
+	if meta.NumDelivered > 1 && b.settledLocked(d.seq) {
+		// A copy of a message already pushed and acknowledged (see
+		// settledLocked): acknowledge it again, push nothing.
+		b.mu.Unlock()
+		_ = m.Ack()
+		return
+	}
 	b.held[d.seq] = d
+	d.size = size
+	b.heldBytes += size
+	b.m.HeldBytes.Set(float64(b.heldBytes))
 	b.mu.Unlock()
 
-	subj, err := b.names.Parse(m.Subject())
-	if err != nil || subj.Dir != subjects.Out {
-		if err == nil {
-			err = fmt.Errorf("%w: not an outbound subject", subjects.ErrBadSubject)
-		}
+	subj, binary, err := parseOutbound(b.names, m.Subject(), m.Headers(), m.Data())
+	if subj.Dir != subjects.Out {
 		b.reject(d, subjects.KindInvalid, "", metrics.ReasonInvalid, err, 0)
 		return
 	}
@@ -468,23 +493,11 @@ func (b *Bridge) handle(m jetstream.Msg) {
 			fmt.Errorf("delivered %d times without an outcome (max deliver %d)", meta.NumDelivered, b.opts.MaxDeliver), int(meta.NumDelivered))
 		return
 	}
-	d.body = m.Data()
-	if subj.Kind != subjects.KindClose {
-		switch dt := m.Headers().Get(subjects.HeaderDataType); dt {
-		case "", subjects.DataText:
-			if !utf8.Valid(d.body) {
-				b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-					errors.New("text payload is not valid UTF-8 (send it with Ws-Data-Type: binary)"), 0)
-				return
-			}
-		case subjects.DataBinary:
-			d.binary = true
-		default:
-			b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-				fmt.Errorf("unknown %s %q (want text or binary)", subjects.HeaderDataType, clipString(dt, 32)), 0)
-			return
-		}
+	if err != nil {
+		b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid, err, 0)
+		return
 	}
+	d.body, d.binary = m.Data(), binary
 	var tokens []string
 	switch subj.Kind {
 	case subjects.KindSend, subjects.KindClose:
@@ -516,7 +529,16 @@ func (b *Bridge) handle(m jetstream.Msg) {
 // reject dead-letters a whole message that will never be pushed.
 func (b *Bridge) reject(d *delivery, kind subjects.Kind, token, reason string, cause error, attempts int) {
 	d.remaining.Store(1)
-	if err := b.deadLetter(d, kind, token, reason, Outcome{Err: cause}, attempts); err != nil {
+	err := b.deadLetter(d, kind, token, reason, Outcome{Err: cause}, attempts)
+	if err != nil && !transientPublishErr(err) {
+		// Refused, not unavailable: the metadata alone, or the log line.
+		if err = b.deadLetterAs(d, kind, token, reason, Outcome{Err: cause}, attempts, true); err != nil && !transientPublishErr(err) {
+			b.log.Error("dead letter refused; lost", "seq", d.seq, "kind", kind, "reason", reason,
+				"subject", clipString(d.msg.Subject(), 256), "cause", cause, "err", err)
+			err = nil
+		}
+	}
+	if err != nil {
 		b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", err)
 		d.aborted.Store(true)
 		d.nakDelay.Store(int64(b.opts.BackoffMax))
@@ -547,6 +569,9 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 		}
 		it.payload = p
 	}
+	if it.close && it.attempts == 0 {
+		b.markClosing(it.token)
+	}
 	it.attempts++
 	b.m.InFlight.Inc()
 	start := time.Now()
@@ -564,7 +589,7 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	case Ack:
 		b.m.DeliveryLag.Observe(done.Sub(d.stamp).Seconds())
 		if it.close {
-			b.forget(it.token, subjects.ReasonClosed, d.seq)
+			b.forget(it.token, subjects.ReasonClosed)
 		} else {
 			b.maybeRefresh(it.token, done)
 		}
@@ -586,6 +611,7 @@ type pendingDL struct {
 	attempts int  // push attempts made
 	gone     bool // forget the connection once dead-lettered
 	tries    int  // failed publishes of the dead letter
+	minimal  bool // publish the metadata only (the full one was refused)
 }
 
 // finish publishes the item's dead letter. When the publish fails, the item
@@ -596,8 +622,27 @@ type pendingDL struct {
 // to JetStream as usual.
 func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	p := it.dl
-	if err := b.deadLetter(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts); err != nil {
+	if err := b.deadLetterAs(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts, p.minimal); err != nil {
 		p.tries++
+		if !transientPublishErr(err) {
+			// Retrying gives the same answer. Keep the metadata only
+			// (subject, reason, status, sizes); when even that is refused,
+			// the log line and the counter are all that is left, and the
+			// lane moves on.
+			if !p.minimal {
+				p.minimal = true
+				return b.finish(it)
+			}
+			b.log.Error("dead letter refused; lost", "seq", it.d.seq, "token", it.token, "kind", it.d.kind,
+				"reason", p.reason, "status", p.o.Status, "subject", clipString(it.d.msg.Subject(), 256), "err", err)
+			it.dl = nil
+			if p.gone {
+				b.forget(it.token, disconnectReason(p.o))
+			} else if it.close {
+				b.unmarkClosing(it.token)
+			}
+			return resolved, 0
+		}
 		delay := b.policy.Backoff(p.tries, rand.Float64())
 		b.log.Error("dead letter failed; retrying", "seq", it.d.seq, "token", it.token,
 			"tries", p.tries, "delay", delay, "err", err)
@@ -605,7 +650,9 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	}
 	it.dl = nil
 	if p.gone {
-		b.forget(it.token, disconnectReason(p.o), it.d.seq)
+		b.forget(it.token, disconnectReason(p.o))
+	} else if it.close {
+		b.unmarkClosing(it.token)
 	}
 	return resolved, 0
 }
@@ -706,10 +753,16 @@ func appendJSONString(buf []byte, s string) []byte {
 // Nats-Msg-Id is replaced: a fan-out's dead letters share it and would be
 // de-duplicated into one; the new id de-duplicates redeliveries instead.
 func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int) error {
-	h := nats.Header{}
-	for k, v := range d.msg.Headers() {
-		h[k] = append([]string(nil), v...)
+	return b.deadLetterAs(d, kind, token, reason, o, attempts, false)
+}
+
+// deadLetterAs is deadLetter; minimal keeps only the Ws-* metadata and
+// connection id, without the original body and headers.
+func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int, minimal bool) error {
+	if _, err := subjects.ConnID(token); token != "" && err != nil {
+		token = "" // never a subject from a bad token: P.dlq.<kind>
 	}
+	h := nats.Header{}
 	errText := "unknown"
 	if o.Err != nil {
 		errText = clipString(o.Err.Error(), 512)
@@ -728,7 +781,15 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 	subj := b.names.DeadLetter(kind, token)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: d.msg.Data(), Header: h}); err != nil {
+	// Cut to fit: a body just under max_payload plus the headers would
+	// not, and its publish would fail forever.
+	maxPayload := b.nc.MaxPayload()
+	if minimal {
+		maxPayload = 0 // nothing of the original fits
+	}
+	dl := deadLetterMsg(subj, d.msg.Data(), d.msg.Headers(), h, maxPayload)
+	if _, err := b.js.PublishMsg(ctx, dl); err != nil {
+		b.m.DeadLetterFailures.Inc()
 		return fmt.Errorf("publish dead letter %s: %w", subj, err)
 	}
 	b.m.DeadLetters.WithLabelValues(reason).Inc()
@@ -738,46 +799,34 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 }
 
 // forget deletes a connection from the registry and publishes its
-// disconnect event. Both are best effort (SPEC §3): failures are logged, the
-// registry TTL is the safety net.
-//
-// A close is announced per close message. A connection found gone is
-// announced once: every message queued for it is answered gone, so only the
-// first one, while the index still holds the connection, deletes and
-// announces, and the message id gone-<token> lets WS_IN de-duplicate what
-// several instances announce.
-func (b *Bridge) forget(token, reason string, seq uint64) {
-	held := b.idx.remove(token)
-	msgID := reason + "-" + token + "-" + strconv.FormatUint(seq, 10)
-	if reason == subjects.ReasonGone || reason == subjects.ReasonLost {
-		if !held {
-			b.log.Debug("gone connection already forgotten", "token", token)
-			return
-		}
-		msgID = reason + "-" + token
+// disconnect event, if the record is still there: whoever deletes the
+// record announces the disconnect (subjects.Names.Forget), so a connection
+// gets one event however many messages, instances or cleanup invocations
+// see its end. Best effort (SPEC §3): failures are logged, the registry TTL
+// is the safety net.
+func (b *Bridge) forget(token, reason string) {
+	if held := b.idx.remove(token); !held && (reason == subjects.ReasonGone || reason == subjects.ReasonLost) {
+		// Every message queued for a gone connection is answered gone;
+		// the first one forgot it (the index follows the registry).
+		b.log.Debug("gone connection already forgotten", "token", token)
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := b.kv.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		b.log.Warn("registry delete failed", "token", token, "err", err)
-	}
-	if err := b.publishDisconnect(ctx, token, reason, msgID); err != nil {
-		b.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
+	announced, err := b.names.Forget(ctx, b.js, b.kv, token, reason, time.Now())
+	switch {
+	case err != nil:
+		b.log.Warn("disconnect not recorded", "token", token, "reason", reason, "err", err)
+	case announced == "":
+		b.log.Debug("connection already forgotten", "token", token, "reason", reason)
 	}
 }
 
-func (b *Bridge) publishDisconnect(ctx context.Context, token, reason, msgID string) error {
-	id, err := subjects.ConnID(token)
+func (b *Bridge) publishDisconnect(ctx context.Context, token, reason string) error {
+	m, err := b.names.DisconnectMsg(token, reason, time.Now())
 	if err != nil {
 		return err
 	}
-	data, err := json.Marshal(subjects.DisconnectEvent{ConnectionID: id, Token: token, At: time.Now().UTC(), Reason: reason})
-	if err != nil {
-		return err
-	}
-	m := &nats.Msg{Subject: b.names.Disconnect(token), Data: data, Header: nats.Header{}}
-	m.Header.Set(subjects.HeaderConnID, id)
-	m.Header.Set(subjects.HeaderMsgID, msgID)
 	if _, err := b.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish %s: %w", m.Subject, err)
 	}
@@ -813,6 +862,12 @@ func (b *Bridge) watch(w jetstream.KeyWatcher) {
 			}
 			switch e.Operation() {
 			case jetstream.KeyValuePut:
+				if _, err := subjects.ConnID(e.Key()); err != nil {
+					// Not written by wsbridge: a fan-out would build
+					// subjects from it. Left out, and said once.
+					b.log.Warn("registry key is not a connection token; not indexed", "err", err)
+					continue
+				}
 				b.idx.putAt(e.Key(), e.Value(), e.Created())
 			case jetstream.KeyValueDelete:
 				b.idx.remove(e.Key())
@@ -825,8 +880,7 @@ func (b *Bridge) watch(w jetstream.KeyWatcher) {
 				// WS_IN store one event.
 				if b.idx.remove(e.Key()) && b.synced.Load() {
 					ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired,
-						"expired-"+e.Key()+"-"+strconv.FormatUint(e.Revision(), 10))
+					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired)
 					cancel()
 					if err != nil {
 						b.log.Warn("expired disconnect not published", "token", e.Key(), "err", err)

@@ -493,11 +493,8 @@ func TestOptionsValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	// No push URL: only self-hosted edge instances, found through NATS.
-	if err := (Options{}).WithDefaults().Validate(); err != nil {
-		t.Errorf("without a push URL: %v", err)
-	}
 	bad := []func(*Options){
+		func(o *Options) { o.PushURL = "" },
 		func(o *Options) { o.PushURL = "ftp://x/y" },
 		func(o *Options) { o.PushToken = "two words" },
 		func(o *Options) { o.Prefix = "a b" },

@@ -52,6 +52,7 @@ type delivery struct {
 	binary  bool
 	tail    []byte    // a fan-out's push body after the connection id, shared by its items (see payload)
 	touched time.Time // last ack-deadline extension; guarded by Bridge.mu
+	size    int64     // bytes counted against MaxHeldBytes; guarded by Bridge.mu
 
 	one item // the item of a send or close (saves an allocation)
 
@@ -240,6 +241,10 @@ func (b *Bridge) resolve(it *item, abandoned bool, delay time.Duration) {
 func (b *Bridge) settle(d *delivery) {
 	b.mu.Lock()
 	delete(b.held, d.seq)
+	b.releaseLocked(d)
+	if !d.aborted.Load() {
+		b.markSettledLocked(d.seq)
+	}
 	if d.aborted.Load() && b.stopping.Load() && !b.gaveBack {
 		// Stopping: NAK everything at the end, in stream order (see
 		// giveBackAll).

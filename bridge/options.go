@@ -19,10 +19,10 @@ import (
 type Options struct {
 	// Prefix of every subject, stream and bucket name ("ws").
 	Prefix string
-	// PushURL is API Gateway's reverse-push address: where connections go
-	// whose id names no self-hosted edge instance (`wsbridge gateway`
-	// instances are found through NATS). Empty with edge instances only;
-	// a push for another connection is then dead-lettered as permanent.
+	// PushURL is where connections go whose id names no self-hosted edge
+	// instance: API Gateway's reverse-push address (required; with edge
+	// instances only, their push address or Service). `wsbridge gateway`
+	// instances are found through NATS.
 	PushURL string
 	// PushToken, when set, is sent as "Authorization: Bearer <token>" with
 	// every push (the edge's --push-token).
@@ -59,6 +59,11 @@ type Options struct {
 	// (20000). It bounds memory, and must exceed Concurrency by far so one
 	// slow connection does not stall the others.
 	MaxAckPending int
+	// MaxHeldBytes bounds the bytes of the messages this bridge holds
+	// (bodies and their push bodies, see heldSize), alongside the count
+	// bound MaxAckPending: past it the bridge takes no new message until
+	// pushes settle (128 MiB; one message is always taken).
+	MaxHeldBytes int64
 	// ShutdownTimeout bounds Stop: in-flight pushes get this long to
 	// finish; what is left is handed back to JetStream (15s).
 	ShutdownTimeout time.Duration
@@ -96,6 +101,7 @@ const (
 	DefaultAckWait         = 30 * time.Second
 	DefaultMaxAckPending   = 20000
 	DefaultShutdownTimeout = 15 * time.Second
+	DefaultMaxHeldBytes    = 128 << 20
 )
 
 // WithDefaults returns o with every zero field set to its default.
@@ -136,6 +142,9 @@ func (o Options) WithDefaults() Options {
 	if o.ShutdownTimeout == 0 {
 		o.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if o.MaxHeldBytes == 0 {
+		o.MaxHeldBytes = DefaultMaxHeldBytes
+	}
 	if o.Name == "" {
 		o.Name = "wsbridge-bridge"
 	}
@@ -148,9 +157,9 @@ func (o Options) Validate() error {
 	if _, err := subjects.New(o.Prefix); err != nil {
 		errs = append(errs, err)
 	}
-	// An empty PushURL is fine: only self-hosted edge instances, found
-	// through NATS.
-	if u, err := url.Parse(o.PushURL); o.PushURL != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+	if o.PushURL == "" {
+		errs = append(errs, errors.New("push URL is required: set --push-url or WSBRIDGE_PUSH_URL"))
+	} else if u, err := url.Parse(o.PushURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("push URL %q: want http(s)://host/path", redactPushURL(o.PushURL)))
 	}
 	if err := subjects.CheckPushToken(o.PushToken); err != nil {
@@ -168,6 +177,7 @@ func (o Options) Validate() error {
 	pos("backoff base", int64(o.BackoffBase))
 	pos("max deliver", int64(o.MaxDeliver))
 	pos("shutdown timeout", int64(o.ShutdownTimeout))
+	pos("max held bytes", o.MaxHeldBytes)
 	if o.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("ack wait must be at least 1s, got %v", o.AckWait))
 	}

@@ -3,7 +3,6 @@ package functions
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/wsbridge/wsbridge/subjects"
@@ -43,6 +42,12 @@ func (f *Functions) transfer(ctx context.Context, ev subjects.GatewayEvent, reqI
 	if err != nil {
 		return nil, err
 	}
+	if room := c.nc.MaxPayload() - MessageHeadroom; int64(len(m.data)) > room {
+		// Over what the server stores: say so, rather than fail the
+		// publish with a store error.
+		return nil, fmt.Errorf("%w: %s message of %d bytes, the NATS server stores at most %d (its max_payload less %d for headers)",
+			ErrTooLarge, m.dataType, len(m.data), room, MessageHeadroom)
+	}
 	if err := c.publish(bctx, cfg.names.Message(m.token), m.data, m.connID, reqID, m.dataType); err != nil {
 		return nil, err
 	}
@@ -50,9 +55,11 @@ func (f *Functions) transfer(ctx context.Context, ev subjects.GatewayEvent, reqI
 }
 
 // Cleanup handles a closing event: it deletes the connection's registry
-// record and publishes P.in.disconnect.T with reason "client". Both are
-// attempted; a failure of either is returned as an error so that it shows in
-// the function's logs (the bucket's TTL is the safety net for the record).
+// record and publishes P.in.disconnect.T with reason "client" (or "closed"
+// for a close a backend asked for), unless the record was already deleted
+// by whoever announced the disconnect first: one event per connection
+// (subjects.Names.Forget). A failure is returned as an error so that it
+// shows in the function's logs (the bucket's TTL is the safety net).
 func (f *Functions) Cleanup(ctx context.Context, payload json.RawMessage) (out json.RawMessage, err error) {
 	defer recoverTo(&err, f.logger)
 	ev, err := DecodeEvent(payload)
@@ -78,26 +85,17 @@ func (f *Functions) cleanup(ctx context.Context, ev subjects.GatewayEvent, reqID
 		return nil, err
 	}
 	token := subjects.Token(id)
-	// Delete before announcing, so that a service reacting to the
-	// disconnect no longer finds the connection in the registry.
-	var delErr error
-	if kv, err := c.registry(bctx, cfg.names); err != nil {
-		delErr = err
-	} else if err := kv.Delete(bctx, token); err != nil {
-		delErr = storeError("registry delete "+cfg.names.Bucket(), err)
-	}
-	data, err := json.Marshal(subjects.DisconnectEvent{
-		ConnectionID: id,
-		Token:        token,
-		At:           f.now().UTC(),
-		Reason:       subjects.ReasonClient,
-	})
+	// Whoever deletes the record announces the disconnect (Names.Forget):
+	// when the bridge closed the connection, or found it gone, it already
+	// did, and this cleanup publishes nothing. A close a backend asked for
+	// is marked on the record before the bridge pushes it, so when this
+	// cleanup wins the race the reason is still "closed".
+	kv, err := c.registry(bctx, cfg.names)
 	if err != nil {
 		return nil, err
 	}
-	pubErr := c.publish(bctx, cfg.names.Disconnect(token), data, id, reqID, "")
-	if err := errors.Join(delErr, pubErr); err != nil {
-		return nil, err
+	if _, err := cfg.names.Forget(bctx, c.js, kv, token, subjects.ReasonClient, f.now()); err != nil {
+		return nil, storeError("disconnect", err)
 	}
 	return okReply, nil
 }

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbridge/wsbridge/subjects"
@@ -220,8 +219,8 @@ func (e *edge) check(known map[string]bool) map[string]bool {
 }
 
 // reconcile closes the connections whose registry records are gone (swept
-// as lost by another instance while this one was cut off), announcing them
-// lost: the message id matches the other instance's announcement.
+// as lost by another instance while this one was cut off, which announced
+// them): their clients reconnect and register afresh.
 func (e *edge) reconcile() {
 	ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
 	defer cancel()
@@ -346,11 +345,11 @@ func (e *edge) registryKV(ctx context.Context) (jetstream.KeyValue, error) {
 	return kv, nil
 }
 
-// announce is the one way the edge ends a connection on NATS: it deletes
-// the connection's registry record and publishes its disconnect event with
-// reason (shutdown or lost) and the message id <reason>-<token>, so
-// announcements of the same connection by several instances, or a bridge,
-// are stored once. Failures are logged: the registry TTL is the safety net.
+// announce ends a connection on NATS the one way every component does
+// (subjects.Names.Forget): whoever deletes its registry record publishes
+// its one disconnect event, here with reason shutdown or lost; when the
+// record is already gone, its end was announced by someone else. Failures
+// are logged: the registry TTL is the safety net.
 func (e *edge) announce(token, reason string) {
 	if reason == subjects.ReasonShutdown && !e.g.opts.NATS.IsConnected() {
 		// Stopping without NATS: waiting for each announcement to time
@@ -363,26 +362,15 @@ func (e *edge) announce(token, reason string) {
 	defer func() { <-e.sem }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if reg, err := e.registryKV(ctx); err != nil {
-		e.log.Warn("registry delete failed", "token", token, "err", err)
-	} else if reg != nil {
-		if err := reg.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			e.log.Warn("registry delete failed", "token", token, "err", err)
+	reg, err := e.registryKV(ctx)
+	if reg == nil {
+		if err != nil {
+			e.log.Warn("disconnect not recorded", "token", token, "reason", reason, "err", err)
 		}
-	}
-	id, err := subjects.ConnID(token)
-	if err != nil {
 		return
 	}
-	data, err := json.Marshal(subjects.DisconnectEvent{ConnectionID: id, Token: token, At: time.Now().UTC(), Reason: reason})
-	if err != nil {
-		return
-	}
-	m := &nats.Msg{Subject: e.names.Disconnect(token), Data: data, Header: nats.Header{}}
-	m.Header.Set(subjects.HeaderConnID, id)
-	m.Header.Set(subjects.HeaderMsgID, reason+"-"+token)
-	if _, err := e.js.PublishMsg(ctx, m); err != nil {
-		e.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
+	if _, err := e.names.Forget(ctx, e.js, reg, token, reason, time.Now()); err != nil {
+		e.log.Warn("disconnect not recorded", "token", token, "reason", reason, "err", err)
 	}
 }
 

@@ -207,7 +207,7 @@ func TestListenNamesTheFlag(t *testing.T) {
 			ls.Close()
 			t.Fatalf("%s in use: Listen succeeded", tc.flag)
 		}
-		if !strings.Contains(err.Error(), tc.flag+" "+busy.Addr().String()) {
+		if !strings.Contains(err.Error(), tc.flag+" "+busy.Addr().String()+": address already in use") {
 			t.Errorf("%s in use: error %q does not name the flag and address", tc.flag, err)
 		}
 	}

@@ -11,7 +11,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/wsbridge/wsbridge/subjects"
 )
 
 // Listeners are the sockets a gateway serves: clients (and, without a Push
@@ -47,7 +50,12 @@ func Listen(ctx context.Context, o Options) (*Listeners, error) {
 		ln, err := lc.Listen(ctx, "tcp", a.addr)
 		if err != nil {
 			ls.Close()
-			return nil, fmt.Errorf("gateway: %s %s is not free: %w", a.flag, a.addr, err)
+			why := "cannot listen"
+			if errors.Is(err, syscall.EADDRINUSE) {
+				why = "address already in use (is another wsbridge running?)"
+			}
+			env := subjects.EnvPrefix + strings.ToUpper(strings.ReplaceAll(strings.TrimPrefix(a.flag, "--"), "-", "_"))
+			return nil, fmt.Errorf("gateway: %s %s: %s; choose another with %s or %s (%w)", a.flag, a.addr, why, a.flag, env, err)
 		}
 		*a.dst = ln
 	}
