@@ -69,6 +69,7 @@ func StartBinary(ctx context.Context, path string, env []string) (*RPCInvoker, e
 	cmd.Stdout = os.Stderr
 	cmd.Stderr = os.Stderr
 	cmd.WaitDelay = time.Second
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start function %s: %w", path, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -298,7 +299,19 @@ func TestEdgeInstances(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the wsbridge binary")
 	}
-	bin := buildtest.Binary(buildtest.BuildT(t, "."), ".")
+	// edge-a runs the real function binaries over SCF's net/rpc, edge-b
+	// the same handlers in process.
+	dir := buildtest.BuildT(t, ".", "functions/register", "functions/transfer", "functions/cleanup")
+	bin := buildtest.Binary(dir, ".")
+	fnDir := filepath.Join(t.TempDir(), "functions")
+	if err := os.Mkdir(fnDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []string{"register", "transfer", "cleanup"} {
+		if err := os.Rename(buildtest.Binary(dir, "functions/"+role), filepath.Join(fnDir, role)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s := natstest.Start(t)
 	nc := natstest.Connect(t, s)
 	js, err := jetstream.New(nc)
@@ -361,7 +374,7 @@ func TestEdgeInstances(t *testing.T) {
 	common := []string{"gateway", "--nats-url", natsURL, "--addr", "127.0.0.1:0", "--push-addr", "127.0.0.1:0",
 		"--http-addr", "127.0.0.1:0", "--push-token", pushToken, "--allowed-origins", origin,
 		"--instance-ttl", "3s", "--shutdown-timeout", "20s", "--log-level", "debug"}
-	edgeA := start(t, bin, "edge-a", true, append(common, "--instance-id", "edge-a", "--max-connections-per-ip", "3")...)
+	edgeA := start(t, bin, "edge-a", true, append(common, "--instance-id", "edge-a", "--max-connections-per-ip", "3", "--functions", fnDir)...)
 	edgeB := start(t, bin, "edge-b", true, append(common, "--instance-id", "edge-b", "--tls-cert", certFile, "--tls-key", keyFile)...)
 	if !strings.HasPrefix(edgeB.urls["ws"], "wss://") {
 		t.Fatalf("edge-b websocket URL %q, want wss://", edgeB.urls["ws"])
@@ -507,10 +520,23 @@ func TestEdgeInstances(t *testing.T) {
 	// SIGKILL edge-a: its connections are announced lost, once, within 30s,
 	// and their records go.
 	a1, a2, b1, b2 := clients[0], clients[1], clients[2], clients[3]
+	fnProcs := children(edgeA.cmd.Process.Pid)
+	if len(fnProcs) != 3 {
+		t.Errorf("edge-a runs %d function processes, want 3", len(fnProcs))
+	}
 	if err := edgeA.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
+	// Its function processes die with it: none is left holding a port.
+	waitFor(t, "edge-a's function processes to die with it", waitTimeout, func() bool {
+		for _, pid := range fnProcs {
+			if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err == nil {
+				return false
+			}
+		}
+		return true
+	})
 	for _, c := range []*client{a1, a2} {
 		waitFor(t, c.name+"'s lost event", lostWithin, func() bool { return len(ev.disconnects(c.token)) > 0 })
 	}
@@ -582,6 +608,31 @@ func TestEdgeInstances(t *testing.T) {
 	if code := bridge.exit(t, waitTimeout); code != 0 {
 		t.Errorf("bridge exited %d after SIGTERM", code)
 	}
+}
+
+// children lists the processes whose parent is pid (Linux /proc).
+func children(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid …; comm may hold spaces, so cut at the last ')'.
+		i := strings.LastIndex(string(stat), ") ")
+		if i < 0 {
+			continue
+		}
+		if f := strings.Fields(string(stat)[i+2:]); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
 }
 
 // storedDisconnects reads every disconnect event stored in WS_IN.
