@@ -328,3 +328,28 @@ func TestEdgeReconcileClosesSweptConnections(t *testing.T) {
 		t.Error("the swept connection is not counted as lost")
 	}
 }
+
+// TestPushForAnotherInstance: a push naming another instance's connection
+// is misrouted, not gone: 503, so the bridge looks again; one naming this
+// instance's unknown connection is 404.
+func TestPushForAnotherInstance(t *testing.T) {
+	s := natstest.Start(t)
+	srv, _ := startEdge(t, s.ClientURL(), "edge-a")
+	for _, tc := range []struct {
+		id   string
+		want int
+	}{
+		{subjects.NewEdgeConnID("edge-b"), http.StatusServiceUnavailable},
+		{subjects.NewEdgeConnID("edge-a"), http.StatusNotFound},
+		{"L5bZ4yiH7c2a+/==", http.StatusNotFound},
+	} {
+		resp, err := http.Post("http://"+srv.push+DefaultPushPath, "application/json", strings.NewReader(pushBody(subjects.ActionDataSend, tc.id, subjects.DataText, "x")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("push for %q answered %d, want %d", tc.id, resp.StatusCode, tc.want)
+		}
+	}
+}

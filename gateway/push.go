@@ -151,6 +151,12 @@ func bearerOK(header, token string) bool {
 func (g *Gateway) find(ctx context.Context, id string) (_ *conn, status, errNo int, msg string) {
 	c := g.lookup(id)
 	if c == nil {
+		if inst, ok := subjects.EdgeInstance(id); ok && g.edge != nil && inst != g.opts.InstanceID {
+			// Misrouted (a bridge's route older than an address that
+			// moved to this instance): not gone, so the bridge tries again
+			// and looks the instance up afresh.
+			return nil, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "connection of gateway instance " + inst + ", not this one"
+		}
 		return nil, http.StatusNotFound, http.StatusNotFound, "connection not found"
 	}
 	ws, err := c.accepted(ctx)
