@@ -11,5 +11,14 @@
 //
 // Functions are Invokers: the Go shape of scf-go-lib's cloudfunction.Handler,
 // so in-process handlers plug in directly, and RPCInvoker talks to a real
-// function binary over the SCF Go runtime's net/rpc protocol.
+// function binary over the SCF Go runtime's net/rpc protocol (StartFunctions
+// starts either).
+//
+// With Options.NATS set the gateway is one edge instance of many (edge.go):
+// its connection ids name it, it advertises its push address in the
+// instances bucket, and it announces its connections' ends itself, shutdown
+// when it stops and lost for instances that vanished. Listen and ServeAll
+// add the production listeners (TLS, a separate push listener, /metrics,
+// /healthz, /readyz) and their limits (serve.go, guard.go). The design and
+// the settings are in README.md.
 package gateway
