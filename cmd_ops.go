@@ -314,7 +314,7 @@ func runConns(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	req := subjects.ConnListRequest{Group: *group, User: *user, Limit: *limit}
-	reply, err := listConns(ctx, nc, c, req)
+	reply, err := listConns(ctx, c, req)
 	if err != nil {
 		return fail(stderr, "conns", err)
 	}
@@ -332,23 +332,12 @@ func runConns(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 // listConns asks the bridge (P.api.conn.list); with no bridge running it
 // reads the registry bucket itself, so the command works on its own.
-func listConns(ctx context.Context, nc *nats.Conn, c *subjects.Client, req subjects.ConnListRequest) (subjects.ConnListReply, error) {
-	var reply subjects.ConnListReply
-	body, _ := json.Marshal(req)
-	m, err := nc.RequestWithContext(ctx, c.Names().ConnList(), body)
-	if err == nil {
-		var apiErr subjects.APIError
-		if json.Unmarshal(m.Data, &apiErr) == nil && apiErr.Error != "" {
-			return reply, fmt.Errorf("bridge: %s", apiErr.Error)
-		}
-		if err := json.Unmarshal(m.Data, &reply); err != nil {
-			return reply, fmt.Errorf("bridge reply: %w", err)
-		}
-		return reply, nil
-	}
-	if !errors.Is(err, nats.ErrNoResponders) {
+func listConns(ctx context.Context, c *subjects.Client, req subjects.ConnListRequest) (subjects.ConnListReply, error) {
+	reply, err := c.ConnList(ctx, req)
+	if !errors.Is(err, subjects.ErrNoBridge) {
 		return reply, err
 	}
+	reply = subjects.ConnListReply{}
 	kv, err := c.JetStream().KeyValue(ctx, c.Names().Bucket())
 	if err != nil {
 		return reply, fmt.Errorf("no bridge answered and the registry is not readable: %w", err)
@@ -376,6 +365,8 @@ func listConns(ctx context.Context, nc *nats.Conn, c *subjects.Client, req subje
 		reply.Total++
 		if req.Limit == 0 || len(reply.Connections) < req.Limit {
 			reply.Connections = append(reply.Connections, ce)
+		} else {
+			reply.Truncated = true
 		}
 	}
 	return reply, nil

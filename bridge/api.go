@@ -24,7 +24,7 @@ const maxList = 1000
 const apiConcurrency = 16
 
 // errNotFound is the API's answer for an unknown token.
-var errNotFound = errors.New("connection not found")
+var errNotFound = subjects.ErrNotFound
 
 func (b *Bridge) serveAPI() error {
 	routes := []struct {

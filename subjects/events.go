@@ -74,10 +74,13 @@ type ConnListRequest struct {
 	Limit int    `json:"limit,omitempty"`
 }
 
-// ConnListReply is the answer of P.api.conn.list.
+// ConnListReply is the answer of P.api.conn.list. Total counts every
+// match; Truncated says Connections left some out, because of the request's
+// limit (at most 1000) or to fit in one NATS message.
 type ConnListReply struct {
 	Connections []ConnectEvent `json:"connections"`
 	Total       int            `json:"total"`
+	Truncated   bool           `json:"truncated,omitempty"`
 }
 
 // GroupRequest is the body of P.api.group.add and P.api.group.remove.

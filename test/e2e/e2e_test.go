@@ -204,10 +204,9 @@ func TestConnectAuth(t *testing.T) {
 			if !svc.registered(t, c.token) {
 				t.Errorf("registry has no record of %s", c.token)
 			}
-			var got subjects.ConnectEvent
-			svc.request(t, svc.names.ConnGet(), subjects.ConnGetRequest{Token: c.token}, &got)
-			if got.Token != c.token || got.UserID != tc.user {
-				t.Errorf("conn.get: %+v, want token %s user %q", got, c.token, tc.user)
+			got, err := svc.c.ConnGet(svc.ctx(t), c.token)
+			if err != nil || got.Token != c.token || got.UserID != tc.user {
+				t.Errorf("conn.get: %+v, %v; want token %s user %q", got, err, c.token, tc.user)
 			}
 		})
 	}
@@ -380,10 +379,9 @@ func TestFanOut(t *testing.T) {
 			if !members(i) {
 				continue
 			}
-			var rec subjects.ConnectEvent
-			svc.request(t, svc.names.GroupAdd(), subjects.GroupRequest{Token: c.token, Groups: []string{"blue"}}, &rec)
-			if !slices.Contains(rec.Groups, "blue") {
-				t.Fatalf("group.add reply %+v: not in group blue", rec)
+			rec, err := svc.c.GroupAdd(svc.ctx(t), c.token, "blue")
+			if err != nil || !slices.Contains(rec.Groups, "blue") {
+				t.Fatalf("group.add reply %+v, %v: not in group blue", rec, err)
 			}
 		}
 		// The bridge expands group sends from its index of the registry,
@@ -555,13 +553,8 @@ func TestClientDisconnect(t *testing.T) {
 		t.Errorf("registry still holds %s after its disconnect event", c.token)
 	}
 	svc.waitListed(t, subjects.ConnListRequest{}, 0)
-	m, err := svc.nc.Request(svc.names.ConnGet(), []byte(`{"token":"`+c.token+`"}`), waitTimeout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var apiErr subjects.APIError
-	if json.Unmarshal(m.Data, &apiErr) != nil || apiErr.Error == "" {
-		t.Errorf("conn.get of a disconnected token: %s, want an error", m.Data)
+	if rec, err := svc.c.ConnGet(svc.ctx(t), c.token); !errors.Is(err, subjects.ErrNotFound) {
+		t.Errorf("conn.get of a disconnected token: %+v, %v; want ErrNotFound", rec, err)
 	}
 }
 

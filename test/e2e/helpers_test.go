@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -151,32 +150,13 @@ func (s *service) ctx(t testing.TB) context.Context {
 	return ctx
 }
 
-// request calls the bridge's request-reply API and decodes a successful
-// reply into out.
-func (s *service) request(t testing.TB, subject string, req, out any) {
-	t.Helper()
-	data, err := json.Marshal(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := s.nc.Request(subject, data, waitTimeout)
-	if err != nil {
-		t.Fatalf("request %s: %v", subject, err)
-	}
-	var apiErr subjects.APIError
-	if json.Unmarshal(m.Data, &apiErr) == nil && apiErr.Error != "" {
-		t.Fatalf("request %s %s: error reply %q", subject, data, apiErr.Error)
-	}
-	if err := json.Unmarshal(m.Data, out); err != nil {
-		t.Fatalf("request %s: reply %s: %v", subject, m.Data, err)
-	}
-}
-
 // connList asks the bridge (P.api.conn.list) for registered connections.
 func (s *service) connList(t testing.TB, req subjects.ConnListRequest) subjects.ConnListReply {
 	t.Helper()
-	var rep subjects.ConnListReply
-	s.request(t, s.names.ConnList(), req, &rep)
+	rep, err := s.c.ConnList(s.ctx(t), req)
+	if err != nil {
+		t.Fatalf("conn.list %+v: %v", req, err)
+	}
 	return rep
 }
 

@@ -318,7 +318,11 @@ func TestEdgeInstances(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := subjects.MustNew(subjects.DefaultPrefix)
+	api, err := subjects.NewClient(nc, subjects.DefaultPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := api.Names()
 	natsURL := s.ClientURL()
 
 	// API Gateway, still serving some connections during the move: the
@@ -427,9 +431,8 @@ func TestEdgeInstances(t *testing.T) {
 	}
 	// A broadcast reaches all, once the bridge lists all four.
 	waitFor(t, "the bridge to list four connections", waitTimeout, func() bool {
-		m, err := nc.Request(names.ConnList(), []byte(`{}`), 5*time.Second)
-		var rep subjects.ConnListReply
-		return err == nil && json.Unmarshal(m.Data, &rep) == nil && rep.Total == 4
+		rep, err := api.ConnList(context.Background(), subjects.ConnListRequest{})
+		return err == nil && rep.Total == 4
 	})
 	if _, err := js.Publish(context.Background(), names.Broadcast(), []byte("to everyone")); err != nil {
 		t.Fatal(err)
