@@ -29,13 +29,20 @@ const (
 // maxDialTimeout bounds one NATS dial even when the invocation has longer.
 const maxDialTimeout = 5 * time.Second
 
-// Invoker is one function as the gateway emulator calls it in-process: the
-// shape of scf-go-lib's cloudfunction.Handler.
+// Invoker invokes one SCF function with a JSON event and returns its JSON
+// answer: the shape of scf-go-lib's cloudfunction.Handler. It is the one
+// interface between the gateway and a function, whether in process
+// (Functions.Invoker) or a binary over SCF's net/rpc (scfrpc.Client,
+// gateway.RPCInvoker). The gateway calls it with a context that carries a
+// functioncontext.FunctionContext (RequestID, FunctionName) and the function
+// timeout as its deadline, as the SCF runtime does. An error is a failed
+// invocation (SCF's non-200).
 type Invoker interface {
 	Invoke(ctx context.Context, payload []byte) ([]byte, error)
 }
 
-// HandlerFunc adapts a handler method (Register, Transfer, …) to Invoker.
+// HandlerFunc adapts a handler method (Register, Transfer, …), or any
+// function of that shape, to Invoker.
 type HandlerFunc func(ctx context.Context, payload json.RawMessage) (json.RawMessage, error)
 
 // Invoke calls h.

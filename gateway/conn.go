@@ -14,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wsbridge/wsbridge/functions/scfrpc"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -200,7 +201,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 			ServiceID:       g.opts.ServiceID,
 			Path:            r.URL.Path,
 			HTTPMethod:      http.MethodGet,
-			RequestID:       newRequestID(),
+			RequestID:       scfrpc.NewRequestID(),
 			SourceIP:        ip,
 			Stage:           g.opts.Stage,
 			WebsocketEnable: true,

@@ -9,9 +9,10 @@
 // connection ends, and serves a reverse-push address where a backend POSTs
 // frames for clients or asks to close them.
 //
-// Functions are Invokers: the Go shape of scf-go-lib's cloudfunction.Handler,
-// so in-process handlers plug in directly, and RPCInvoker talks to a real
-// function binary over the SCF Go runtime's net/rpc protocol (StartFunctions
+// Functions are functions.Invokers: the Go shape of scf-go-lib's
+// cloudfunction.Handler, so in-process handlers plug in directly, and
+// RPCInvoker runs a real function binary and talks to it through
+// functions/scfrpc, the SCF Go runtime's net/rpc protocol (StartFunctions
 // starts either).
 //
 // With Options.NATS set the gateway is one edge instance of many (edge.go):

@@ -3,7 +3,6 @@ package gateway
 import (
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"net"
 	"net/http"
 	"strings"
@@ -80,16 +79,6 @@ func newConnID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
 	return base64.StdEncoding.EncodeToString(b[:])
-}
-
-// newRequestID returns a random UUID-shaped id, like SCF request ids.
-func newRequestID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
 // headerList joins every value of a comma-separated header as the gateway

@@ -33,7 +33,7 @@ type FunctionsOptions struct {
 // Functions are running function roles: Apply them to a gateway's Options,
 // Close them after the gateway.
 type Functions struct {
-	Register, Transfer, Cleanup Invoker
+	Register, Transfer, Cleanup functions.Invoker
 
 	inproc *functions.Functions
 	rpcs   []*RPCInvoker
@@ -83,7 +83,7 @@ func StartFunctions(ctx context.Context, o FunctionsOptions) (_ *Functions, err 
 	}
 	for _, role := range []struct {
 		name string
-		dst  *Invoker
+		dst  *functions.Invoker
 	}{{"register", &f.Register}, {"transfer", &f.Transfer}, {"cleanup", &f.Cleanup}} {
 		inv, err := start(filepath.Join(o.Dir, role.name))
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -149,9 +150,9 @@ type Options struct {
 	// Register, Transfer and Cleanup are the three functions of the
 	// WebSocket API. A single-function deployment sets all three to the
 	// same Invoker: it dispatches on websocket.action.
-	Register Invoker
-	Transfer Invoker
-	Cleanup  Invoker
+	Register functions.Invoker
+	Transfer functions.Invoker
+	Cleanup  functions.Invoker
 
 	// Fallback serves every path other than WSPath and PushPath (the demo
 	// page, for example); nil answers 404.
@@ -271,7 +272,7 @@ func (o Options) Validate() error {
 	}
 	for _, f := range []struct {
 		name string
-		inv  Invoker
+		inv  functions.Invoker
 	}{{"Register", o.Register}, {"Transfer", o.Transfer}, {"Cleanup", o.Cleanup}} {
 		if f.inv == nil {
 			errs = append(errs, fmt.Errorf("gateway: no %s invoker (one invoker may serve all three roles)", f.name))
