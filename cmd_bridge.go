@@ -7,14 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsbridge/wsbridge/bridge"
+	"github.com/wsbridge/wsbridge/internal/embedded"
+	"github.com/wsbridge/wsbridge/internal/logging"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -38,8 +37,7 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	fs.StringVar(&o.HTTPAddr, "http-addr", bridge.DefaultHTTPAddr, "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.dataDir, "data-dir", "wsbridge-data", "JetStream storage of the embedded NATS server (when --nats-url is empty)")
 	fs.StringVar(&c.natsListen, "nats-listen", "127.0.0.1:4222", "listen address of the embedded NATS server (when --nats-url is empty)")
-	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	logging.Flags(fs, &c.logFormat, &c.logLevel)
 	fs.IntVar(&o.Concurrency, "push-concurrency", bridge.DefaultConcurrency, "pushes in flight at once (and HTTP connections to the gateway)")
 	fs.DurationVar(&o.PushTimeout, "push-timeout", bridge.DefaultPushTimeout, "timeout of one push")
 	fs.Float64Var(&o.PushRate, "push-rate", 0, "pushes per second at most (0: unlimited)")
@@ -57,21 +55,6 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	fs.DurationVar(&o.Streams.OutMaxAge, "out-max-age", 0, "undelivered outbound commands expire after this (0: 24h)")
 }
 
-func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
-	}
-	ho := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(format) {
-	case "text", "":
-		return slog.New(slog.NewTextHandler(w, ho)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, ho)), nil
-	}
-	return nil, fmt.Errorf("log format %q: want text or json", format)
-}
-
 // runBridge runs the bridge daemon until SIGINT/SIGTERM (ctx), then drains.
 func runBridge(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("bridge", "\n\nConsume outbound subjects and push them to the gateway's reverse-push address.", stderr)
@@ -83,7 +66,7 @@ func runBridge(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		return exitCode(err)
 	}
-	log, err := newLogger(stderr, c.logFormat, c.logLevel)
+	log, err := logging.New(stderr, c.logFormat, c.logLevel)
 	if err != nil {
 		fmt.Fprintln(stderr, "wsbridge bridge:", err)
 		return 2
@@ -111,27 +94,13 @@ func runBridgeDaemon(ctx context.Context, c bridgeConfig, log *slog.Logger) erro
 	c.conn.Name = "wsbridge-bridge"
 	var nc *nats.Conn
 	if c.conn.URL == "" {
-		host, port, err := splitHostPort(c.natsListen)
+		en, err := embedded.Start(embedded.Options{Listen: c.natsListen, DataDir: c.dataDir, Name: c.conn.Name})
 		if err != nil {
 			return err
 		}
-		dir, err := filepath.Abs(c.dataDir)
-		if err != nil {
-			return err
-		}
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return fmt.Errorf("data dir: %w", err)
-		}
-		s, err := bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: host, Port: port, StoreDir: dir})
-		if err != nil {
-			return err
-		}
-		defer func() { s.Shutdown(); s.WaitForShutdown() }()
-		log.Info("embedded NATS with JetStream", "url", s.ClientURL(), "data_dir", dir)
-		nc, err = nats.Connect(s.ClientURL(), nats.InProcessServer(s), nats.Name(c.conn.Name), nats.MaxReconnects(-1))
-		if err != nil {
-			return fmt.Errorf("connect embedded nats: %w", err)
-		}
+		defer en.Close()
+		log.Info("embedded NATS with JetStream", "url", en.URL(), "data_dir", en.Dir)
+		nc = en.Conn
 	} else {
 		var err error
 		nc, err = c.conn.Connect(
@@ -150,16 +119,4 @@ func runBridgeDaemon(ctx context.Context, c bridgeConfig, log *slog.Logger) erro
 		return err
 	}
 	return b.Run(ctx)
-}
-
-func splitHostPort(addr string) (string, int, error) {
-	i := strings.LastIndex(addr, ":")
-	if i < 0 {
-		return "", 0, fmt.Errorf("nats listen address %q: want host:port", addr)
-	}
-	var port int
-	if _, err := fmt.Sscanf(addr[i+1:], "%d", &port); err != nil {
-		return "", 0, fmt.Errorf("nats listen address %q: bad port", addr)
-	}
-	return strings.Trim(addr[:i], "[]"), port, nil
 }

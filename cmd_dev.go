@@ -12,6 +12,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/gateway"
+	"github.com/wsbridge/wsbridge/internal/logging"
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/stack"
 )
@@ -22,7 +23,7 @@ func stackFlags(fs *flag.FlagSet, o *stack.Options, logFormat, logLevel *string)
 	fs.StringVar(&o.Prefix, "prefix", o.Prefix, "subject prefix")
 	edgeFlags(fs, &o.Gateway, "listen address of the emulator: demo page on /, WebSocket on /ws, reverse push on /push")
 	functionFlags(fs, &o.Functions, &o.Auth, &o.AuthTimeout)
-	logFlags(fs, logFormat, logLevel)
+	logging.Flags(fs, logFormat, logLevel)
 }
 
 // edgeFlags registers the gateway's flags that `dev` and `gateway` share.
@@ -55,11 +56,6 @@ func functionFlags(fs *flag.FlagSet, dir *string, auth *functions.AuthMode, auth
 	fs.DurationVar(authTimeout, "auth-timeout", *authTimeout, "how long to wait for the connect authorization reply")
 }
 
-func logFlags(fs *flag.FlagSet, logFormat, logLevel *string) {
-	fs.StringVar(logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error")
-}
-
 // runDev runs NATS, the bridge, the emulator and the demo on one machine.
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("dev", "\n\nRun everything on this machine: embedded NATS with JetStream, the bridge,\nthe API Gateway emulator with the three functions, a demo page and backend.", stderr)
@@ -84,7 +80,7 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		fmt.Fprintf(stderr, "wsbridge %s: unexpected arguments %q\n", name, fs.Args())
 		return 2
 	}
-	log, err := newLogger(stderr, *logFormat, *logLevel)
+	log, err := logging.New(stderr, *logFormat, *logLevel)
 	if err != nil {
 		fmt.Fprintf(stderr, "wsbridge %s: %v\n", name, err)
 		return 2

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/gateway"
+	"github.com/wsbridge/wsbridge/internal/logging"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -50,7 +51,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	edgeFlags(fs, &c.gw, "listen address of the WebSocket endpoint /ws (and of /push without --push-addr)")
 	functionFlags(fs, &c.functions, &c.auth, &c.authTimeout)
 	gatewayFlags(fs, &c.gw)
-	logFlags(fs, &c.logFormat, &c.logLevel)
+	logging.Flags(fs, &c.logFormat, &c.logLevel)
 	if err := parseFlags(fs, args, nil); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "wsbridge gateway:", err)
@@ -61,7 +62,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "wsbridge gateway: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	log, err := newLogger(stderr, c.logFormat, c.logLevel)
+	log, err := logging.New(stderr, c.logFormat, c.logLevel)
 	if err != nil {
 		fmt.Fprintln(stderr, "wsbridge gateway:", err)
 		return 2

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wsbridge/wsbridge/internal/logging"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -36,8 +37,8 @@ const (
 	DefaultAuthTimeout    = 2 * time.Second
 	DefaultMaxMessageSize = 1<<20 - MessageHeadroom // NATS' default max_payload less the headers' room, decoded bytes
 	DefaultTimeout        = 10 * time.Second
-	DefaultLogLevel       = "info"
-	DefaultLogFormat      = "text"
+	DefaultLogLevel       = logging.DefaultLevel
+	DefaultLogFormat      = logging.DefaultFormat
 
 	// maxMessageSizeLimit is NATS's own hard ceiling on a message payload;
 	// a larger setting could never be honoured.
@@ -120,11 +121,11 @@ func (o Options) Validate() error {
 	if o.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("timeout %v: must be positive", o.Timeout))
 	}
-	if _, err := parseLevel(o.LogLevel); err != nil {
+	if _, err := logging.ParseLevel(o.LogLevel); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", env(EnvLogLevel), err))
 	}
-	if o.LogFormat != "text" && o.LogFormat != "json" {
-		errs = append(errs, fmt.Errorf("%s=%q: want text or json", env(EnvLogFormat), o.LogFormat))
+	if err := logging.CheckFormat(o.LogFormat); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", env(EnvLogFormat), err))
 	}
 	if err := o.NATS.Validate(); err != nil {
 		errs = append(errs, err)
@@ -183,29 +184,14 @@ func OptionsFromEnv(getenv func(string) string) (Options, error) {
 	return o, nil
 }
 
-func parseLevel(s string) (slog.Level, error) {
-	switch s {
-	case "debug":
-		return slog.LevelDebug, nil
-	case "info", "":
-		return slog.LevelInfo, nil
-	case "warn", "warning":
-		return slog.LevelWarn, nil
-	case "error":
-		return slog.LevelError, nil
-	}
-	return 0, fmt.Errorf("log level %q: want debug, info, warn or error", s)
-}
-
 // logger returns o.Logger or builds one on w from LogLevel and LogFormat.
 func (o Options) logger(w io.Writer) *slog.Logger {
 	if o.Logger != nil {
 		return o.Logger
 	}
-	level, _ := parseLevel(o.LogLevel) // validated
-	ho := &slog.HandlerOptions{Level: level}
-	if o.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, ho))
+	log, err := logging.New(w, o.LogFormat, o.LogLevel)
+	if err != nil { // Validate reports it; log at the defaults meanwhile
+		log, _ = logging.New(w, DefaultLogFormat, DefaultLogLevel)
 	}
-	return slog.New(slog.NewTextHandler(w, ho))
+	return log
 }

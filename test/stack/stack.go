@@ -10,13 +10,10 @@ package stack
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +25,7 @@ import (
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/gateway"
+	"github.com/wsbridge/wsbridge/internal/embedded"
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/demo"
 )
@@ -81,6 +79,15 @@ func DefaultOptions() Options {
 	}
 }
 
+// Timeouts of starting and stopping a stack.
+const (
+	// ProvisionTimeout bounds creating the streams and the bucket.
+	ProvisionTimeout = 15 * time.Second
+	// BridgeStopTimeout is what the bridge gets to drain in-flight pushes
+	// on Close.
+	BridgeStopTimeout = 30 * time.Second
+)
+
 // Stack is a running wsbridge.
 type Stack struct {
 	opts    Options
@@ -93,12 +100,11 @@ type Stack struct {
 	// Registry holds the bridge's metrics.
 	Registry *prometheus.Registry
 
-	natsURL  string
-	gwAddr   net.Addr
-	fns      *gateway.Functions
-	tmpDir   string
-	cancel   context.CancelFunc
-	served   chan error
+	natsURL string
+	gwAddr  net.Addr
+
+	// stops undo what Start did, run last first by Close.
+	stops    []func() error
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -115,7 +121,7 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Stack{opts: o, log: o.Logger, served: make(chan error, 1)}
+	s := &Stack{opts: o, log: o.Logger}
 	defer func() {
 		if err != nil {
 			_ = s.Close()
@@ -129,7 +135,7 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, ProvisionTimeout)
 	err = subjects.Provision(pctx, js, names, o.BridgeOptions.Streams)
 	cancel()
 	if err != nil {
@@ -144,9 +150,21 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	ln := closerFunc(ls.Close)
+	s.onClose(func() error { ls.Close(); return nil })
 	s.gwAddr = ls.WS.Addr()
 
+	if o.Demo {
+		s.Backend, err = demo.NewBackend(s.Conn, o.Prefix, s.log)
+		if err != nil {
+			return nil, err
+		}
+		s.onClose(func() error { s.Backend.Stop(); return nil })
+		// The backend lives until Close, not until the start context ends.
+		if err := s.Backend.Start(context.WithoutCancel(ctx)); err != nil {
+			return nil, err
+		}
+		o.Gateway.Fallback = demo.Page()
+	}
 	if o.Bridge {
 		bo := o.BridgeOptions
 		bo.Prefix = o.Prefix
@@ -154,43 +172,39 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		s.Registry = prometheus.NewRegistry()
 		b, err := bridge.New(bo, bridge.Deps{Conn: s.Conn, Logger: s.log, Registry: s.Registry})
 		if err != nil {
-			ln.Close()
 			return nil, err
 		}
 		s.Bridge = b
+		s.onClose(func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), BridgeStopTimeout)
+			defer cancel()
+			return b.Stop(ctx)
+		})
 		if err := b.Start(ctx); err != nil {
-			ln.Close()
 			return nil, err
 		}
-	}
-	if o.Demo {
-		s.Backend, err = demo.NewBackend(s.Conn, o.Prefix, s.log)
-		if err != nil {
-			ln.Close()
-			return nil, err
-		}
-		// The backend lives until Close, not until the start context ends.
-		if err := s.Backend.Start(context.WithoutCancel(ctx)); err != nil {
-			ln.Close()
-			return nil, err
-		}
-		o.Gateway.Fallback = demo.Page()
 	}
 	o.Gateway.Logger = s.log
 	s.Gateway, err = gateway.New(o.Gateway)
 	if err != nil {
-		ln.Close()
 		return nil, err
 	}
 	sctx, cancelServe := context.WithCancel(context.Background())
-	s.cancel = cancelServe
-	go func() { s.served <- s.Gateway.ServeAll(sctx, ls) }()
+	served := make(chan error, 1)
+	go func() { served <- s.Gateway.ServeAll(sctx, ls) }()
+	s.onClose(func() error {
+		err := s.Gateway.Close()
+		cancelServe()
+		if serr := <-served; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+			err = errors.Join(err, serr)
+		}
+		return err
+	})
 	return s, nil
 }
 
-type closerFunc func()
-
-func (f closerFunc) Close() { f() }
+// onClose adds a step to Close; steps run last first.
+func (s *Stack) onClose(stop func() error) { s.stops = append(s.stops, stop) }
 
 func (s *Stack) startNATS() error {
 	o := s.opts
@@ -201,35 +215,15 @@ func (s *Stack) startNATS() error {
 			return err
 		}
 		s.Conn, s.natsURL = nc, o.NATS.URL
+		s.onClose(func() error { _ = nc.Drain(); nc.Close(); return nil })
 		return nil
 	}
-	host, port, err := splitHostPort(o.NATSListen)
+	en, err := embedded.Start(embedded.Options{Listen: o.NATSListen, DataDir: o.DataDir, Name: o.NATS.Name})
 	if err != nil {
 		return err
 	}
-	dir := o.DataDir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "wsbridge-dev-"); err != nil {
-			return err
-		}
-		s.tmpDir = dir
-	} else if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	if port == 0 {
-		port = -1 // EmbeddedOptions reads 0 as the default port
-	}
-	srv, err := bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: host, Port: port, StoreDir: dir})
-	if err != nil {
-		return err
-	}
-	s.NATS = srv
-	s.natsURL = srv.ClientURL()
-	nc, err := nats.Connect(s.natsURL, nats.Name(o.NATS.Name), nats.MaxReconnects(-1))
-	if err != nil {
-		return fmt.Errorf("connect embedded nats: %w", err)
-	}
-	s.Conn = nc
+	s.onClose(func() error { _ = en.Close(); return nil })
+	s.NATS, s.Conn, s.natsURL = en.Server, en.Conn, en.URL()
 	return nil
 }
 
@@ -249,7 +243,7 @@ func (s *Stack) startFunctions(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.fns = fns
+	s.onClose(func() error { _ = fns.Close(); return nil })
 	fns.Apply(&o.Gateway)
 	return nil
 }
@@ -285,55 +279,17 @@ func (s *Stack) gatewayPath(p, def string) string {
 	return p
 }
 
-// Close stops everything in the order that loses nothing: the emulator first
-// (its connections' cleanups still reach the functions and NATS), then the
-// bridge (which drains in-flight pushes), the demo backend, the functions,
-// and NATS last. It is idempotent.
+// Close stops everything in the order that loses nothing, the reverse of
+// Start's: the emulator first (its connections' cleanups still reach the
+// functions and NATS), then the bridge (which drains in-flight pushes), the
+// demo backend, the functions, and NATS last. It is idempotent.
 func (s *Stack) Close() error {
 	s.stopOnce.Do(func() {
 		var errs []error
-		if s.Gateway != nil {
-			errs = append(errs, s.Gateway.Close())
-			s.cancel()
-			if err := <-s.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errs = append(errs, err)
-			}
-		}
-		if s.Bridge != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			errs = append(errs, s.Bridge.Stop(ctx))
-			cancel()
-		}
-		if s.Backend != nil {
-			s.Backend.Stop()
-		}
-		if s.fns != nil {
-			_ = s.fns.Close()
-		}
-		if s.Conn != nil {
-			_ = s.Conn.Drain()
-			s.Conn.Close()
-		}
-		if s.NATS != nil {
-			s.NATS.Shutdown()
-			s.NATS.WaitForShutdown()
-		}
-		if s.tmpDir != "" {
-			_ = os.RemoveAll(s.tmpDir)
+		for i := len(s.stops) - 1; i >= 0; i-- {
+			errs = append(errs, s.stops[i]())
 		}
 		s.stopErr = errors.Join(errs...)
 	})
 	return s.stopErr
-}
-
-func splitHostPort(addr string) (string, int, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", 0, fmt.Errorf("nats listen address %q: %w", addr, err)
-	}
-	var p int
-	if _, err := fmt.Sscanf(port, "%d", &p); err != nil || p < -1 || p > 65535 {
-		return "", 0, fmt.Errorf("nats listen address %q: bad port", addr)
-	}
-	return strings.TrimSpace(host), p, nil
 }

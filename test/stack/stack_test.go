@@ -1,0 +1,98 @@
+package stack
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// startTimeout bounds a stack's start; a safety net, not a speed check.
+const startTimeout = 60 * time.Second
+
+func testOptions(t *testing.T) Options {
+	o := DefaultOptions()
+	o.NATSListen = freeAddr(t)
+	o.Gateway.Addr = "127.0.0.1:0"
+	o.BridgeOptions.HTTPAddr = "127.0.0.1:0"
+	o.Demo = false
+	return o
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// free reports whether addr can be listened on again.
+func free(addr string) bool {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
+func TestStartAndClose(t *testing.T) {
+	o := testOptions(t)
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	st, err := Start(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(st.MetricsURL())
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("bridge metrics: %v %v", resp, err)
+	}
+	if resp != nil {
+		resp.Body.Close()
+	}
+	gw := st.gwAddr.String()
+	if err := st.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	for _, a := range []string{o.NATSListen, gw} {
+		if !free(a) {
+			t.Errorf("%s still bound after Close", a)
+		}
+	}
+	if !st.Conn.IsClosed() {
+		t.Error("NATS connection open after Close")
+	}
+}
+
+// TestStartFailsCleanly makes the last step (the bridge's HTTP listener)
+// fail: everything started before it is stopped again.
+func TestStartFailsCleanly(t *testing.T) {
+	o := testOptions(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	o.BridgeOptions.HTTPAddr = taken.Addr().String()
+	gw := freeAddr(t)
+	o.Gateway.Addr = gw
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if st, err := Start(ctx, o); err == nil {
+		st.Close()
+		t.Fatal("Start with the bridge's HTTP address taken succeeded")
+	}
+	for _, a := range []string{o.NATSListen, gw} {
+		if !free(a) {
+			t.Errorf("%s still bound after a failed Start", a)
+		}
+	}
+}
