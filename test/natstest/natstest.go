@@ -4,6 +4,7 @@
 package natstest
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -44,4 +45,17 @@ func Connect(t testing.TB, s *server.Server, opts ...nats.Option) *nats.Conn {
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// FreePort returns a loopback port free at the time of the call, for a
+// server that must be told its port before it starts (cluster routes, a
+// listen address checked before start).
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -4,8 +4,11 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 // startTimeout bounds a stack's start; a safety net, not a speed check.
@@ -21,13 +24,7 @@ func testOptions(t *testing.T) Options {
 }
 
 func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(natstest.FreePort(t)))
 }
 
 // free reports whether addr can be listened on again.
