@@ -214,6 +214,10 @@ func runBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	})
 }
 
+// tailBuffer is how many lines tail holds while it prints; past it the
+// subscription waits (and NATS counts the slow consumer).
+const tailBuffer = 256
+
 // tailLine is one line of `wsbridge tail --json`.
 type tailLine struct {
 	Subject string            `json:"subject"`
@@ -238,7 +242,17 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer nc.Close()
 	n := c.Names()
-	lines := make(chan tailLine, 256)
+	lines := make(chan tailLine, tailBuffer)
+	// A handler blocked on a full lines gives up when tail returns, even
+	// when the caller's ctx lives on (tail run in process).
+	hctx, stopHandlers := context.WithCancel(ctx)
+	var subs []*nats.Subscription
+	defer func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+		stopHandlers()
+	}()
 	handle := func(m *nats.Msg) {
 		l := tailLine{Subject: m.Subject, Headers: map[string]string{}}
 		for k := range m.Header {
@@ -256,24 +270,24 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		select {
 		case lines <- l:
-		case <-ctx.Done():
+		case <-hctx.Done():
 		}
 	}
-	subs := []string{n.Inbound()}
+	filters := []string{n.Inbound()}
 	if *dlq {
-		subs = append(subs, n.DeadLetters())
+		filters = append(filters, n.DeadLetters())
 	}
-	for _, s := range subs {
-		sub, err := nc.Subscribe(s, handle)
+	for _, f := range filters {
+		sub, err := nc.Subscribe(f, handle)
 		if err != nil {
 			return fail(stderr, "tail", err)
 		}
-		defer sub.Unsubscribe()
+		subs = append(subs, sub)
 	}
 	if err := nc.Flush(); err != nil {
 		return fail(stderr, "tail", err)
 	}
-	fmt.Fprintf(stderr, "listening on %s\n", strings.Join(subs, " "))
+	fmt.Fprintf(stderr, "listening on %s\n", strings.Join(filters, " "))
 	enc := json.NewEncoder(stdout)
 	for printed := 0; *count == 0 || printed < *count; printed++ {
 		select {

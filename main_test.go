@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -180,4 +183,101 @@ func TestTail(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// waitTimeout bounds a wait in these tests; a safety net against hangs, not
+// a speed check.
+const waitTimeout = 30 * time.Second
+
+// tailHandler names runTail's message handler in a goroutine dump.
+const tailHandler = "wsbridge.runTail.func"
+
+// TestTailCountStopsSubscription runs tail in process with a context that
+// outlives it and returns while its handler is blocked on a full buffer with
+// more messages behind: no handler of it may be left once it has returned.
+func TestTailCountStopsSubscription(t *testing.T) {
+	s, _ := startTestNATS(t)
+	t.Setenv("WSBRIDGE_NATS_URL", s.ClientURL())
+	nc := natstest.Connect(t, s)
+	tok := subjects.Token("c1")
+	// The second line's write waits until the handler is blocked again.
+	out := &gatedWriter{open: 1, gate: make(chan struct{})}
+	var errb bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(context.Background(), []string{"tail", "--count", "2"}, out, &errb) }()
+	waitStacks(t, "tail's handler blocked on its full buffer", func(gs []string) bool {
+		if handlerBlocked(gs) {
+			return true
+		}
+		_ = nc.Publish("ws.in.message."+tok, []byte("hi"))
+		return false
+	})
+	for range 2 * tailBuffer {
+		_ = nc.Publish("ws.in.message."+tok, []byte("hi"))
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitStacks(t, "tail printing its last line, its handler blocked", func(gs []string) bool {
+		return handlerBlocked(gs) && slices.ContainsFunc(gs, func(g string) bool { return strings.Contains(g, "gatedWriter") })
+	})
+	close(out.gate)
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("tail: exit %d: %s", code, errb.String())
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("tail --count 2 did not return")
+	}
+	waitStacks(t, "tail's handler to end", func(gs []string) bool {
+		return !slices.ContainsFunc(gs, func(g string) bool { return strings.Contains(g, tailHandler) })
+	})
+}
+
+// handlerBlocked reports tail's handler waiting to hand a line over.
+func handlerBlocked(gs []string) bool {
+	return slices.ContainsFunc(gs, func(g string) bool {
+		return strings.Contains(g, tailHandler) && strings.Contains(g, "[select")
+	})
+}
+
+// waitStacks polls the goroutine dump, one string per goroutine, until cond
+// holds of it.
+func waitStacks(t *testing.T, what string, cond func(goroutines []string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		buf := make([]byte, 4<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if cond(strings.Split(stacks, "\n\n")) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s:\n%s", what, stacks)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// gatedWriter lets the first open writes through and holds the others
+// until gate is closed.
+type gatedWriter struct {
+	open int
+	gate chan struct{}
+	mu   sync.Mutex
+	buf  bytes.Buffer
+}
+
+func (w *gatedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	pass := w.open > 0
+	w.open--
+	w.mu.Unlock()
+	if !pass {
+		<-w.gate
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
 }
