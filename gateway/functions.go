@@ -14,6 +14,10 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
+// functionStartTimeout bounds starting one function binary, until it
+// answers Function.Ping.
+const functionStartTimeout = 20 * time.Second
+
 // FunctionsOptions say how to run the three function roles a gateway
 // invokes.
 type FunctionsOptions struct {
@@ -64,7 +68,7 @@ func StartFunctions(ctx context.Context, o FunctionsOptions) (_ *Functions, err 
 	}
 	env := functionEnv(o.Functions)
 	start := func(path string) (*RPCInvoker, error) {
-		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		sctx, cancel := context.WithTimeout(ctx, functionStartTimeout)
 		defer cancel()
 		inv, err := StartBinary(sctx, path, env)
 		if err != nil {
