@@ -19,6 +19,7 @@ import (
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/gateway"
 	"github.com/wsbridge/wsbridge/internal/logging"
+	"github.com/wsbridge/wsbridge/metrics"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -183,6 +184,8 @@ func serveGateway(ctx context.Context, c *gatewayConfig, ls *gateway.Listeners, 
 	defer func() { _ = fns.Close() }()
 	fns.Apply(&c.gw)
 	c.gw.NATS, c.gw.Logger = nc, log
+	reg := metrics.NewProcessRegistry()
+	c.gw.Registerer, c.gw.Gatherer = reg, reg
 	g, err := gateway.New(c.gw)
 	if err != nil {
 		ls.Close()

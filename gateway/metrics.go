@@ -5,7 +5,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -38,7 +37,7 @@ const (
 )
 
 type gwMetrics struct {
-	reg             *prometheus.Registry
+	gatherer        prometheus.Gatherer
 	connections     prometheus.GaugeFunc
 	connects        *prometheus.CounterVec
 	frames          *prometheus.CounterVec
@@ -52,7 +51,12 @@ type gwMetrics struct {
 
 func newMetrics(g *Gateway) *gwMetrics {
 	const ns, sub = "wsbridge", "gateway"
-	m := &gwMetrics{reg: prometheus.NewRegistry()}
+	reg, gatherer := g.opts.Registerer, g.opts.Gatherer
+	if reg == nil {
+		own := prometheus.NewRegistry()
+		reg, gatherer = own, own
+	}
+	m := &gwMetrics{gatherer: gatherer}
 	m.connections = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections",
 		Help: "Open WebSocket connections."}, func() float64 { return float64(g.stats.open.Load()) })
 	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connects_total",
@@ -75,8 +79,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
-	m.reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.invocations, m.disconnects, m.listenerRefused, natsUp,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.invocations, m.disconnects, m.listenerRefused, natsUp)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)
@@ -95,8 +98,8 @@ func newMetrics(g *Gateway) *gwMetrics {
 }
 
 func (m *gwMetrics) handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	return promhttp.HandlerFor(m.gatherer, promhttp.HandlerOpts{})
 }
 
-// Registry returns the registry of the gateway's metrics.
-func (g *Gateway) Registry() *prometheus.Registry { return g.m.reg }
+// Gatherer returns what the gateway's /metrics serves.
+func (g *Gateway) Gatherer() prometheus.Gatherer { return g.m.gatherer }

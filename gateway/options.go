@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/subjects"
@@ -160,6 +161,13 @@ type Options struct {
 
 	// Logger receives connection and push events; nil discards them.
 	Logger *slog.Logger
+
+	// Registerer receives the gateway's metrics (wsbridge_gateway_*) and
+	// Gatherer is what /metrics serves; both nil gives the gateway a
+	// registry of its own. Only the gateway's instruments are registered:
+	// the Go and process collectors are added by the registry's owner.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
 }
 
 // DefaultOptions returns Options with every default filled in and no
@@ -212,6 +220,9 @@ func (o Options) Validate() error {
 	}
 	if o.WSPath == o.PushPath {
 		errs = append(errs, fmt.Errorf("gateway: WSPath and PushPath are both %q", o.WSPath))
+	}
+	if (o.Registerer == nil) != (o.Gatherer == nil) {
+		errs = append(errs, errors.New("gateway: Registerer and Gatherer go together (both nil: a registry of the gateway's own)"))
 	}
 	for _, d := range []struct {
 		name string

@@ -26,6 +26,7 @@ import (
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/gateway"
 	"github.com/wsbridge/wsbridge/internal/embedded"
+	"github.com/wsbridge/wsbridge/metrics"
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/demo"
 )
@@ -185,6 +186,11 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		}
 	}
 	o.Gateway.Logger = s.log
+	if o.Gateway.Registerer == nil && o.Gateway.Gatherer == nil {
+		// The emulator's registry is its own, as in a process of its own.
+		reg := metrics.NewProcessRegistry()
+		o.Gateway.Registerer, o.Gateway.Gatherer = reg, reg
+	}
 	s.Gateway, err = gateway.New(o.Gateway)
 	if err != nil {
 		return nil, err
