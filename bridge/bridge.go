@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -12,11 +13,11 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,10 +28,10 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
-// pullExpiry is the lifetime of the consumer's pull requests. Short, because
-// a stopped or dead instance's requests linger at the server until they
-// expire, and redeliveries made meanwhile can lose their order (see stop).
-const pullExpiry = 2 * time.Second
+// pullExpiry is the lifetime of the consumers' pull requests. Short, because
+// a stopped instance's requests linger at the server until they expire, and
+// a hand-off waits them out before it NAKs (see part.stop).
+const pullExpiry = time.Second
 
 // bigRegistry is the index size from which the memory used to load it is
 // handed back to the OS at once (see watch).
@@ -54,8 +55,6 @@ type Bridge struct {
 	pusher *pusher
 
 	kv   jetstream.KeyValue
-	cons jetstream.Consumer
-	cc   jetstream.ConsumeContext
 	idx  *index
 	subs []*nats.Subscription
 
@@ -66,19 +65,21 @@ type Bridge struct {
 	refreshMu  sync.Mutex
 	refreshing map[string]struct{}
 
-	mu    sync.Mutex
-	lanes map[string]*lane
-	held  map[uint64]*delivery
+	// Partitioned work (see ownership.go, partition.go): this instance's
+	// id in the leases, the base of monotonic fence times, the lease
+	// keeper and the partitions held.
+	id    string
+	epoch time.Time
+	own   *owner
+	pm    *metrics.Partitions
 	ready *readyQueue
-	// giveBack collects the messages to NAK when stopping; gaveBack is set
-	// once they were.
-	giveBack []jetstream.Msg
-	gaveBack bool
+	pmu   sync.Mutex
+	parts map[int]*part
 
 	started   atomic.Bool
 	stopping  atomic.Bool
 	synced    atomic.Bool
-	consuming atomic.Bool
+	consuming atomic.Bool        // the lease keeper runs
 	stopCh    chan struct{}      // closed when Stop begins
 	quit      chan struct{}      // closed when workers and loops must exit
 	bgCtx     context.Context    // background loops (KV watch, sampler)
@@ -145,9 +146,11 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		pushes: newPushCounters(m),
 		pusher: p,
 		idx:    newIndex(),
-		lanes:  map[string]*lane{},
-		held:   map[uint64]*delivery{},
 		ready:  newReadyQueue(),
+		id:     o.ID,
+		epoch:  time.Now(),
+		pm:     metrics.NewPartitions(reg),
+		parts:  map[int]*part{},
 
 		refreshCh:  make(chan string, refreshQueue),
 		refreshing: map[string]struct{}{},
@@ -237,24 +240,23 @@ func (b *Bridge) Start(ctx context.Context) error {
 	}
 	b.subs = append(b.subs, sub)
 
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, b.names.StreamOut(), jetstream.ConsumerConfig{
-		Durable:       b.names.Consumer(),
-		Description:   "wsbridge bridges: reverse pushes",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       b.opts.AckWait,
-		MaxAckPending: b.opts.MaxAckPending,
-		// Unlimited at the server: the bridge counts deliveries itself and
-		// dead-letters, because a server-side MaxDeliver leaves the message
-		// in the stream with only an advisory as trace.
-		MaxDeliver:    -1,
-		FilterSubject: b.names.Outbound(),
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		Replicas:      b.opts.Streams.Replicas,
-	})
+	lkv, err := b.js.CreateOrUpdateKeyValue(ctx, leaseBucketConfig(b.names, b.opts))
 	if err != nil {
-		return fmt.Errorf("consumer %s on %s: %w", b.names.Consumer(), b.names.StreamOut(), err)
+		return fmt.Errorf("lease bucket %s: %w", b.names.Leases(), err)
 	}
-	b.cons = cons
+	b.own = newOwner(b, lkv)
+	lw, err := lkv.WatchAll(b.bgCtx)
+	if err != nil {
+		return fmt.Errorf("watch lease bucket %s: %w", b.names.Leases(), err)
+	}
+	leasesSeen := make(chan struct{})
+	b.wg.Add(1)
+	go b.own.watch(lw, leasesSeen)
+	select {
+	case <-leasesSeen:
+	case <-ctx.Done():
+		return fmt.Errorf("load leases: %w", ctx.Err())
+	}
 	for i := 0; i < b.opts.Concurrency; i++ {
 		b.wg.Add(1)
 		go b.worker()
@@ -263,23 +265,66 @@ func (b *Bridge) Start(ctx context.Context) error {
 	go b.keepAlive()
 	go b.sample()
 	go b.refresher()
-	batch := min(b.opts.MaxAckPending, 1000)
-	cc, err := cons.Consume(b.handle,
-		jetstream.PullMaxMessages(batch),
-		jetstream.PullExpiry(pullExpiry),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if b.stopping.Load() {
-				return
-			}
-			b.log.Warn("consume", "err", err)
-		}))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", b.names.Consumer(), err)
+	first := make(chan struct{})
+	b.wg.Add(1)
+	go b.own.run(first)
+	select {
+	case <-first:
+	case <-ctx.Done():
+		return fmt.Errorf("first lease round: %w", ctx.Err())
 	}
-	b.cc = cc
 	b.consuming.Store(true)
-	b.log.Info("consuming", "stream", b.names.StreamOut(), "consumer", b.names.Consumer())
+	owned, _ := b.own.status()
+	b.log.Info("consuming", "stream", b.names.StreamOut(), "partitions", b.opts.Partitions, "owned", owned, "id", b.id)
 	return nil
+}
+
+// since is the time since the bridge was built, from the monotonic clock:
+// the unit of partition fences.
+func (b *Bridge) since() int64 { return int64(time.Since(b.epoch)) }
+
+// partAckPending is how many messages one partition may hold.
+func (b *Bridge) partAckPending() int {
+	return max(1, (b.opts.MaxAckPending+b.opts.Partitions-1)/b.opts.Partitions)
+}
+
+func (b *Bridge) addPart(p *part) {
+	b.pmu.Lock()
+	b.parts[p.n] = p
+	b.pmu.Unlock()
+}
+
+func (b *Bridge) removePart(p *part) {
+	b.pmu.Lock()
+	if b.parts[p.n] == p {
+		delete(b.parts, p.n)
+	}
+	b.pmu.Unlock()
+	b.pm.Backlog.DeleteLabelValues(strconv.Itoa(p.n))
+}
+
+// ownedParts returns the partitions held, in partition order.
+func (b *Bridge) ownedParts() []*part {
+	b.pmu.Lock()
+	out := make([]*part, 0, len(b.parts))
+	for _, p := range b.parts {
+		out = append(out, p)
+	}
+	b.pmu.Unlock()
+	slices.SortFunc(out, func(x, y *part) int { return cmp.Compare(x.n, y.n) })
+	return out
+}
+
+// ID is this instance's name in the partition leases.
+func (b *Bridge) ID() string { return b.id }
+
+// Owned returns the partitions this bridge holds, in order.
+func (b *Bridge) Owned() []int {
+	var out []int
+	for _, p := range b.ownedParts() {
+		out = append(out, p.n)
+	}
+	return out
 }
 
 // Ready reports why the bridge cannot do its work, or nil: NATS connected,
@@ -292,13 +337,11 @@ func (b *Bridge) Ready() error {
 		return fmt.Errorf("nats not connected (%s)", b.nc.Status())
 	case !b.synced.Load():
 		return errors.New("registry index not loaded")
-	case !b.consuming.Load() || b.cc == nil:
-		return errors.New("consumer not running")
+	case !b.consuming.Load():
+		return errors.New("not consuming")
 	}
-	select {
-	case <-b.cc.Closed():
-		return errors.New("consumer closed")
-	default:
+	if owned, age := b.own.status(); owned == 0 && (age < 0 || age > b.opts.LeaseTTL) {
+		return errors.New("owns no partition and cannot renew its membership in NATS")
 	}
 	return nil
 }
@@ -316,64 +359,36 @@ func (b *Bridge) Stop(ctx context.Context) error {
 }
 
 func (b *Bridge) stop(ctx context.Context) error {
-	// Under b.mu: handle checks stopping and registers the message as held
-	// in one critical section, so waitHeld below cannot miss a message
-	// handle let through.
-	b.mu.Lock()
 	b.stopping.Store(true)
-	b.mu.Unlock()
 	close(b.stopCh)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, b.opts.ShutdownTimeout)
 	defer cancel()
-	if b.cc != nil {
-		// Drain: no more pulls; buffered messages reach handle, which
-		// keeps them to NAK in order at the end, so another instance gets
-		// them without waiting for the ack wait.
-		b.cc.Drain()
-	}
-	b.consuming.Store(false)
 	for _, s := range b.subs {
 		_ = s.Unsubscribe()
 	}
-	// Workers abandon lanes they pick up; in-flight pushes finish.
-	drained := b.waitHeld(ctx)
-	if !drained {
-		b.log.Warn("shutdown timeout: cancelling in-flight pushes", "held", b.heldCount())
-		b.cancel()
-		wait, c2 := context.WithTimeout(context.Background(), 5*time.Second)
-		drained = b.waitHeld(wait)
-		c2()
-	}
-	b.cancel()
-	close(b.quit)
-	b.bgCancel()
-	b.wg.Wait()
-	if b.cc != nil {
-		// Drain ends once the buffered messages went through handle.
-		select {
-		case <-b.cc.Closed():
-		case <-time.After(2 * time.Second):
-			b.cc.Stop()
-		}
-	}
-	if b.giveBackCount() > 0 {
-		// The server keeps this instance's pull requests until they expire
-		// and, while it has any, a NAKed message it pops for one goes to
-		// the back of its redelivery queue: wait them out so the NAKs
-		// below are redelivered in stream order.
-		select {
-		case <-time.After(pullExpiry + 250*time.Millisecond):
-		case <-ctx.Done():
-		}
-	}
-	if n := b.giveBackAll(); n > 0 {
-		b.log.Info("handed messages back to JetStream", "count", n)
-	}
 	var errs []error
-	if !drained {
-		errs = append(errs, fmt.Errorf("stop: %d messages still held; JetStream redelivers them after the ack wait", b.heldCount()))
+	if b.own != nil && b.consuming.Load() {
+		// Hand every partition off: in-flight pushes finish, the rest is
+		// NAKed in stream order, the leases are released for the others.
+		if err := b.own.leave(ctx); err != nil {
+			b.log.Warn("shutdown timeout: cancelling in-flight pushes", "err", err)
+			b.cancel()
+			wait, c2 := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := b.own.leave(wait); err != nil {
+				errs = append(errs, fmt.Errorf("%w; JetStream redelivers their messages after the ack wait", err))
+			}
+			c2()
+		}
 	}
+	b.consuming.Store(false)
+	b.cancel()
+	b.bgCancel()
+	if b.own != nil {
+		b.own.leaves.Wait()
+	}
+	close(b.quit)
+	b.wg.Wait()
 	// Acks and NAKs are fire-and-forget publishes: make sure they left.
 	if b.nc.IsConnected() {
 		if err := b.nc.FlushTimeout(2 * time.Second); err != nil {
@@ -391,120 +406,11 @@ func (b *Bridge) stop(ctx context.Context) error {
 }
 
 func (b *Bridge) heldCount() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.held)
-}
-
-// waitHeld waits until no message is held or ctx ends; it reports whether
-// everything was settled.
-func (b *Bridge) waitHeld(ctx context.Context) bool {
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if b.heldCount() == 0 {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return b.heldCount() == 0
-		case <-t.C:
-		}
+	n := 0
+	for _, p := range b.ownedParts() {
+		n += p.heldCount()
 	}
-}
-
-// handle receives each outbound message from the consumer (one goroutine,
-// in delivery order) and queues its pushes.
-func (b *Bridge) handle(m jetstream.Msg) {
-	meta, metaErr := m.Metadata()
-	// The stopping check and the insert into held are one critical section
-	// (stop sets stopping under b.mu too): otherwise stop's waitHeld could
-	// see nothing held between them and finish while this message is
-	// queued with no worker left to settle it.
-	b.mu.Lock()
-	if b.stopping.Load() {
-		if !b.gaveBack {
-			b.giveBack = append(b.giveBack, m)
-			b.mu.Unlock()
-			return
-		}
-		b.mu.Unlock()
-		_ = m.Nak()
-		return
-	}
-	if metaErr != nil {
-		b.mu.Unlock()
-		// Not a JetStream message: nothing to ack, nothing to redeliver.
-		b.log.Error("outbound message without metadata", "err", metaErr)
-		return
-	}
-	d := &delivery{msg: m, seq: meta.Sequence.Stream, stamp: meta.Timestamp, touched: time.Now()}
-	if _, dup := b.held[d.seq]; dup {
-		// Redelivered while still held (the ack wait ran out under a long
-		// push); the held copy will be acked.
-		b.mu.Unlock()
-		return
-	}
-	b.held[d.seq] = d
-	b.mu.Unlock()
-
-	subj, err := b.names.Parse(m.Subject())
-	if err != nil || subj.Dir != subjects.Out {
-		if err == nil {
-			err = fmt.Errorf("%w: not an outbound subject", subjects.ErrBadSubject)
-		}
-		b.reject(d, subjects.KindInvalid, "", metrics.ReasonInvalid, err, 0)
-		return
-	}
-	d.kind = subj.Kind
-	if meta.NumDelivered > uint64(b.opts.MaxDeliver) {
-		b.reject(d, subj.Kind, subj.Token, metrics.ReasonRetries,
-			fmt.Errorf("delivered %d times without an outcome (max deliver %d)", meta.NumDelivered, b.opts.MaxDeliver), int(meta.NumDelivered))
-		return
-	}
-	d.body = m.Data()
-	if subj.Kind != subjects.KindClose {
-		switch dt := m.Headers().Get(subjects.HeaderDataType); dt {
-		case "", subjects.DataText:
-			if !utf8.Valid(d.body) {
-				b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-					errors.New("text payload is not valid UTF-8 (send it with Ws-Data-Type: binary)"), 0)
-				return
-			}
-		case subjects.DataBinary:
-			d.binary = true
-		default:
-			b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-				fmt.Errorf("unknown %s %q (want text or binary)", subjects.HeaderDataType, clipString(dt, 32)), 0)
-			return
-		}
-	}
-	var tokens []string
-	switch subj.Kind {
-	case subjects.KindSend, subjects.KindClose:
-		// The common case: one item, carried by the delivery itself.
-		d.remaining.Store(1)
-		d.one = item{d: d, token: subj.Token, close: subj.Kind == subjects.KindClose}
-		b.enqueue(&d.one)
-		return
-	case subjects.KindBroadcast:
-		tokens = b.idx.all(parseExclude(m.Headers().Get(subjects.HeaderExclude)))
-	case subjects.KindGroup:
-		tokens = b.idx.group(subj.Name, parseExclude(m.Headers().Get(subjects.HeaderExclude)))
-	case subjects.KindUser:
-		tokens = b.idx.user(subj.Name, parseExclude(m.Headers().Get(subjects.HeaderExclude)))
-	}
-	if len(tokens) == 0 {
-		b.log.Debug("fan-out to no connection", "subject_kind", subj.Kind)
-		d.remaining.Store(1)
-		b.settle(d)
-		return
-	}
-	d.remaining.Store(int64(len(tokens)))
-	d.shareTail()
-	for _, t := range tokens {
-		b.enqueue(&item{d: d, token: t})
-	}
+	return n
 }
 
 // reject dead-letters a whole message that will never be pushed.
@@ -544,7 +450,12 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	it.attempts++
 	b.m.InFlight.Inc()
 	start := time.Now()
-	o := b.pusher.push(b.pushCtx, it.payload, it.d.tail)
+	// A push never outlives the partition's fence: past it, the lease
+	// may be another bridge's.
+	ctx, cancel := context.WithDeadline(b.pushCtx, d.part.deadline())
+	o := b.pusher.push(ctx, it.payload, it.d.tail)
+	fenced := ctx.Err() != nil
+	cancel()
 	done := time.Now()
 	b.m.InFlight.Dec()
 	b.m.PushDuration.Observe(done.Sub(start).Seconds())
@@ -552,6 +463,16 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	if b.pushCtx.Err() != nil && o.Class != OK {
 		// Cut short by shutdown: neither the message's nor the gateway's fault.
 		return abandon, 0
+	}
+	if fenced && o.Class != OK {
+		// Cut at the fence: not an attempt; the lane waits for the
+		// renewal or the partition's drop.
+		it.attempts--
+		b.pm.Fenced.Inc()
+		return retry, fenceRecheck
+	}
+	if d.redelivered && o.Class == OK {
+		b.pm.Duplicates.Inc()
 	}
 	dec := Decide(o, it.attempts, b.policy, rand.Float64())
 	switch dec.Action {
@@ -711,7 +632,7 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 	h.Set(subjects.HeaderError, errText)
 	h.Set(subjects.HeaderAttempts, strconv.Itoa(attempts))
 	h.Set(subjects.HeaderStatus, strconv.Itoa(o.Status))
-	h.Set(subjects.HeaderSubject, d.msg.Subject())
+	h.Set(subjects.HeaderSubject, d.orig)
 	h.Set(subjects.HeaderReason, reason)
 	h.Set(subjects.HeaderMsgID, "dlq-"+strconv.FormatUint(d.seq, 10)+"-"+token)
 	if token != "" {
@@ -845,7 +766,7 @@ func (b *Bridge) countInbound(m *nats.Msg) {
 }
 
 // sample refreshes the gauges that come from elsewhere: NATS state,
-// reconnects and the consumer's backlog.
+// reconnects and the owned partitions' backlog.
 func (b *Bridge) sample() {
 	defer b.wg.Done()
 	t := time.NewTicker(2 * time.Second)
@@ -860,13 +781,25 @@ func (b *Bridge) sample() {
 			b.m.NATSReconnects.Add(float64(r - b.lastRecon))
 			b.lastRecon = r
 		}
-		if b.cons != nil && connected == 1 {
-			ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
-			if info, err := b.cons.Info(ctx); err == nil {
-				b.m.ConsumerPending.Set(float64(info.NumPending))
-				b.m.AckPending.Set(float64(info.NumAckPending))
+		if connected == 1 {
+			// The owned partitions' consumers: the backlog and what is
+			// held is this bridge's share.
+			var pending, ackPending uint64
+			for _, p := range b.ownedParts() {
+				cons := p.consumer()
+				if cons == nil {
+					continue
+				}
+				ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
+				if info, err := cons.Info(ctx); err == nil {
+					pending += info.NumPending
+					ackPending += uint64(info.NumAckPending)
+					b.pm.Backlog.WithLabelValues(strconv.Itoa(p.n)).Set(float64(info.NumPending))
+				}
+				cancel()
 			}
-			cancel()
+			b.m.ConsumerPending.Set(float64(pending))
+			b.m.AckPending.Set(float64(ackPending))
 		}
 		select {
 		case <-b.quit:

@@ -295,3 +295,21 @@ func (e *env) streamEmpty() bool {
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// outPending is the number of outbound messages not yet delivered to a
+// bridge, over every partition's consumer.
+func (e *env) outPending() (uint64, error) {
+	var n uint64
+	for p := 0; p < subjects.DefaultPartitions; p++ {
+		cons, err := e.js.Consumer(context.Background(), e.names.StreamOut(), e.names.PartitionConsumer(p))
+		if err != nil {
+			return 0, err
+		}
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			return 0, err
+		}
+		n += info.NumPending
+	}
+	return n, nil
+}

@@ -17,7 +17,7 @@ import (
 // connections between partitions of a stream that holds their messages.
 func TestPartitionGolden(t *testing.T) {
 	tests := []struct {
-		token           string
+		token          string
 		p32, p7, p1024 int
 	}{
 		{"", 5, 2, 453},
