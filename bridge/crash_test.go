@@ -130,6 +130,9 @@ func TestCrashLosesNothing(t *testing.T) {
 			}
 			next++
 		}
+		if !ordered && c == 0 {
+			t.Logf("pushes of %s: %v\nfirst bridge:\n%s\nsecond bridge:\n%s", id, e.tg.of(id), out1, out2)
+		}
 		if len(seen) != per {
 			t.Errorf("%s: %d distinct messages, want %d (lost %d)", id, len(seen), per, per-len(seen))
 		}

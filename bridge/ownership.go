@@ -3,10 +3,11 @@ package bridge
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"os"
 	"strconv"
@@ -142,12 +143,17 @@ func (o *owner) watch(w jetstream.KeyWatcher, synced chan<- struct{}) {
 				}
 				continue
 			}
+			gone := e.Operation() != jetstream.KeyValuePut
 			o.mu.Lock()
-			o.seen[e.Key()] = seenKey{rev: e.Revision(), value: string(e.Value()),
-				gone: e.Operation() != jetstream.KeyValuePut, at: time.Now()}
+			prev, known := o.seen[e.Key()]
+			o.seen[e.Key()] = seenKey{rev: e.Revision(), value: string(e.Value()), gone: gone, at: time.Now()}
 			o.mu.Unlock()
-			if e.Operation() != jetstream.KeyValuePut || strings.HasPrefix(e.Key(), "m.") {
-				o.poke() // a release or a member change: look again now
+			// A release, or a member that appears or leaves: look again
+			// now rather than at the next tick. Not on renewals, which
+			// every bridge makes every tick.
+			member := strings.HasPrefix(e.Key(), "m.")
+			if gone && !prev.gone || member && (!known || prev.gone) && !gone {
+				o.poke()
 			}
 		}
 	}
@@ -291,11 +297,11 @@ func rendezvous(p int, members []string) string {
 	var best string
 	var bestH uint64
 	for _, m := range members {
-		h := fnv.New64a()
-		_, _ = h.Write([]byte(m))
-		_, _ = h.Write([]byte{0})
-		_, _ = h.Write([]byte(strconv.Itoa(p)))
-		if v := h.Sum64(); best == "" || v > bestH || v == bestH && m > best {
+		// SHA-256, not FNV: FNV of names that differ in a few bytes,
+		// followed by the same partition bytes, orders the same way for
+		// most partitions, and one member would win nearly all.
+		sum := sha256.Sum256([]byte(m + "/" + strconv.Itoa(p)))
+		if v := binary.BigEndian.Uint64(sum[:8]); best == "" || v > bestH || v == bestH && m > best {
 			best, bestH = m, v
 		}
 	}
@@ -353,33 +359,36 @@ func (o *owner) take(ctx context.Context, p int) {
 func (o *owner) start(pt *part, clean bool, prev string) {
 	b := o.b
 	begin := time.Now()
-	ctx, cancel := context.WithTimeout(b.bgCtx, 10*time.Second)
-	defer cancel()
 	waited := time.Duration(0)
-	if !clean {
-		info, err := b.js.Consumer(ctx, b.names.StreamOut(), b.names.PartitionConsumer(pt.n))
-		pending := 1
-		if err == nil {
-			if ci, err := info.Info(ctx); err == nil {
-				pending = ci.NumAckPending
-			}
+	// Messages still held by the previous owner (-1: unknown).
+	pending := -1
+	ictx, icancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+	if cons, err := b.js.Consumer(ictx, b.names.StreamOut(), b.names.PartitionConsumer(pt.n)); err == nil {
+		if ci, err := cons.Info(ictx); err == nil {
+			pending = ci.NumAckPending
 		}
-		if pending > 0 {
-			// The previous owner's messages expire within AckWait of its
-			// fence; then the server redelivers them first, in order.
-			select {
-			case <-time.After(b.opts.AckWait + 250*time.Millisecond):
-			case <-pt.quit:
-				return
-			case <-b.bgCtx.Done():
-				return
-			}
-			waited = time.Since(begin)
+	}
+	icancel()
+	if !clean && pending != 0 {
+		// The previous owner's messages expire within AckWait of its
+		// fence; then the server delivers them before anything newer.
+		select {
+		case <-time.After(b.opts.AckWait + 250*time.Millisecond):
+		case <-pt.quit:
+			return
+		case <-b.bgCtx.Done():
+			return
 		}
+		waited = time.Since(begin)
+	}
+	if pending > 0 {
+		pt.collectFirst(pending, b.opts.AckWait+2*time.Second)
 	}
 	if pt.stopping.Load() {
 		return
 	}
+	ctx, cancel := context.WithTimeout(b.bgCtx, 10*time.Second)
+	defer cancel()
 	if err := pt.consume(ctx); err != nil {
 		b.log.Error("partition not started", "partition", pt.n, "err", err)
 		pt.broken.Store(true)

@@ -48,6 +48,13 @@ type part struct {
 	gaveBack bool
 	quit     chan struct{} // closed when stop begins: lanes waiting for a retry wake up
 	quitOnce sync.Once
+
+	// What the previous owner left (see collect): the number of messages
+	// still to collect and those collected, handled in stream order once
+	// all came. Guarded by rmu, which handle holds while it hands them on.
+	rmu     sync.Mutex
+	collect int
+	early   []jetstream.Msg
 }
 
 func newPart(b *Bridge, n int) *part {
@@ -102,9 +109,56 @@ func (p *part) consume(ctx context.Context) error {
 	return nil
 }
 
+// collectFirst makes the partition collect the first n messages it is
+// delivered and handle them in stream order, or what came of them after
+// wait. Those are what the previous owner held (the server delivers them
+// before anything newer), redelivered in the order their ack deadlines ran
+// out, which is not always stream order: a message the previous owner held
+// past a late extension was redelivered to it and got a later deadline.
+func (p *part) collectFirst(n int, wait time.Duration) {
+	p.rmu.Lock()
+	p.collect = n
+	p.rmu.Unlock()
+	go func() {
+		select {
+		case <-time.After(wait):
+		case <-p.quit:
+		}
+		p.rmu.Lock()
+		defer p.rmu.Unlock()
+		if p.collect > 0 {
+			p.b.log.Warn("partition: fewer messages came back than the previous owner held; going on", "partition", p.n, "missing", p.collect)
+			p.flush()
+		}
+	}()
+}
+
+// flush hands the collected messages on in stream order; under rmu.
+func (p *part) flush() {
+	msgs := p.early
+	p.early, p.collect = nil, 0
+	slices.SortFunc(msgs, func(x, y jetstream.Msg) int { return cmp.Compare(streamSeq(x), streamSeq(y)) })
+	for _, m := range msgs {
+		p.handleOne(m)
+	}
+}
+
 // handle receives each message of the partition (one goroutine, in delivery
 // order) and queues its pushes.
 func (p *part) handle(m jetstream.Msg) {
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
+	if p.collect > 0 {
+		p.early = append(p.early, m)
+		if len(p.early) >= p.collect {
+			p.flush()
+		}
+		return
+	}
+	p.handleOne(m)
+}
+
+func (p *part) handleOne(m jetstream.Msg) {
 	b := p.b
 	meta, metaErr := m.Metadata()
 	// The stopping check and the insert into held are one critical section
