@@ -340,8 +340,10 @@ func (b *Bridge) Ready() error {
 	case !b.consuming.Load():
 		return errors.New("not consuming")
 	}
-	if owned, age := b.own.status(); owned == 0 && (age < 0 || age > b.opts.LeaseTTL) {
-		return errors.New("owns no partition and cannot renew its membership in NATS")
+	// Past three quarters of the lease without a renewal the bridge has
+	// fenced itself: whatever it owned is being given up.
+	if owned, age := b.own.status(); age < 0 || age > b.opts.LeaseTTL*3/4 {
+		return fmt.Errorf("cannot renew its membership in NATS (last renewal %v ago; %d partitions still held)", age.Round(time.Millisecond), owned)
 	}
 	return nil
 }

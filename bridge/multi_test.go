@@ -147,13 +147,30 @@ func startBridgeProc(t *testing.T, bin, natsURL, pushURL, name string, extra ...
 	return bp
 }
 
-// resumed is how long after at every partition the bridge gone had pushed
-// for before at got a push from another bridge (the failover time), and how
-// many such partitions there were.
+// allResumed reports whether every partition the bridge gone pushed for in
+// the second before at got a push from another bridge since.
+func allResumed(pushes []stamped, gone string, at time.Time, parts int) bool {
+	pending := map[int]bool{}
+	for _, p := range pushes {
+		if p.bridge == gone && p.at.Before(at) && p.at.After(at.Add(-time.Second)) {
+			pending[subjects.Partition(subjects.Token(p.conn), parts)] = true
+		}
+	}
+	for _, p := range pushes {
+		if p.bridge != gone && p.at.After(at) {
+			delete(pending, subjects.Partition(subjects.Token(p.conn), parts))
+		}
+	}
+	return len(pending) == 0
+}
+
+// resumed is how long after at every partition the bridge gone pushed for
+// in the second before at got a push from another bridge (the failover
+// time), and how many such partitions there were.
 func resumed(pushes []stamped, gone string, at time.Time, parts int) (time.Duration, int) {
 	owned := map[int]bool{}
 	for _, p := range pushes {
-		if p.bridge == gone && p.at.Before(at) {
+		if p.bridge == gone && p.at.Before(at) && p.at.After(at.Add(-time.Second)) {
 			owned[subjects.Partition(subjects.Token(p.conn), parts)] = true
 		}
 	}
