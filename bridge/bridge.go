@@ -71,6 +71,7 @@ type Bridge struct {
 	id    string
 	epoch time.Time
 	own   *owner
+	acks  *acker
 	pm    *metrics.Partitions
 	ready *readyQueue
 	pmu   sync.Mutex
@@ -240,6 +241,9 @@ func (b *Bridge) Start(ctx context.Context) error {
 	}
 	b.subs = append(b.subs, sub)
 
+	if b.acks, err = newAcker(b.nc); err != nil {
+		return fmt.Errorf("ack confirmations: %w", err)
+	}
 	lkv, err := b.js.CreateOrUpdateKeyValue(ctx, leaseBucketConfig(b.names, b.opts))
 	if err != nil {
 		return fmt.Errorf("lease bucket %s: %w", b.names.Leases(), err)
@@ -388,6 +392,9 @@ func (b *Bridge) stop(ctx context.Context) error {
 	b.bgCancel()
 	if b.own != nil {
 		b.own.leaves.Wait()
+	}
+	if b.acks != nil {
+		b.acks.stop()
 	}
 	close(b.quit)
 	b.wg.Wait()

@@ -1,8 +1,6 @@
 package bridge
 
 import (
-	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -209,30 +207,19 @@ func (b *Bridge) work(l *lane) {
 	res, delay := b.attempt(it)
 	switch res {
 	case resolved:
-		// The last item of a delivery acknowledges it, confirmed by the
-		// server, before the lane goes on: a crash can then only repeat
-		// the connection's latest push, never bring back an older one.
-		b.resolve(it, false, 0)
+		// The last item of a delivery acknowledges it, and the lane
+		// waits until the server confirmed that: a crash can then only
+		// repeat the connection's latest push, never bring back an
+		// older one. A fan-out is acknowledged once its other
+		// connections are done too; until then this connection waits
+		// (were its next message pushed and acked first, a crash would
+		// redeliver the fan-out after it).
 		p.mu.Lock()
 		l.q[0] = nil
 		l.q = l.q[1:]
-		if !it.d.settled {
-			// A fan-out whose other connections are not done: it is
-			// acknowledged later, and until then this connection waits
-			// (were the next message pushed and acked first, a crash
-			// would redeliver the fan-out after it).
-			it.d.waiters = append(it.d.waiters, l)
-			p.mu.Unlock()
-			return
-		}
-		empty := len(l.q) == 0
-		if empty {
-			delete(p.lanes, l.token)
-		}
+		it.d.waiters = append(it.d.waiters, l)
 		p.mu.Unlock()
-		if !empty {
-			b.ready.push(l)
-		}
+		b.resolve(it, false, 0)
 	case retry:
 		if p.stopping.Load() {
 			b.abandonLane(l, delay)
@@ -319,25 +306,24 @@ const ackTimeout = 5 * time.Second
 
 // settle acks or NAKs a delivery whose items are all resolved, then wakes
 // the lanes waiting for it. The ack is confirmed by the server (retried
-// while the partition's lease holds): the lanes must not push their next
-// message before. A partition that was dropped lets its messages go without
-// a word: they are the next owner's, after the ack wait.
+// while the partition's lease holds) before the delivery counts as settled:
+// its lanes must not push their next message before. A partition that was
+// dropped lets its messages go without a word: they are the next owner's,
+// after the ack wait.
 func (b *Bridge) settle(d *delivery) {
 	p := d.part
-	defer b.wake(d)
 	p.mu.Lock()
-	delete(p.held, d.seq)
 	switch {
 	case p.dropped.Load():
-		d.settled = true
 		p.mu.Unlock()
+		b.settled(d)
 		return
 	case d.aborted.Load() && p.stopping.Load() && !p.gaveBack:
 		// Handing off: NAK everything at the end, in stream order (see
 		// giveBackAll).
 		p.giveBack = append(p.giveBack, d.msg)
-		d.settled = true
 		p.mu.Unlock()
+		b.settled(d)
 		return
 	}
 	p.mu.Unlock()
@@ -345,42 +331,45 @@ func (b *Bridge) settle(d *delivery) {
 		if err := d.msg.NakWithDelay(time.Duration(d.nakDelay.Load())); err != nil {
 			b.log.Warn("nak failed; the message returns after the ack wait", "seq", d.seq, "err", err)
 		}
-	} else {
-		b.ackConfirmed(d)
+		b.settled(d)
+		return
 	}
-	p.mu.Lock()
-	d.settled = true
-	p.mu.Unlock()
+	b.ackConfirmed(d, 1)
 }
 
-// ackConfirmed acknowledges d and waits for the server's confirmation,
-// retrying while the partition is ours.
-func (b *Bridge) ackConfirmed(d *delivery) {
-	for try := 1; ; try++ {
-		ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
-		err := d.msg.DoubleAck(ctx)
-		cancel()
-		if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+// settled marks d done, forgets it and resumes the lanes waiting for it.
+func (b *Bridge) settled(d *delivery) {
+	p := d.part
+	p.mu.Lock()
+	delete(p.held, d.seq)
+	d.settled = true
+	p.mu.Unlock()
+	b.wake(d)
+}
+
+// ackConfirmed acknowledges d, asking the server to confirm; on failure it
+// tries again while the partition is ours.
+func (b *Bridge) ackConfirmed(d *delivery, try int) {
+	b.acks.ack(d.msg.Reply(), func(err error) {
+		if err == nil {
+			b.settled(d)
 			return
 		}
-		if d.part.dropped.Load() || b.since() >= d.part.fence.Load() {
+		if d.part.dropped.Load() || b.since() >= d.part.fence.Load() || b.stopping.Load() && b.pushCtx.Err() != nil {
 			// The lease is not confirmed either. Were it renewed, the
 			// next push could overtake this message's redelivery:
 			// the partition is dropped and taken over afresh, which
 			// waits out the ack wait, so the message comes back first.
 			d.part.broken.Store(true)
 			b.log.Warn("ack not confirmed; the partition is given up and the message comes back to its next owner", "seq", d.seq, "partition", d.part.n, "err", err)
+			b.settled(d)
 			return
 		}
 		if try == 1 || try%50 == 0 {
 			b.log.Warn("ack not confirmed; retrying", "seq", d.seq, "partition", d.part.n, "tries", try, "err", err)
 		}
-		select {
-		case <-time.After(fenceRecheck):
-		case <-b.quit:
-			return
-		}
-	}
+		time.AfterFunc(fenceRecheck, func() { b.ackConfirmed(d, try+1) })
+	})
 }
 
 func streamSeq(m jetstream.Msg) uint64 {
