@@ -51,6 +51,7 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	fs.IntVar(&o.Partitions, "partitions", bridge.DefaultPartitions, "outbound partitions, the same on every bridge of a stream (changing it needs an empty stream)")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", bridge.DefaultLeaseTTL, "lifetime of a partition lease without renewal: a dead or cut-off bridge's partitions move after it")
 	fs.IntVar(&o.MaxAckPending, "max-ack-pending", bridge.DefaultMaxAckPending, "messages held unacknowledged by all bridges at most")
+	fs.Int64Var(&o.MaxHeldBytes, "max-held-bytes", bridge.DefaultMaxHeldBytes, "bytes of messages held at once by this bridge (bodies and push bodies); past it no new message is taken until pushes settle")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", bridge.DefaultShutdownTimeout, "time in-flight pushes get to finish on SIGINT/SIGTERM")
 	fs.IntVar(&o.Streams.Replicas, "replicas", 1, "replicas of the streams and bucket (3 on a cluster)")
 	fs.DurationVar(&o.Streams.RegistryTTL, "registry-ttl", 0, "TTL of registry records, the safety net for lost disconnects (0: 24h)")
@@ -91,6 +92,14 @@ func runBridge(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := c.opts.WithDefaults().Validate(); err != nil {
 		fmt.Fprintln(stderr, "wsbridge bridge:", err)
 		return 2
+	}
+	addrs := []listenAddr{{"http-addr", c.opts.HTTPAddr}}
+	if c.conn.URL == "" {
+		addrs = append(addrs, listenAddr{"nats-listen", c.natsListen})
+	}
+	if err := checkListen(addrs...); err != nil {
+		fmt.Fprintln(stderr, "wsbridge bridge:", err)
+		return 1
 	}
 	if err := runBridgeDaemon(ctx, c, log); err != nil {
 		log.Error("bridge failed", "err", err)

@@ -8,6 +8,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/stack"
@@ -83,6 +85,17 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		fmt.Fprintf(stderr, "wsbridge %s: %v\n", name, err)
 		return 2
 	}
+	addrs := []listenAddr{{"addr", o.Gateway.Addr}}
+	if o.Bridge {
+		addrs = append(addrs, listenAddr{"http-addr", o.BridgeOptions.HTTPAddr})
+	}
+	if o.NATS.URL == "" {
+		addrs = append(addrs, listenAddr{"nats-listen", o.NATSListen})
+	}
+	if err := checkListen(addrs...); err != nil {
+		fmt.Fprintf(stderr, "wsbridge %s: %v\n", name, err)
+		return 1
+	}
 	o.Logger = log
 	st, err := stack.Start(ctx, *o)
 	if err != nil {
@@ -90,13 +103,22 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		return 1
 	}
 	printBanner(stdout, name, st, *o)
-	<-ctx.Done()
-	log.Info("shutting down")
+	// The functions, the bridge and the demo share one NATS connection:
+	// closed for good, nothing works any more, so exit non-zero.
+	closed := st.Conn.StatusChanged(nats.CLOSED)
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case <-closed:
+		log.Error("nats connection closed for good; shutting down", "err", st.Conn.LastError())
+		code = 1
+	}
 	done := make(chan error, 1)
 	go func() { done <- st.Close() }()
 	select {
 	case err := <-done:
-		if err != nil {
+		if err != nil && code == 0 {
 			log.Error("shutdown", "err", err)
 			return 1
 		}
@@ -104,7 +126,7 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		log.Error("shutdown did not finish in 45s")
 		return 1
 	}
-	return 0
+	return code
 }
 
 func printBanner(w io.Writer, name string, st *stack.Stack, o stack.Options) {

@@ -54,8 +54,9 @@ func (o *opsFlags) client() (*nats.Conn, *subjects.Client, error) {
 }
 
 // publish connects, runs one publishing step within the timeout, and prints
-// what it queued: the body shared by send, close and broadcast.
-func (o *opsFlags) publish(ctx context.Context, cmd string, stdout, stderr io.Writer, step func(context.Context, *subjects.Client) (string, error)) int {
+// what it queued: the body shared by send, close and broadcast. token is
+// the connection a send or close is for ("" for a fan-out).
+func (o *opsFlags) publish(ctx context.Context, cmd, token string, stdout, stderr io.Writer, step func(context.Context, *subjects.Client) (string, error)) int {
 	nc, c, err := o.client()
 	if err != nil {
 		return fail(stderr, cmd, err)
@@ -68,7 +69,36 @@ func (o *opsFlags) publish(ctx context.Context, cmd string, stdout, stderr io.Wr
 		return fail(stderr, cmd, err)
 	}
 	fmt.Fprintln(stdout, "queued", what)
+	if token != "" {
+		warnUnregistered(ctx, nc, c.Names(), cmd, token, stderr)
+	}
 	return 0
+}
+
+// warnUnregistered tells the operator when a send or close went to a token
+// the registry does not hold: a typo, or a connection already gone. The
+// command is queued all the same (the registry may lag a connect by a
+// moment); the bridge dead-letters it when the gateway answers gone.
+func warnUnregistered(ctx context.Context, nc *nats.Conn, names subjects.Names, cmd, token string, stderr io.Writer) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return
+	}
+	kv, err := js.KeyValue(ctx, names.Bucket())
+	if err != nil {
+		return
+	}
+	if _, err := kv.Get(ctx, token); errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		fmt.Fprintf(stderr, "wsbridge %s: warning: no connection %s in the registry %s (not connected, or already gone; 'wsbridge conns' lists them): the gateway will answer gone and the bridge dead-letters it on %s\n",
+			cmd, token, names.Bucket(), names.DeadLetters())
+	}
+}
+
+// wrongArgs reports missing or extra arguments in one line instead of the
+// whole usage.
+func wrongArgs(stderr io.Writer, cmd, want string, got []string) int {
+	fmt.Fprintf(stderr, "wsbridge %s: want %s, got %d argument(s); see 'wsbridge %s --help'\n", cmd, want, len(got), cmd)
+	return 2
 }
 
 // sendOptions are the options of the --binary and --exclude flags.
@@ -86,8 +116,8 @@ func sendOptions(binary bool, exclude string) []subjects.SendOption {
 // tokenArg accepts a connection token, or with byID a raw secConnectionID.
 func tokenArg(arg string, byID bool) (string, error) {
 	if byID {
-		if arg == "" {
-			return "", errors.New("empty connection id")
+		if err := subjects.CheckConnID(arg); err != nil {
+			return "", err
 		}
 		return subjects.Token(arg), nil
 	}
@@ -118,8 +148,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitCode(err)
 	}
 	if fs.NArg() != 2 {
-		fs.Usage()
-		return 2
+		return wrongArgs(stderr, "send", "TOKEN and MESSAGE (- reads it from standard input)", fs.Args())
 	}
 	tok, err := tokenArg(fs.Arg(0), *byID)
 	if err != nil {
@@ -129,7 +158,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, "send", err)
 	}
-	return o.publish(ctx, "send", stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
+	return o.publish(ctx, "send", tok, stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
 		return fmt.Sprintf("%d bytes on %s", len(data), c.Names().Send(tok)), c.Send(ctx, tok, data, sendOptions(*binary, "")...)
 	})
 }
@@ -141,14 +170,13 @@ func runClose(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitCode(err)
 	}
 	if fs.NArg() != 1 {
-		fs.Usage()
-		return 2
+		return wrongArgs(stderr, "close", "one TOKEN", fs.Args())
 	}
 	tok, err := tokenArg(fs.Arg(0), *byID)
 	if err != nil {
 		return fail(stderr, "close", err)
 	}
-	return o.publish(ctx, "close", stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
+	return o.publish(ctx, "close", tok, stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
 		return "close on " + c.Names().Close(tok), c.Close(ctx, tok)
 	})
 }
@@ -162,16 +190,19 @@ func runBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := parseFlags(fs, args, nil); err != nil {
 		return exitCode(err)
 	}
-	if fs.NArg() != 1 || (*group != "" && *user != "") {
-		fs.Usage()
+	if *group != "" && *user != "" {
+		fmt.Fprintln(stderr, "wsbridge broadcast: give --group or --user, not both")
 		return 2
+	}
+	if fs.NArg() != 1 {
+		return wrongArgs(stderr, "broadcast", "one MESSAGE (- reads it from standard input)", fs.Args())
 	}
 	data, err := messageArg(fs.Arg(0), os.Stdin)
 	if err != nil {
 		return fail(stderr, "broadcast", err)
 	}
 	opts := sendOptions(*binary, *exclude)
-	return o.publish(ctx, "broadcast", stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
+	return o.publish(ctx, "broadcast", "", stdout, stderr, func(ctx context.Context, c *subjects.Client) (string, error) {
 		what := fmt.Sprintf("%d bytes on ", len(data))
 		switch {
 		case *group != "":

@@ -5,6 +5,7 @@
 //	wsbridge dev        everything on one machine: NATS, bridge, gateway emulator, demo
 //	wsbridge gateway    the API Gateway emulator alone
 //	wsbridge send|close|broadcast|tail|conns   operator commands
+//	wsbridge version    version, VCS revision and Go version of this binary
 package main
 
 import (
@@ -35,6 +36,7 @@ func commands() map[string]command {
 		"tail":       {"print inbound events (and optionally dead letters) as they happen", runTail},
 		"conns":      {"list registered connections", runConns},
 		"partitions": {"show each outbound partition's owner, backlog and lag", runPartitions},
+		"version":    {"print the version, VCS revision and Go version", runVersion},
 	}
 }
 

@@ -47,8 +47,8 @@ func TestUsage(t *testing.T) {
 		{[]string{"--help"}, 0, "commands:"},
 		{[]string{"nope"}, 2, `unknown command "nope"`},
 		{[]string{"send", "--help"}, 0, "WSBRIDGE_NATS_URL"},
-		{[]string{"send", "onlytoken"}, 2, "usage: wsbridge send"},
-		{[]string{"broadcast", "--group", "g", "--user", "u", "x"}, 2, "usage: wsbridge broadcast"},
+		{[]string{"send", "onlytoken"}, 2, "want TOKEN and MESSAGE"},
+		{[]string{"broadcast", "--group", "g", "--user", "u", "x"}, 2, "not both"},
 		{[]string{"send", "--bogus"}, 2, "flag provided but not defined"},
 	}
 	for _, tt := range tests {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,6 +20,9 @@ const apiQueue = "wsbridge-api"
 // maxList bounds a conn.list answer so it fits in a NATS message.
 const maxList = 1000
 
+// apiConcurrency bounds the API requests served at once.
+const apiConcurrency = 16
+
 // errNotFound is the API's answer for an unknown token.
 var errNotFound = errors.New("connection not found")
 
@@ -34,10 +36,14 @@ func (b *Bridge) serveAPI() error {
 		{b.names.GroupAdd(), func(ctx context.Context, d []byte) (any, error) { return b.apiGroup(ctx, d, true) }},
 		{b.names.GroupRemove(), func(ctx context.Context, d []byte) (any, error) { return b.apiGroup(ctx, d, false) }},
 	}
+	// Requests run side by side, up to apiConcurrency at once: one slow
+	// request (KV round trips) must not hold up the others.
+	sem := make(chan struct{}, apiConcurrency)
 	for _, r := range routes {
 		h := r.h
 		subject := r.subject
-		sub, err := b.nc.QueueSubscribe(subject, apiQueue, func(m *nats.Msg) {
+		serve := func(m *nats.Msg) {
+			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
 			defer cancel()
 			out, err := h(ctx, m.Data)
@@ -55,6 +61,14 @@ func (b *Bridge) serveAPI() error {
 			if err := m.Respond(data); err != nil {
 				b.log.Warn("api reply failed", "subject", subject, "err", err)
 			}
+		}
+		sub, err := b.nc.QueueSubscribe(subject, apiQueue, func(m *nats.Msg) {
+			select {
+			case sem <- struct{}{}:
+			case <-b.stopCh:
+				return
+			}
+			go serve(m)
 		})
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", subject, err)
@@ -187,10 +201,9 @@ func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, erro
 	if len(req.Groups) == 0 {
 		return nil, errors.New("no groups given")
 	}
-	for _, g := range req.Groups {
-		if err := subjects.ValidName(g); err != nil {
-			return nil, fmt.Errorf("group: %w", err)
-		}
+	change, err := subjects.Groups(req.Groups)
+	if err != nil {
+		return nil, err
 	}
 	for try := 0; try < 10; try++ {
 		e, err := b.kv.Get(ctx, req.Token)
@@ -209,17 +222,9 @@ func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, erro
 		if raw, ok := rec["groups"]; ok {
 			_ = json.Unmarshal(raw, &groups)
 		}
-		for _, g := range req.Groups {
-			i := slices.Index(groups, g)
-			switch {
-			case add && i < 0:
-				groups = append(groups, g)
-			case !add && i >= 0:
-				groups = slices.Delete(groups, i, i+1)
-			}
-		}
-		if groups == nil {
-			groups = []string{}
+		groups, err = applyGroups(groups, change, add)
+		if err != nil {
+			return nil, err
 		}
 		raw, _ := json.Marshal(groups)
 		rec["groups"] = raw
@@ -241,4 +246,37 @@ func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, erro
 func isWrongSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// applyGroups adds change to cur, or removes it, as sets: the result holds
+// each group once (a record written with duplicates is cleaned), in the
+// order first seen, and adding past subjects.MaxGroups fails. Linear in
+// the sizes of cur and change.
+func applyGroups(cur, change []string, add bool) ([]string, error) {
+	drop := map[string]bool{}
+	if !add {
+		for _, g := range change {
+			drop[g] = true
+		}
+	}
+	seen := make(map[string]bool, len(cur)+len(change))
+	out := []string{}
+	put := func(g string) {
+		if !seen[g] && !drop[g] {
+			seen[g] = true
+			out = append(out, g)
+		}
+	}
+	for _, g := range cur {
+		put(g)
+	}
+	if add {
+		for _, g := range change {
+			put(g)
+		}
+		if len(out) > subjects.MaxGroups {
+			return nil, fmt.Errorf("%w: the connection would be in %d groups, limit %d", subjects.ErrTooManyGroups, len(out), subjects.MaxGroups)
+		}
+	}
+	return out, nil
 }

@@ -76,6 +76,11 @@ type Bridge struct {
 	ready *readyQueue
 	pmu   sync.Mutex
 	parts map[int]*part
+	// The held-bytes budget (limits.go), over every partition: bytes
+	// held, and a signal that some were released; guarded by hmu.
+	hmu       sync.Mutex
+	heldBytes int64
+	room      chan struct{}
 
 	started   atomic.Bool
 	stopping  atomic.Bool
@@ -127,6 +132,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	if hc == nil {
 		hc = newHTTPClient(o.Concurrency, o.PushTimeout)
 	}
+	hc = withoutRedirects(hc)
 	p, err := newPusher(hc, o.PushURL)
 	if err != nil {
 		return nil, fmt.Errorf("bridge options: %w", err)
@@ -152,6 +158,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		epoch:  time.Now(),
 		pm:     metrics.NewPartitions(reg),
 		parts:  map[int]*part{},
+		room:   make(chan struct{}, 1),
 
 		refreshCh:  make(chan string, refreshQueue),
 		refreshing: map[string]struct{}{},
@@ -181,9 +188,18 @@ func (b *Bridge) Run(ctx context.Context) error {
 		_ = b.Stop(context.Background())
 		return err
 	}
+	closed := b.nc.StatusChanged(nats.CLOSED)
+	defer b.nc.RemoveStatusListener(closed)
 	select {
 	case <-ctx.Done():
 	case <-b.stopCh: // stopped by someone else
+	case <-closed:
+	}
+	if err := b.Healthy(); err != nil {
+		// Nothing can bring the connection back: stop and say so, so the
+		// process exits non-zero and its supervisor restarts it.
+		b.log.Error("nats connection closed for good; stopping", "err", err)
+		return errors.Join(err, b.Stop(context.Background()))
 	}
 	return b.Stop(context.Background())
 }
@@ -286,11 +302,6 @@ func (b *Bridge) Start(ctx context.Context) error {
 // since is the time since the bridge was built, from the monotonic clock:
 // the unit of partition fences.
 func (b *Bridge) since() int64 { return int64(time.Since(b.epoch)) }
-
-// partAckPending is how many messages one partition may hold.
-func (b *Bridge) partAckPending() int {
-	return max(1, (b.opts.MaxAckPending+b.opts.Partitions-1)/b.opts.Partitions)
-}
 
 func (b *Bridge) addPart(p *part) {
 	b.pmu.Lock()
@@ -425,7 +436,16 @@ func (b *Bridge) heldCount() int {
 // reject dead-letters a whole message that will never be pushed.
 func (b *Bridge) reject(d *delivery, kind subjects.Kind, token, reason string, cause error, attempts int) {
 	d.remaining.Store(1)
-	if err := b.deadLetter(d, kind, token, reason, Outcome{Err: cause}, attempts); err != nil {
+	err := b.deadLetter(d, kind, token, reason, Outcome{Err: cause}, attempts)
+	if err != nil && !transientPublishErr(err) {
+		// Refused, not unavailable: the metadata alone, or the log line.
+		if err = b.deadLetterAs(d, kind, token, reason, Outcome{Err: cause}, attempts, true); err != nil && !transientPublishErr(err) {
+			b.log.Error("dead letter refused; lost", "seq", d.seq, "kind", kind, "reason", reason,
+				"subject", clipString(d.msg.Subject(), 256), "cause", cause, "err", err)
+			err = nil
+		}
+	}
+	if err != nil {
 		b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", err)
 		d.aborted.Store(true)
 		d.nakDelay.Store(int64(b.opts.BackoffMax))
@@ -439,6 +459,7 @@ const (
 	resolved attemptResult = iota
 	retry
 	abandon
+	release // the item leaves its lane unresolved: its message is NAKed after the delay
 )
 
 // attempt pushes one item once and acts on the decision.
@@ -455,6 +476,9 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 			return b.finish(it)
 		}
 		it.payload = p
+	}
+	if it.close && it.attempts == 0 {
+		b.markClosing(it.token)
 	}
 	it.attempts++
 	b.m.InFlight.Inc()
@@ -488,7 +512,7 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	case Ack:
 		b.m.DeliveryLag.Observe(done.Sub(d.stamp).Seconds())
 		if it.close {
-			b.forget(it.token, subjects.ReasonClosed, d.seq)
+			b.forget(it.token, subjects.ReasonClosed)
 		} else {
 			b.maybeRefresh(it.token, done)
 		}
@@ -510,6 +534,7 @@ type pendingDL struct {
 	attempts int  // push attempts made
 	gone     bool // forget the connection once dead-lettered
 	tries    int  // failed publishes of the dead letter
+	minimal  bool // publish the metadata only (the full one was refused)
 }
 
 // finish publishes the item's dead letter. When the publish fails, the item
@@ -520,8 +545,25 @@ type pendingDL struct {
 // to JetStream as usual.
 func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	p := it.dl
-	if err := b.deadLetter(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts); err != nil {
+	if err := b.deadLetterAs(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts, p.minimal); err != nil {
 		p.tries++
+		if !transientPublishErr(err) {
+			// Retrying gives the same answer. Keep the metadata only
+			// (subject, reason, status, sizes); when even that is refused,
+			// the log line and the counter are all that is left, and the
+			// lane moves on.
+			if !p.minimal {
+				p.minimal = true
+				return b.finish(it)
+			}
+			b.log.Error("dead letter refused; lost", "seq", it.d.seq, "token", it.token, "kind", it.d.kind,
+				"reason", p.reason, "status", p.o.Status, "subject", clipString(it.d.msg.Subject(), 256), "err", err)
+			it.dl = nil
+			if p.gone {
+				b.forget(it.token, subjects.ReasonGone)
+			}
+			return resolved, 0
+		}
 		delay := b.policy.Backoff(p.tries, rand.Float64())
 		b.log.Error("dead letter failed; retrying", "seq", it.d.seq, "token", it.token,
 			"tries", p.tries, "delay", delay, "err", err)
@@ -529,7 +571,7 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	}
 	it.dl = nil
 	if p.gone {
-		b.forget(it.token, subjects.ReasonGone, it.d.seq)
+		b.forget(it.token, subjects.ReasonGone)
 	}
 	return resolved, 0
 }
@@ -630,10 +672,13 @@ func appendJSONString(buf []byte, s string) []byte {
 // Nats-Msg-Id is replaced: a fan-out's dead letters share it and would be
 // de-duplicated into one; the new id de-duplicates redeliveries instead.
 func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int) error {
+	return b.deadLetterAs(d, kind, token, reason, o, attempts, false)
+}
+
+// deadLetterAs is deadLetter; minimal keeps only the Ws-* metadata and
+// connection id, without the original body and headers.
+func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int, minimal bool) error {
 	h := nats.Header{}
-	for k, v := range d.msg.Headers() {
-		h[k] = append([]string(nil), v...)
-	}
 	errText := "unknown"
 	if o.Err != nil {
 		errText = clipString(o.Err.Error(), 512)
@@ -652,7 +697,15 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 	subj := b.names.DeadLetter(kind, token)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: d.msg.Data(), Header: h}); err != nil {
+	// Cut to fit: a body just under max_payload plus the headers would
+	// not, and its publish would fail forever.
+	maxPayload := b.nc.MaxPayload()
+	if minimal {
+		maxPayload = 0 // nothing of the original fits
+	}
+	dl := deadLetterMsg(subj, d.msg.Data(), d.msg.Headers(), h, maxPayload)
+	if _, err := b.js.PublishMsg(ctx, dl); err != nil {
+		b.m.DeadLetterFailures.Inc()
 		return fmt.Errorf("publish dead letter %s: %w", subj, err)
 	}
 	b.m.DeadLetters.WithLabelValues(reason).Inc()
@@ -665,43 +718,31 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 // disconnect event. Both are best effort (SPEC §3): failures are logged, the
 // registry TTL is the safety net.
 //
-// A close is announced per close message. A connection found gone is
-// announced once: every message queued for it is answered gone, so only the
-// first one, while the index still holds the connection, deletes and
-// announces, and the message id gone-<token> lets WS_IN de-duplicate what
-// several instances announce.
-func (b *Bridge) forget(token, reason string, seq uint64) {
+// A connection is announced once (subjects.DisconnectMsgID lets WS_IN drop
+// what several messages, instances or the cleanup function announce again).
+// A connection found gone is not announced at all once the index no longer
+// holds it: every message queued for it is answered gone.
+func (b *Bridge) forget(token, reason string) {
 	held := b.idx.remove(token)
-	msgID := reason + "-" + token + "-" + strconv.FormatUint(seq, 10)
-	if reason == subjects.ReasonGone {
-		if !held {
-			b.log.Debug("gone connection already forgotten", "token", token)
-			return
-		}
-		msgID = reason + "-" + token
+	if reason == subjects.ReasonGone && !held {
+		b.log.Debug("gone connection already forgotten", "token", token)
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := b.kv.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		b.log.Warn("registry delete failed", "token", token, "err", err)
 	}
-	if err := b.publishDisconnect(ctx, token, reason, msgID); err != nil {
+	if err := b.publishDisconnect(ctx, token, reason); err != nil {
 		b.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
 	}
 }
 
-func (b *Bridge) publishDisconnect(ctx context.Context, token, reason, msgID string) error {
-	id, err := subjects.ConnID(token)
+func (b *Bridge) publishDisconnect(ctx context.Context, token, reason string) error {
+	m, err := b.names.DisconnectMsg(token, reason, time.Now())
 	if err != nil {
 		return err
 	}
-	data, err := json.Marshal(subjects.DisconnectEvent{ConnectionID: id, Token: token, At: time.Now().UTC(), Reason: reason})
-	if err != nil {
-		return err
-	}
-	m := &nats.Msg{Subject: b.names.Disconnect(token), Data: data, Header: nats.Header{}}
-	m.Header.Set(subjects.HeaderConnID, id)
-	m.Header.Set(subjects.HeaderMsgID, msgID)
 	if _, err := b.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish %s: %w", m.Subject, err)
 	}
@@ -749,8 +790,7 @@ func (b *Bridge) watch(w jetstream.KeyWatcher) {
 				// WS_IN store one event.
 				if b.idx.remove(e.Key()) && b.synced.Load() {
 					ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired,
-						"expired-"+e.Key()+"-"+strconv.FormatUint(e.Revision(), 10))
+					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired)
 					cancel()
 					if err != nil {
 						b.log.Warn("expired disconnect not published", "token", e.Key(), "err", err)

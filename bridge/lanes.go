@@ -60,6 +60,7 @@ type delivery struct {
 	fanout  bool      // broadcast, group or user: its lanes wait for its ack
 	tail    []byte    // a fan-out's push body after the connection id, shared by its items (see payload)
 	touched time.Time // last ack-deadline extension; guarded by part.mu
+	size    int64     // bytes counted against MaxHeldBytes; guarded by Bridge.hmu
 
 	redelivered bool // JetStream delivered it before: a push may repeat one
 
@@ -342,8 +343,14 @@ func (b *Bridge) settled(d *delivery) {
 	p := d.part
 	p.mu.Lock()
 	delete(p.held, d.seq)
+	if !d.aborted.Load() && !p.dropped.Load() {
+		p.markSettledLocked(d.seq)
+	}
 	d.settled = true
+	size := d.size
+	d.size = 0
 	p.mu.Unlock()
+	b.release(size)
 	b.wake(d)
 }
 

@@ -64,6 +64,11 @@ type Options struct {
 	LeaseTTL time.Duration
 	// ID names this instance in the leases; empty: host-pid-random.
 	ID string
+	// MaxHeldBytes bounds the bytes of the messages this bridge holds
+	// (bodies and their push bodies, see heldSize), alongside the count
+	// bound MaxAckPending: past it the bridge takes no new message until
+	// pushes settle (128 MiB; one message is always taken).
+	MaxHeldBytes int64
 	// ShutdownTimeout bounds Stop: in-flight pushes get this long to
 	// finish; what is left is handed back to JetStream (15s).
 	ShutdownTimeout time.Duration
@@ -103,6 +108,7 @@ const (
 	DefaultLeaseTTL        = 4 * time.Second
 	DefaultMaxAckPending   = 20000
 	DefaultShutdownTimeout = 15 * time.Second
+	DefaultMaxHeldBytes    = 128 << 20
 )
 
 // WithDefaults returns o with every zero field set to its default.
@@ -156,6 +162,9 @@ func (o Options) WithDefaults() Options {
 	if o.ShutdownTimeout == 0 {
 		o.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if o.MaxHeldBytes == 0 {
+		o.MaxHeldBytes = DefaultMaxHeldBytes
+	}
 	if o.Name == "" {
 		o.Name = "wsbridge-bridge"
 	}
@@ -169,7 +178,7 @@ func (o Options) Validate() error {
 		errs = append(errs, err)
 	}
 	if o.PushURL == "" {
-		errs = append(errs, errors.New("push URL is required (PUSH_URL)"))
+		errs = append(errs, errors.New("push URL is required: set --push-url or WSBRIDGE_PUSH_URL"))
 	} else if u, err := url.Parse(o.PushURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("push URL %q: want http(s)://host/path", redactPushURL(o.PushURL)))
 	}
@@ -185,6 +194,7 @@ func (o Options) Validate() error {
 	pos("backoff base", int64(o.BackoffBase))
 	pos("max deliver", int64(o.MaxDeliver))
 	pos("shutdown timeout", int64(o.ShutdownTimeout))
+	pos("max held bytes", o.MaxHeldBytes)
 	if o.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("ack wait must be at least 1s, got %v", o.AckWait))
 	}

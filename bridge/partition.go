@@ -3,13 +3,11 @@ package bridge
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -46,8 +44,12 @@ type part struct {
 	// once they were.
 	giveBack []jetstream.Msg
 	gaveBack bool
-	quit     chan struct{} // closed when stop begins: lanes waiting for a retry wake up
-	quitOnce sync.Once
+	// settled* remember recently acknowledged sequences (limits.go).
+	settledSet  map[uint64]struct{}
+	settledRing []uint64
+	settledNext int
+	quit        chan struct{} // closed when stop begins: lanes waiting for a retry wake up
+	quitOnce    sync.Once
 
 	// What the previous owner left (see collect): the number of messages
 	// still to collect and those collected, handled in stream order once
@@ -90,15 +92,18 @@ func (p *part) consume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", b.names.PartitionConsumer(p.n), err)
 	}
-	batch := max(1, min(b.partAckPending(), 1000))
 	cc, err := cons.Consume(p.handle,
-		jetstream.PullMaxMessages(batch),
+		// Bounded in bytes, not messages: 1000 messages of 1 MB would be
+		// a gigabyte buffered (see pullBytes); this partition's share of
+		// the held-bytes budget. The count is bounded by MaxAckPending
+		// at the server.
+		jetstream.PullMaxBytes(pullBytes(b.opts.MaxHeldBytes/int64(b.opts.Partitions), b.nc.MaxPayload())),
 		jetstream.PullExpiry(pullExpiry),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if p.stopping.Load() || b.stopping.Load() {
 				return
 			}
-			b.log.Warn("consume", "partition", p.n, "err", err)
+			b.log.Log(context.Background(), consumeErrLevel(err), "consume", "partition", p.n, "err", err)
 		}))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", b.names.PartitionConsumer(p.n), err)
@@ -161,12 +166,15 @@ func (p *part) handle(m jetstream.Msg) {
 func (p *part) handleOne(m jetstream.Msg) {
 	b := p.b
 	meta, metaErr := m.Metadata()
+	size := heldSize(m)
+	b.waitRoom(p, size)
 	// The stopping check and the insert into held are one critical section
 	// (stop sets stopping under p.mu too): otherwise stop's wait could see
 	// nothing held between them and finish while this message is queued
 	// with no worker left to settle it.
 	p.mu.Lock()
 	if p.stopping.Load() {
+		defer b.release(size)
 		switch {
 		case p.dropped.Load():
 			// Not ours any more: let it expire rather than NAK it ahead
@@ -181,6 +189,7 @@ func (p *part) handleOne(m jetstream.Msg) {
 	}
 	if metaErr != nil {
 		p.mu.Unlock()
+		b.release(size)
 		// Not a JetStream message: nothing to ack, nothing to redeliver.
 		b.log.Error("outbound message without metadata", "err", metaErr)
 		return
@@ -191,14 +200,28 @@ func (p *part) handleOne(m jetstream.Msg) {
 		// Redelivered while still held (the ack wait ran out under a long
 		// push); the held copy will be acked.
 		p.mu.Unlock()
+		b.release(size)
+		return
+	}
+	if meta.NumDelivered > 1 && p.settledLocked(d.seq) {
+		// A copy of a message already pushed and acknowledged (see
+		// settledLocked): acknowledge it again, push nothing.
+		p.mu.Unlock()
+		b.release(size)
+		_ = m.Ack()
 		return
 	}
 	p.held[d.seq] = d
+	d.size = size
 	p.mu.Unlock()
 
-	st, err := b.names.ParseStored(m.Subject())
+	st, perr := b.names.ParseStored(m.Subject())
 	d.orig = st.Original
-	if err != nil {
+	subj, binary, err := parseOutbound(b.names, st.Original, m.Headers(), m.Data())
+	if perr != nil && subj.Dir == subjects.Out {
+		subj, err = subjects.Subject{}, perr
+	}
+	if subj.Dir != subjects.Out {
 		if st.Partition < 0 && p.n != 0 {
 			// A malformed subject every partition reads (P.out.X):
 			// partition 0 dead-letters it, the others only let go.
@@ -209,7 +232,6 @@ func (p *part) handleOne(m jetstream.Msg) {
 		b.reject(d, subjects.KindInvalid, "", metrics.ReasonInvalid, err, 0)
 		return
 	}
-	subj := st.Subject
 	d.kind = subj.Kind
 	if (subj.Kind == subjects.KindSend || subj.Kind == subjects.KindClose) && st.Partition != p.n {
 		b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
@@ -221,23 +243,11 @@ func (p *part) handleOne(m jetstream.Msg) {
 			fmt.Errorf("delivered %d times without an outcome (max deliver %d)", meta.NumDelivered, b.opts.MaxDeliver), int(meta.NumDelivered))
 		return
 	}
-	d.body = m.Data()
-	if subj.Kind != subjects.KindClose {
-		switch dt := m.Headers().Get(subjects.HeaderDataType); dt {
-		case "", subjects.DataText:
-			if !utf8.Valid(d.body) {
-				b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-					errors.New("text payload is not valid UTF-8 (send it with Ws-Data-Type: binary)"), 0)
-				return
-			}
-		case subjects.DataBinary:
-			d.binary = true
-		default:
-			b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
-				fmt.Errorf("unknown %s %q (want text or binary)", subjects.HeaderDataType, clipString(dt, 32)), 0)
-			return
-		}
+	if err != nil {
+		b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid, err, 0)
+		return
 	}
+	d.body, d.binary = m.Data(), binary
 	var tokens []string
 	switch subj.Kind {
 	case subjects.KindSend, subjects.KindClose:

@@ -14,8 +14,10 @@ import (
 
 // maxConnIDLen bounds secConnectionID. Gateway ids are a few dozen bytes;
 // the id travels as a NATS header value and, base64url encoded, as a subject
-// token and KV key, so an absurd one is refused rather than carried.
-const maxConnIDLen = 512
+// token and KV key, so an absurd one is refused rather than carried (the
+// contract's limit, which keeps every subject built from it well inside
+// the server's max_control_line).
+const maxConnIDLen = subjects.MaxConnIDLen
 
 // The seed's answers to malformed registration events, kept verbatim.
 var (

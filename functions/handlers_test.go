@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -123,7 +124,11 @@ func TestTransferAndCleanup(t *testing.T) {
 		if m.Subject != st.subject {
 			t.Errorf("%s: subject %q, want %q", st.name, m.Subject, st.subject)
 		}
-		if m.Header.Get(subjects.HeaderConnID) != connID || m.Header.Get(subjects.HeaderMsgID) != reqID || m.Header.Get(subjects.HeaderDataType) != st.dataType {
+		wantMsgID := reqID
+		if st.name == "closing" {
+			wantMsgID = subjects.DisconnectMsgID(tok) // one disconnect per connection
+		}
+		if m.Header.Get(subjects.HeaderConnID) != connID || m.Header.Get(subjects.HeaderMsgID) != wantMsgID || m.Header.Get(subjects.HeaderDataType) != st.dataType {
 			t.Errorf("%s: headers %v", st.name, m.Header)
 		}
 		if st.data != nil && string(m.Data) != string(st.data) {
@@ -243,7 +248,7 @@ func TestAuthorization(t *testing.T) {
 		}
 		switch {
 		case strings.HasPrefix(ce.ConnectionID, "allow"):
-			_ = m.Respond([]byte(`{"allow":true,"userId":"alice","groups":["room1","room2"],"protocol":"chosen","state":{"plan":"pro"}}`))
+			_ = m.Respond([]byte(`{"allow":true,"userId":"alice","groups":["room1","room2","room1"],"protocol":"chosen","state":{"plan":"pro"}}`))
 		case strings.HasPrefix(ce.ConnectionID, "deny-code"):
 			_ = m.Respond([]byte(`{"allow":false,"errNo":4001,"errMsg":"token expired"}`))
 		case strings.HasPrefix(ce.ConnectionID, "deny"):
@@ -254,6 +259,14 @@ func TestAuthorization(t *testing.T) {
 			_ = m.Respond([]byte(`{"allow":true,"protocol":"never-offered"}`))
 		case strings.HasPrefix(ce.ConnectionID, "badgroup"):
 			_ = m.Respond([]byte(`{"allow":true,"groups":["a.b"]}`))
+		case strings.HasPrefix(ce.ConnectionID, "toomany"):
+			// One past the limit (issue 7): refused, not stored.
+			groups := make([]string, subjects.MaxGroups+1)
+			for i := range groups {
+				groups[i] = fmt.Sprintf("g%d", i)
+			}
+			data, _ := json.Marshal(subjects.AuthReply{Allow: true, Groups: groups})
+			_ = m.Respond(data)
 		case strings.HasPrefix(ce.ConnectionID, "silent"):
 			// never answers: a timeout
 		}
@@ -283,6 +296,7 @@ func TestAuthorization(t *testing.T) {
 		{functions.AuthRequired, "garbage-req", false, 500, "not an auth reply", ""},
 		{functions.AuthRequired, "badgroup-req", false, 500, "group", ""},
 		{functions.AuthRequired, "badproto-req", false, 500, "not one the client offered", ""},
+		{functions.AuthRequired, "toomany-req", false, 500, "too many groups", ""},
 		// Last: these unsubscribe the authorizer.
 		{functions.AuthOptional, "noresp-opt", true, 0, "ok", ""},
 		{functions.AuthRequired, "noresp-req", true, 503, "no responder", ""},
@@ -393,6 +407,42 @@ func TestMalformedEventsNeedNoNATS(t *testing.T) {
 	}
 	if _, err := f.Cleanup(invocation(t, "", 5*time.Second), json.RawMessage(`{"websocket":{"action":"closing"}}`)); !errors.Is(err, functions.ErrBadEvent) {
 		t.Errorf("cleanup without id: error %v, want ErrBadEvent", err)
+	}
+}
+
+// Item 9 of issue 7: a message just under 1 MiB passed the size check (whose
+// default was the server's max_payload) and then failed to store, a
+// 500-class error. The default leaves room for the headers; a limit set
+// above what the server stores is still answered "too large".
+func TestMaxMessageSizeFitsMaxPayload(t *testing.T) {
+	s := startNATS(t)
+	obs := observe(t, s, true)
+	for _, tc := range []struct {
+		name string
+		max  int // 0: the default
+		size int
+		want error
+	}{
+		{"at the default", 0, functions.DefaultMaxMessageSize, nil},
+		{"past the default", 0, functions.DefaultMaxMessageSize + 1, functions.ErrTooLarge},
+		{"just under max_payload, limit set to 1 MiB", 1 << 20, 1<<20 - 100, functions.ErrTooLarge},
+	} {
+		f := newFunctions(t, s.ClientURL(), func(o *functions.Options) {
+			if tc.max != 0 {
+				o.MaxMessageSize = tc.max
+			}
+		})
+		before := len(obs.stored(t))
+		_, err := f.Transfer(invocation(t, "", 5*time.Second), json.RawMessage(dataEvent("a", "text", strings.Repeat("x", tc.size))))
+		if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+			t.Errorf("%s: error %v, want %v", tc.name, err, tc.want)
+		}
+		if tc.want != nil && !strings.Contains(err.Error(), "too large") {
+			t.Errorf("%s: error %q does not say too large", tc.name, err)
+		}
+		if stored := len(obs.stored(t)) - before; (tc.want == nil) != (stored == 1) {
+			t.Errorf("%s: %d messages stored", tc.name, stored)
+		}
 	}
 }
 

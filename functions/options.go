@@ -26,10 +26,15 @@ const (
 	AuthRequired AuthMode = "required"
 )
 
+// MessageHeadroom is what an inbound message's headers and framing may take
+// of the server's max_payload (Ws-Connection-Id, Nats-Msg-Id, Ws-Data-Type:
+// well under 1 KiB); a client message must fit in the rest.
+const MessageHeadroom = 4 << 10
+
 // Defaults of Options.
 const (
 	DefaultAuthTimeout    = 2 * time.Second
-	DefaultMaxMessageSize = 1 << 20 // 1 MiB, decoded bytes
+	DefaultMaxMessageSize = 1<<20 - MessageHeadroom // NATS' default max_payload less the headers' room, decoded bytes
 	DefaultTimeout        = 10 * time.Second
 	DefaultLogLevel       = "info"
 	DefaultLogFormat      = "text"

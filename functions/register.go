@@ -178,10 +178,14 @@ func authorize(ctx context.Context, nc *nats.Conn, cfg *config, ce *subjects.Con
 			return nil, &rejectError{code: CodeInternal, msg: fmt.Sprintf("connect authorization: userId: %v", err)}
 		}
 	}
-	for _, g := range ar.Groups {
-		if err := subjects.ValidName(g); err != nil {
-			return nil, &rejectError{code: CodeInternal, msg: fmt.Sprintf("connect authorization: group: %v", err)}
-		}
+	// A set, like every writer of the registry keeps it: a group twice
+	// would need removing twice.
+	groups, err := subjects.Groups(ar.Groups)
+	if err != nil {
+		return nil, &rejectError{code: CodeInternal, msg: fmt.Sprintf("connect authorization: %v", err)}
+	}
+	if ar.Groups != nil {
+		ar.Groups = groups
 	}
 	// The gateway answers with exactly one subprotocol, and a browser fails
 	// the handshake on one it did not offer: refuse both here, clearly.

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -43,6 +45,12 @@ func (f *Functions) transfer(ctx context.Context, ev subjects.GatewayEvent, reqI
 	if err != nil {
 		return nil, err
 	}
+	if room := c.nc.MaxPayload() - MessageHeadroom; int64(len(m.data)) > room {
+		// Over what the server stores: say so, rather than fail the
+		// publish with a store error.
+		return nil, fmt.Errorf("%w: %s message of %d bytes, the NATS server stores at most %d (its max_payload less %d for headers)",
+			ErrTooLarge, m.dataType, len(m.data), room, MessageHeadroom)
+	}
 	if err := c.publish(bctx, cfg.names.Message(m.token), m.data, m.connID, reqID, m.dataType); err != nil {
 		return nil, err
 	}
@@ -79,23 +87,28 @@ func (f *Functions) cleanup(ctx context.Context, ev subjects.GatewayEvent, reqID
 	}
 	token := subjects.Token(id)
 	// Delete before announcing, so that a service reacting to the
-	// disconnect no longer finds the connection in the registry.
+	// disconnect no longer finds the connection in the registry. The
+	// record says when a backend asked for the close (the bridge marks it
+	// before pushing the close): the reason is then "closed", and the
+	// bridge's own announcement and this one are stored once.
+	reason := subjects.ReasonClient
 	var delErr error
 	if kv, err := c.registry(bctx, cfg.names); err != nil {
 		delErr = err
-	} else if err := kv.Delete(bctx, token); err != nil {
-		delErr = storeError("registry delete "+cfg.names.Bucket(), err)
+	} else {
+		reason = closingReason(bctx, kv, token)
+		if err := kv.Delete(bctx, token); err != nil {
+			delErr = storeError("registry delete "+cfg.names.Bucket(), err)
+		}
 	}
-	data, err := json.Marshal(subjects.DisconnectEvent{
-		ConnectionID: id,
-		Token:        token,
-		At:           f.now().UTC(),
-		Reason:       subjects.ReasonClient,
-	})
+	m, err := cfg.names.DisconnectMsg(token, reason, f.now())
 	if err != nil {
 		return nil, err
 	}
-	pubErr := c.publish(bctx, cfg.names.Disconnect(token), data, id, reqID, "")
+	var pubErr error
+	if _, err := c.js.PublishMsg(bctx, m); err != nil {
+		pubErr = storeError("publish "+m.Subject, err)
+	}
 	if err := errors.Join(delErr, pubErr); err != nil {
 		return nil, err
 	}
@@ -125,4 +138,21 @@ func (f *Functions) WebSocket(ctx context.Context, payload json.RawMessage) (out
 		return f.cleanup(ctx, ev, reqID)
 	}
 	return nil, fmt.Errorf("%w: websocket.action %q, want connecting, data send, data recv or closing", ErrBadEvent, clip(ev.WebSocket.Action))
+}
+
+// closingReason is the disconnect reason a closing event reports: the one
+// the record's Closing mark names, else "client". A record that cannot be
+// read counts as unmarked.
+func closingReason(ctx context.Context, kv jetstream.KeyValue, token string) string {
+	e, err := kv.Get(ctx, token)
+	if err != nil {
+		return subjects.ReasonClient
+	}
+	var rec struct {
+		Closing string `json:"closing"`
+	}
+	if json.Unmarshal(e.Value(), &rec) == nil && rec.Closing != "" && len(rec.Closing) <= 32 {
+		return rec.Closing
+	}
+	return subjects.ReasonClient
 }

@@ -66,6 +66,12 @@ type Metrics struct {
 	// AckPending is the number of outbound messages delivered to a bridge
 	// and not yet acknowledged.
 	AckPending prometheus.Gauge
+	// HeldBytes is what the messages this bridge holds count against its
+	// --max-held-bytes budget.
+	HeldBytes prometheus.Gauge
+	// DeadLetterFailures counts dead-letter publishes that failed (each
+	// is retried, then the message goes back to the stream).
+	DeadLetterFailures prometheus.Counter
 	// RegistryConnections is the size of the in-memory registry index.
 	RegistryConnections prometheus.Gauge
 	// InboundEvents counts inbound events seen on P.in.> by type.
@@ -115,6 +121,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "consumer_ack_pending",
 			Help: "Outbound messages delivered to a bridge and not yet acknowledged.",
 		}),
+		HeldBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "held_bytes",
+			Help: "Bytes of the outbound messages this bridge holds (bodies and push bodies), bounded by --max-held-bytes.",
+		}),
+		DeadLetterFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "dead_letter_failures_total",
+			Help: "Dead-letter publishes that failed.",
+		}),
 		RegistryConnections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "registry_connections",
 			Help: "Connections in the bridge's index of the registry bucket.",
@@ -146,7 +160,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(
 		m.Pushes, m.PushDuration, m.DeliveryLag, m.Retries, m.DeadLetters,
-		m.InFlight, m.ConsumerPending, m.AckPending, m.RegistryConnections,
+		m.InFlight, m.ConsumerPending, m.AckPending, m.HeldBytes, m.DeadLetterFailures, m.RegistryConnections,
 		m.InboundEvents, m.NATSConnected, m.NATSReconnects,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

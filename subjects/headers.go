@@ -24,6 +24,11 @@ const (
 	// HeaderReason is the dead-letter reason class (permanent, gone,
 	// retries, invalid), a bounded enum also used as a metric label.
 	HeaderReason = "Ws-Reason"
+	// HeaderTruncated marks a dead letter that had to be cut to fit in the
+	// server's max_payload: the original body size in bytes, or "headers"
+	// (then ",<size>" when the body was cut too) when the original headers
+	// were dropped and only the Ws-* metadata kept.
+	HeaderTruncated = "Ws-Truncated"
 )
 
 // Data types of HeaderDataType and of the gateway's dataType field.

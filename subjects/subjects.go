@@ -63,6 +63,9 @@ func New(prefix string) (Names, error) {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
+	if len(prefix) > MaxPrefixLen {
+		return Names{}, fmt.Errorf("prefix %q: %w: %d bytes, limit %d", clip(prefix), ErrBadName, len(prefix), MaxPrefixLen)
+	}
 	for _, tok := range strings.Split(prefix, ".") {
 		if err := checkName(tok); err != nil {
 			return Names{}, fmt.Errorf("prefix %q: %w", clip(prefix), err)
@@ -266,8 +269,8 @@ func checkName(tok string) error {
 	if tok == "" {
 		return fmt.Errorf("%w: empty token", ErrBadName)
 	}
-	if len(tok) > 256 {
-		return fmt.Errorf("%w: token longer than 256 bytes", ErrBadName)
+	if len(tok) > MaxNameLen {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrBadName, len(tok), MaxNameLen)
 	}
 	for _, r := range tok {
 		if r <= ' ' || r == 0x7f || r == '.' || r == '*' || r == '>' {

@@ -23,6 +23,12 @@ func ConnID(token string) (string, error) {
 	if token == "" {
 		return "", fmt.Errorf("%w: empty", ErrBadToken)
 	}
+	if len(token) > MaxTokenLen {
+		// Checked first: a subject or KV key built from a longer one could
+		// pass the server's max_control_line, and the server would close
+		// the connection that sent it.
+		return "", fmt.Errorf("%w: %d bytes, limit %d (a connection id of at most %d bytes)", ErrBadToken, len(token), MaxTokenLen, MaxConnIDLen)
+	}
 	for i := 0; i < len(token); i++ {
 		// The decoder skips '\r' and '\n'; a subject token must not hold them.
 		if c := token[i]; !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {

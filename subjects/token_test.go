@@ -53,8 +53,13 @@ func FuzzToken(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		// Any id round-trips, and its token is a valid subject token.
-		if s != "" {
+		// Any id within the limit round-trips, and its token is a valid
+		// subject token; a longer one's token is refused.
+		if len(s) > MaxConnIDLen {
+			if _, err := ConnID(Token(s)); !errors.Is(err, ErrBadToken) {
+				t.Fatalf("token of a %d-byte id accepted: %v", len(s), err)
+			}
+		} else if s != "" {
 			tok := Token(s)
 			back, err := ConnID(tok)
 			if err != nil || back != s {

@@ -18,11 +18,15 @@ import (
 // stall the events queued behind it for long.
 const publishTimeout = 5 * time.Second
 
-// Welcome is sent to a connection when it connects.
+// Welcome is sent to a connection when it connects. It names the subjects
+// that reach this connection, so the page can show the nats CLI lines for it.
 type Welcome struct {
 	Type         string `json:"type"` // "welcome"
 	Token        string `json:"token"`
 	ConnectionID string `json:"connectionId"`
+	Send         string `json:"send"`      // P.out.send.T
+	Close        string `json:"close"`     // P.out.close.T
+	Broadcast    string `json:"broadcast"` // P.out.broadcast
 }
 
 // Echo is sent back to the sender of a message.
@@ -107,7 +111,10 @@ func (b *Backend) handle(ev subjects.Event) {
 	switch ev.Kind {
 	case subjects.KindConnect:
 		log.Info("client connected")
-		b.publish(log, "welcome", Welcome{Type: "welcome", Token: ev.Token, ConnectionID: ev.ConnectionID},
+		n := b.client.Names()
+		w := Welcome{Type: "welcome", Token: ev.Token, ConnectionID: ev.ConnectionID,
+			Send: n.Send(ev.Token), Close: n.Close(ev.Token), Broadcast: n.Broadcast()}
+		b.publish(log, "welcome", w,
 			func(body []byte) error { return b.client.Send(ctx, ev.Token, body) })
 	case subjects.KindMessage:
 		text := string(ev.Data)

@@ -89,7 +89,8 @@ func TestBackend(t *testing.T) {
 	if want := names.Send(token); m.Subject != want {
 		t.Errorf("welcome on %s, want %s", m.Subject, want)
 	}
-	if want := `{"type":"welcome","token":"` + token + `","connectionId":"` + connID + `"}`; string(m.Data) != want {
+	if want := `{"type":"welcome","token":"` + token + `","connectionId":"` + connID + `","send":"` + names.Send(token) +
+		`","close":"` + names.Close(token) + `","broadcast":"` + names.Broadcast() + `"}`; string(m.Data) != want {
 		t.Errorf("welcome %s, want %s", m.Data, want)
 	}
 

@@ -11,7 +11,8 @@ var indexHTML []byte
 // Page serves the chat page at / (and /index.html). It is one embedded file
 // with no external assets; its script connects to ws://<same host>/ws, so
 // serve it from the emulator's Fallback. Elements with ids status, token,
-// input, send and log are stable for browser tests.
+// copy, reconnect, natscmds, input, send and log, and the log's classes
+// (system, echo, chat, nats, binary), are stable for browser tests.
 func Page() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" && r.URL.Path != "/index.html" {

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -358,15 +359,99 @@ func TestDemoPageInBrowser(t *testing.T) {
 	}
 	waitEval(t, page, "the chat broadcast in #log", strings.Replace(logTexts, "CLASS", "chat", 1),
 		func(v []string) bool { return slices.Contains(v, "broadcast from Go") })
-	waitEval(t, page, "the plain broadcast in #log", strings.Replace(logTexts, "CLASS", "raw", 1),
-		func(v []string) bool { return slices.Contains(v, "plain broadcast") })
+	// Lines that are not the demo's chat protocol came from NATS and are marked so.
+	natsLines := `Array.from(document.querySelectorAll("#log li.nats")).map(li => li.textContent)`
+	waitEval(t, page, "the plain broadcast marked as from NATS in #log", natsLines,
+		func(v []string) bool { return slices.Contains(v, "natsplain broadcast") })
 
-	// Closing from the backend shows in the page.
+	// A binary frame shows as its size and a hex preview, not as mangled text.
+	if err := svc.c.SendBinary(svc.ctx(t), token, []byte{0x00, 0x01, 0xfe, 0xff}); err != nil {
+		t.Fatal(err)
+	}
+	waitEval(t, page, "the binary frame as <4 bytes binary> 00 01 fe ff", natsLines,
+		func(v []string) bool { return slices.Contains(v, "nats<4 bytes binary>00 01 fe ff") })
+
+	checkNATSLines(t, page, st, token, natsLines)
+	checkCopyToken(t, page, token)
+
+	// Closing from the backend shows in the page; the page reconnects
+	// without a reload and gets a new connection.
 	if err := svc.c.Close(svc.ctx(t), token); err != nil {
 		t.Fatal(err)
 	}
 	waitEval(t, page, "#status data-state closed", `document.getElementById("status").dataset.state`,
 		func(s string) bool { return s == "closed" })
+	var clicked2 bool
+	if err := page.eval(`(() => { const b = document.getElementById("reconnect"); if (b.disabled) return false; b.click(); return true; })()`, &clicked2); err != nil || !clicked2 {
+		t.Fatalf("click #reconnect (enabled once closed): %v %v", clicked2, err)
+	}
+	waitEval(t, page, "#status data-state open after reconnecting", `document.getElementById("status").dataset.state`,
+		func(s string) bool { return s == "open" })
+	again := waitEval(t, page, "a new token after reconnecting", `document.getElementById("token").textContent`,
+		func(s string) bool { return s != "" && s != "–" && s != token })
+	rec.wait(t, "the reconnected page's connect event", isKind(subjects.KindConnect, again))
+	var navs int
+	if err := page.eval(`performance.getEntriesByType("navigation").length`, &navs); err != nil || navs != 1 {
+		t.Errorf("navigations %d (%v), want 1: reconnecting must not reload the page", navs, err)
+	}
+}
+
+// checkNATSLines runs the page's nats CLI lines for its connection (text
+// and binary send) with the real CLI and sees both arrive in the page.
+func checkNATSLines(t *testing.T, page *cdp, st *stack.Stack, token string, natsLines string) {
+	t.Helper()
+	cmds := waitEval(t, page, "#natscmds to show the lines for this connection", `document.getElementById("natscmds").textContent`,
+		func(s string) bool { return strings.Contains(s, token) })
+	lines := strings.Split(cmds, "\n")
+	n := subjects.MustNew(subjects.DefaultPrefix) // startStack keeps the default prefix
+	want := []string{
+		"nats pub " + n.Send(token) + " 'hi from NATS'",
+		"nats pub " + n.Send(token) + " -H Ws-Data-Type:binary 'some bytes'",
+		"nats pub " + n.Broadcast() + " 'hello, all'",
+		"nats pub " + n.Close(token) + " ''",
+	}
+	if !slices.Equal(lines, want) {
+		t.Fatalf("#natscmds:\n%s\nwant:\n%s", cmds, strings.Join(want, "\n"))
+	}
+	bin, cfg := natsCLI(t), t.TempDir()
+	for _, l := range lines[:2] {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		// The line as a user pastes it into a shell, against this stack's NATS.
+		cmd := exec.CommandContext(ctx, "bash", "-c", l)
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+":"+os.Getenv("PATH"), "NATS_URL="+st.NATSURL(),
+			"XDG_CONFIG_HOME="+cfg, "HOME="+cfg, "NATS_CONTEXT=")
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", l, err, out)
+		}
+	}
+	waitEval(t, page, "the nats pub text line in #log", natsLines,
+		func(v []string) bool { return slices.Contains(v, "natshi from NATS") })
+	waitEval(t, page, "the nats pub binary line in #log", natsLines,
+		func(v []string) bool { return slices.Contains(v, "nats<10 bytes binary>73 6f 6d 65 20 62 79 74 65 73") })
+}
+
+// checkCopyToken clicks the copy button and reads the clipboard back.
+func checkCopyToken(t *testing.T, page *cdp, token string) {
+	t.Helper()
+	page.call(t, "Emulation.setFocusEmulationEnabled", map[string]any{"enabled": true}, nil)
+	page.call(t, "Browser.grantPermissions", map[string]any{"permissions": []string{"clipboardReadWrite", "clipboardSanitizedWrite"}}, nil)
+	var clicked bool
+	if err := page.eval(`(() => { document.getElementById("copy").click(); return true; })()`, &clicked); err != nil || !clicked {
+		t.Fatalf("click #copy: %v", err)
+	}
+	waitEval(t, page, "#copy to report the token copied", `document.getElementById("copy").dataset.copied || ""`,
+		func(s string) bool { return s == token })
+	var res struct {
+		Result struct {
+			Value string `json:"value"`
+		} `json:"result"`
+	}
+	page.call(t, "Runtime.evaluate", map[string]any{"expression": "navigator.clipboard.readText()", "awaitPromise": true, "returnByValue": true}, &res)
+	if res.Result.Value != token {
+		t.Errorf("clipboard holds %q after #copy, want the token %q", res.Result.Value, token)
+	}
 }
 
 // jsString quotes s as a JavaScript string literal.

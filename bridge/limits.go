@@ -1,0 +1,230 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// Bounds on what one message or one request can make the bridge hold or do.
+// The contract's limits on tokens and names are in subjects (limits.go).
+
+// heldSize is what a held message counts against Options.MaxHeldBytes: its
+// body and headers, and the push body built from it (about the body again;
+// a fan-out shares one tail, but each of its items adds a small head).
+func heldSize(m jetstream.Msg) int64 {
+	n := int64(2*len(m.Data())) + 256
+	for k, vs := range m.Headers() {
+		for _, v := range vs {
+			n += int64(len(k) + len(v) + 4)
+		}
+	}
+	return n
+}
+
+// waitRoom waits until n more bytes fit in the held-bytes budget (over
+// every partition) or the partition stops, and counts them. One message is
+// always let in when nothing is held, so a message larger than the budget
+// cannot stall the consumer. The wait blocks the partition's consumer
+// callback, which stops its pulls: what the client may buffer meanwhile is
+// bounded by pullBytes.
+func (b *Bridge) waitRoom(p *part, n int64) {
+	b.hmu.Lock()
+	for b.heldBytes > 0 && b.heldBytes+n > b.opts.MaxHeldBytes && !p.stopping.Load() {
+		b.hmu.Unlock()
+		select {
+		case <-b.room:
+		case <-p.quit:
+		case <-b.quit:
+		}
+		b.hmu.Lock()
+	}
+	b.heldBytes += n
+	b.m.HeldBytes.Set(float64(b.heldBytes))
+	b.hmu.Unlock()
+}
+
+// release returns a settled delivery's bytes to the budget.
+func (b *Bridge) release(n int64) {
+	if n == 0 {
+		return
+	}
+	b.hmu.Lock()
+	b.heldBytes -= n
+	b.m.HeldBytes.Set(float64(b.heldBytes))
+	b.hmu.Unlock()
+	select {
+	case b.room <- struct{}{}:
+	default:
+	}
+}
+
+// recentSettled is how many settled stream sequences a partition remembers
+// (see settledLocked).
+const recentSettled = 4096
+
+// markSettledLocked remembers that the message at seq was acknowledged;
+// p.mu held.
+func (p *part) markSettledLocked(seq uint64) {
+	if p.settledSet == nil {
+		p.settledSet = make(map[uint64]struct{}, recentSettled)
+		p.settledRing = make([]uint64, recentSettled)
+	}
+	old := p.settledRing[p.settledNext]
+	if old != 0 {
+		delete(p.settledSet, old)
+	}
+	p.settledRing[p.settledNext] = seq
+	p.settledNext = (p.settledNext + 1) % recentSettled
+	p.settledSet[seq] = struct{}{}
+}
+
+// settledLocked reports whether seq was acknowledged recently; p.mu held.
+// A message can wait in the client's buffer while the held-bytes budget is
+// full, past its ack wait; JetStream then delivers it again, and the copy
+// arrives after the original was pushed and acknowledged. Pushing the copy
+// would send the connection an older message after newer ones.
+func (p *part) settledLocked(seq uint64) bool {
+	_, ok := p.settledSet[seq]
+	return ok
+}
+
+// pullBytes bounds the bytes the consumer may buffer in the client ahead of
+// the callback: a quarter of the held budget, but at least two of the
+// largest messages the server accepts (a pull whose byte limit is below a
+// message's size never gets it).
+func pullBytes(maxHeld, maxPayload int64) int {
+	n := max(maxHeld/4, 2*maxPayload+64<<10)
+	return int(min(n, 1<<30))
+}
+
+// noRedirects makes the push client return a 3xx as the answer: following
+// one would turn the POST into a GET (a 302 the client then reports as
+// success, the message lost) or re-post connection ids and data to another
+// host (307).
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// withoutRedirects returns hc, or a copy of it, that does not follow
+// redirects.
+func withoutRedirects(hc *http.Client) *http.Client {
+	c := *hc
+	c.CheckRedirect = noRedirects
+	return &c
+}
+
+// consumeErrLevel is the log level of an error the consumer reports. A
+// missed pull heartbeat is routine on a loaded machine: the heartbeat comes
+// every half pull expiry (1s) and is declared missed after two, so a
+// process descheduled for 2s misses one; the consumer then issues a new
+// pull by itself. It is logged at debug; everything else at warn.
+func consumeErrLevel(err error) slog.Level {
+	if errors.Is(err, jetstream.ErrNoHeartbeat) {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}
+
+// ErrNATSClosed is returned by Run when the NATS connection closed for
+// good: nothing can bring it back, so the process should exit and be
+// restarted by its supervisor.
+var ErrNATSClosed = errors.New("nats connection closed for good")
+
+// Healthy reports whether the process can still work at all: nil unless its
+// NATS connection is closed for good (a disconnected connection reconnects
+// and only makes it not ready).
+func (b *Bridge) Healthy() error {
+	if b.nc.IsClosed() {
+		err := ErrNATSClosed
+		if last := b.nc.LastError(); last != nil {
+			return fmt.Errorf("%w: %v", err, last)
+		}
+		return err
+	}
+	return nil
+}
+
+// deadLetterMsg builds a dead letter that fits in maxPayload: the original
+// body and headers plus meta (the Ws-* headers that say why). When it would
+// not fit, the body is cut (Ws-Truncated gives the original size) and, if
+// the headers alone are too large, only meta and the connection id are
+// kept (Ws-Truncated then says "headers").
+func deadLetterMsg(subject string, body []byte, orig nats.Header, meta nats.Header, maxPayload int64) *nats.Msg {
+	h := nats.Header{}
+	for k, v := range orig {
+		h[k] = append([]string(nil), v...)
+	}
+	for k, v := range meta {
+		h[k] = v
+	}
+	m := &nats.Msg{Subject: subject, Data: body, Header: h}
+	// Room for the header block's framing (NATS/1.0 line, CRLFs).
+	const slack = 512
+	hdr := headerSize(h)
+	if int64(hdr+len(body)+slack) <= maxPayload {
+		return m
+	}
+	if int64(hdr+slack+64) > maxPayload {
+		// The original headers alone are too large: keep the metadata.
+		h = nats.Header{}
+		for k, v := range meta {
+			h[k] = v
+		}
+		if id := orig.Get(subjects.HeaderConnID); id != "" && len(id) <= subjects.MaxConnIDLen {
+			h.Set(subjects.HeaderConnID, id)
+		}
+		h.Set(subjects.HeaderTruncated, "headers")
+		m.Header = h
+		hdr = headerSize(h)
+	} else {
+		h.Set(subjects.HeaderTruncated, strconv.Itoa(len(body)))
+		hdr = headerSize(h)
+	}
+	room := max(maxPayload-int64(hdr+slack), 0)
+	if int64(len(body)) > room {
+		m.Data = body[:room]
+		if m.Header.Get(subjects.HeaderTruncated) == "headers" {
+			m.Header.Set(subjects.HeaderTruncated, "headers,"+strconv.Itoa(len(body)))
+		}
+	}
+	return m
+}
+
+func headerSize(h nats.Header) int {
+	n := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4 // "k: v\r\n"
+		}
+	}
+	return n
+}
+
+// transientPublishErr reports whether a failed dead-letter publish may
+// succeed later: no answer (timeout, no responders while WS_DLQ is being
+// created or its leader elected, connection down), or a JetStream error
+// about the stream's availability. Anything else (a refused size, a full
+// stream) gives the same answer again.
+func transientPublishErr(err error) bool {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrDisconnected):
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 503: JetStream not ready / no quorum; 404: the stream is gone
+		// (it is re-created at the next start).
+		return apiErr.Code == 503 || apiErr.Code == 404 || apiErr.Code >= 500
+	}
+	return false
+}

@@ -1,0 +1,82 @@
+package functions_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// Item 10 of issue 7: a close asked by a backend used to yield two
+// disconnect events, "closed" from the bridge and "client" from the cleanup
+// function the gateway runs next. The bridge marks the record before it
+// pushes the close; the cleanup reads the mark, and both events carry one
+// Nats-Msg-Id, so WS_IN stores one, with the true reason, in either order.
+func TestCloseByBackendAnnouncedOnceAsClosed(t *testing.T) {
+	for _, bridgeFirst := range []bool{true, false} {
+		name := "cleanup first"
+		if bridgeFirst {
+			name = "bridge first"
+		}
+		t.Run(name, func(t *testing.T) {
+			s := startNATS(t)
+			obs := observe(t, s, true)
+			f := newFunctions(t, s.ClientURL(), nil)
+			tok := subjects.Token(connID)
+			if out, _ := f.Register(invocation(t, "r0", 5*time.Second), json.RawMessage(connectEvent(connID, ""))); reply(t, out).ErrNo != 0 {
+				t.Fatalf("register: %s", out)
+			}
+			// What the bridge does before pushing the close.
+			ctx := context.Background()
+			kv, err := obs.js.KeyValue(ctx, obs.names.Bucket())
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := kv.Get(ctx, tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rec map[string]any
+			_ = json.Unmarshal(e.Value(), &rec)
+			rec["closing"] = subjects.ReasonClosed
+			marked, _ := json.Marshal(rec)
+			if _, err := kv.Update(ctx, tok, marked, e.Revision()); err != nil {
+				t.Fatal(err)
+			}
+			bridgeAnnounces := func() {
+				m, err := obs.names.DisconnectMsg(tok, subjects.ReasonClosed, time.Now())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := obs.js.PublishMsg(ctx, m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if bridgeFirst {
+				bridgeAnnounces()
+			}
+			if _, err := f.Cleanup(invocation(t, "c1", 5*time.Second), json.RawMessage(closingEvent(connID))); err != nil {
+				t.Fatal(err)
+			}
+			if !bridgeFirst {
+				bridgeAnnounces()
+			}
+			var got []subjects.DisconnectEvent
+			for _, m := range obs.stored(t) {
+				if m.Subject == obs.names.Disconnect(tok) {
+					var ev subjects.DisconnectEvent
+					_ = json.Unmarshal(m.Data, &ev)
+					got = append(got, ev)
+				}
+			}
+			if len(got) != 1 || got[0].Reason != subjects.ReasonClosed {
+				t.Errorf("disconnect events %+v, want one with reason closed", got)
+			}
+			if obs.record(t, tok) != nil {
+				t.Error("the record outlived the cleanup")
+			}
+		})
+	}
+}
