@@ -3,8 +3,6 @@ package bridge
 import (
 	"cmp"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -32,10 +29,6 @@ import (
 // a stopped instance's requests linger at the server until they expire, and
 // a hand-off waits them out before it NAKs (see part.stop).
 const pullExpiry = time.Second
-
-// bigRegistry is the index size from which the memory used to load it is
-// handed back to the OS at once (see watch).
-const bigRegistry = 10000
 
 // ErrStopped is returned by Start on a bridge that was stopped.
 var ErrStopped = errors.New("bridge stopped")
@@ -433,26 +426,6 @@ func (b *Bridge) heldCount() int {
 	return n
 }
 
-// reject dead-letters a whole message that will never be pushed.
-func (b *Bridge) reject(d *delivery, kind subjects.Kind, token, reason string, cause error, attempts int) {
-	d.remaining.Store(1)
-	err := b.deadLetter(d, kind, token, reason, Outcome{Err: cause}, attempts)
-	if err != nil && !transientPublishErr(err) {
-		// Refused, not unavailable: the metadata alone, or the log line.
-		if err = b.deadLetterAs(d, kind, token, reason, Outcome{Err: cause}, attempts, true); err != nil && !transientPublishErr(err) {
-			b.log.Error("dead letter refused; lost", "seq", d.seq, "kind", kind, "reason", reason,
-				"subject", clipString(d.msg.Subject(), 256), "cause", cause, "err", err)
-			err = nil
-		}
-	}
-	if err != nil {
-		b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", err)
-		d.aborted.Store(true)
-		d.nakDelay.Store(int64(b.opts.BackoffMax))
-	}
-	b.settle(d)
-}
-
 type attemptResult int
 
 const (
@@ -472,7 +445,8 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	if it.payload == nil {
 		p, err := b.payload(it)
 		if err != nil {
-			it.dl = &pendingDL{reason: metrics.ReasonInvalid, o: Outcome{Err: err}}
+			o := Outcome{Class: Invalid, Err: err}
+			it.dl = &pendingDL{reason: Decide(o, it.attempts, b.policy, 0).Reason, o: o}
 			return b.finish(it)
 		}
 		it.payload = p
@@ -494,10 +468,11 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	b.m.PushDuration.Observe(done.Sub(start).Seconds())
 	b.pushes.inc(it.close, o.Class)
 	if b.pushCtx.Err() != nil && o.Class != OK {
-		// Cut short by shutdown: neither the message's nor the gateway's fault.
-		return abandon, 0
+		// Cut short by shutdown: neither the message's nor the gateway's
+		// fault; it goes back for the partition's next owner.
+		o = Outcome{Class: Abandoned, Err: o.Err}
 	}
-	if fenced && o.Class != OK {
+	if fenced && o.Class != OK && o.Class != Abandoned {
 		// Cut at the fence: not an attempt; the lane waits for the
 		// renewal or the partition's drop.
 		it.attempts--
@@ -517,6 +492,8 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 			b.maybeRefresh(it.token, done)
 		}
 		return resolved, 0
+	case Release:
+		return abandon, dec.Delay
 	case Retry:
 		b.m.Retries.Inc()
 		b.log.Debug("push failed, will retry", "kind", d.kind, "token", it.token, "status", o.Status,
@@ -525,412 +502,4 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	}
 	it.dl = &pendingDL{reason: dec.Reason, o: o, attempts: it.attempts, gone: dec.Gone}
 	return b.finish(it)
-}
-
-// pendingDL is the dead letter an item's outcome calls for.
-type pendingDL struct {
-	reason   string
-	o        Outcome
-	attempts int  // push attempts made
-	gone     bool // forget the connection once dead-lettered
-	tries    int  // failed publishes of the dead letter
-	minimal  bool // publish the metadata only (the full one was refused)
-}
-
-// finish publishes the item's dead letter. When the publish fails, the item
-// stays at the head of its lane and the publish is retried after a backoff,
-// like a transient push failure, so later messages to the connection keep
-// waiting behind it (abandoning the lane would let newer messages to the
-// connection start a new lane and overtake it). A stop gives the lane back
-// to JetStream as usual.
-func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
-	p := it.dl
-	if err := b.deadLetterAs(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts, p.minimal); err != nil {
-		p.tries++
-		if !transientPublishErr(err) {
-			// Retrying gives the same answer. Keep the metadata only
-			// (subject, reason, status, sizes); when even that is refused,
-			// the log line and the counter are all that is left, and the
-			// lane moves on.
-			if !p.minimal {
-				p.minimal = true
-				return b.finish(it)
-			}
-			b.log.Error("dead letter refused; lost", "seq", it.d.seq, "token", it.token, "kind", it.d.kind,
-				"reason", p.reason, "status", p.o.Status, "subject", clipString(it.d.msg.Subject(), 256), "err", err)
-			it.dl = nil
-			if p.gone {
-				b.forget(it.token, subjects.ReasonGone)
-			}
-			return resolved, 0
-		}
-		delay := b.policy.Backoff(p.tries, rand.Float64())
-		b.log.Error("dead letter failed; retrying", "seq", it.d.seq, "token", it.token,
-			"tries", p.tries, "delay", delay, "err", err)
-		return retry, delay
-	}
-	it.dl = nil
-	if p.gone {
-		b.forget(it.token, subjects.ReasonGone)
-	}
-	return resolved, 0
-}
-
-// payload builds the reverse-push body of SPEC §1. It appends the JSON
-// by hand into one right-sized buffer: encoding/json's reflection cost a
-// tenth of the push path's CPU. Strings that need escaping (rare: ids are
-// base64url and most text is plain) go through encoding/json, so the body is
-// byte for byte what json.Marshal gives for the same fields, except that a
-// send always carries "data" (subjects.GatewayWebSocket omits it when empty).
-//
-// The body is the returned head followed by it.d.tail. A fan-out's tail
-// (everything after the connection id: data type and data) is built once
-// per message by shareTail, so its items hold only their head rather than
-// a copy of the data each; otherwise the tail is nil and head is the body.
-func (b *Bridge) payload(it *item) ([]byte, error) {
-	id, err := subjects.ConnID(it.token)
-	if err != nil {
-		return nil, err
-	}
-	if it.close {
-		buf := make([]byte, 0, len(`{"websocket":{"action":"closing","secConnectionID":""}}`)+len(id))
-		buf = append(buf, `{"websocket":{"action":"`+subjects.ActionClosing+`","secConnectionID":`...)
-		buf = appendJSONString(buf, id)
-		return append(buf, "}}"...), nil
-	}
-	n := len(sendHead) + len(id) + 2
-	if it.d.tail == nil {
-		n += sendTailLen(it.d)
-	}
-	buf := make([]byte, 0, n)
-	buf = append(buf, sendHead...)
-	buf = appendJSONString(buf, id)
-	if it.d.tail == nil {
-		buf = appendSendTail(buf, it.d)
-	}
-	return buf, nil
-}
-
-// sendHead starts a send's body; the connection id follows.
-const sendHead = `{"websocket":{"action":"` + subjects.ActionDataSend + `","secConnectionID":`
-
-// shareTail builds the body tail the items of a fan-out share.
-func (d *delivery) shareTail() {
-	d.tail = appendSendTail(make([]byte, 0, sendTailLen(d)), d)
-}
-
-func sendTailLen(d *delivery) int {
-	dataLen := len(d.body)
-	if d.binary {
-		dataLen = base64.StdEncoding.EncodedLen(len(d.body))
-	}
-	return len(`,"dataType":"binary","data":""}}`) + dataLen
-}
-
-// appendSendTail appends what follows the connection id in a send's body.
-func appendSendTail(buf []byte, d *delivery) []byte {
-	dataType := subjects.DataText
-	if d.binary {
-		dataType = subjects.DataBinary
-	}
-	buf = append(buf, `,"dataType":"`...)
-	buf = append(buf, dataType...)
-	buf = append(buf, '"')
-	// Always "data", "" for an empty send (SPEC §1 body), although the
-	// struct's tag is omitempty.
-	buf = append(buf, `,"data":`...)
-	if d.binary {
-		// Base64 never needs escaping.
-		buf = append(buf, '"')
-		buf = base64.StdEncoding.AppendEncode(buf, d.body)
-		buf = append(buf, '"')
-	} else {
-		buf = appendJSONString(buf, string(d.body))
-	}
-	return append(buf, "}}"...)
-}
-
-// appendJSONString appends s as a JSON string exactly as encoding/json
-// writes it: verbatim when it holds only printable ASCII that needs no
-// escape, through json.Marshal otherwise (quotes, backslashes, control
-// characters, HTML-sensitive <>&, and all non-ASCII, which Marshal checks
-// for invalid UTF-8 and U+2028/U+2029).
-func appendJSONString(buf []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s) // a string always encodes
-			return append(buf, q...)
-		}
-	}
-	buf = append(buf, '"')
-	buf = append(buf, s...)
-	return append(buf, '"')
-}
-
-// deadLetter republishes the message, for one connection, to the dead-letter
-// stream with why it failed, and waits for the stream's ack. The original
-// Nats-Msg-Id is replaced: a fan-out's dead letters share it and would be
-// de-duplicated into one; the new id de-duplicates redeliveries instead.
-func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int) error {
-	return b.deadLetterAs(d, kind, token, reason, o, attempts, false)
-}
-
-// deadLetterAs is deadLetter; minimal keeps only the Ws-* metadata and
-// connection id, without the original body and headers.
-func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int, minimal bool) error {
-	h := nats.Header{}
-	errText := "unknown"
-	if o.Err != nil {
-		errText = clipString(o.Err.Error(), 512)
-	}
-	h.Set(subjects.HeaderError, errText)
-	h.Set(subjects.HeaderAttempts, strconv.Itoa(attempts))
-	h.Set(subjects.HeaderStatus, strconv.Itoa(o.Status))
-	h.Set(subjects.HeaderSubject, d.orig)
-	h.Set(subjects.HeaderReason, reason)
-	h.Set(subjects.HeaderMsgID, "dlq-"+strconv.FormatUint(d.seq, 10)+"-"+token)
-	if token != "" {
-		if id, err := subjects.ConnID(token); err == nil {
-			h.Set(subjects.HeaderConnID, id)
-		}
-	}
-	subj := b.names.DeadLetter(kind, token)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	// Cut to fit: a body just under max_payload plus the headers would
-	// not, and its publish would fail forever.
-	maxPayload := b.nc.MaxPayload()
-	if minimal {
-		maxPayload = 0 // nothing of the original fits
-	}
-	dl := deadLetterMsg(subj, d.msg.Data(), d.msg.Headers(), h, maxPayload)
-	if _, err := b.js.PublishMsg(ctx, dl); err != nil {
-		b.m.DeadLetterFailures.Inc()
-		return fmt.Errorf("publish dead letter %s: %w", subj, err)
-	}
-	b.m.DeadLetters.WithLabelValues(reason).Inc()
-	b.log.Warn("dead letter", "kind", kind, "token", token, "reason", reason, "status", o.Status,
-		"attempts", attempts, "seq", d.seq, "err", errText)
-	return nil
-}
-
-// forget deletes a connection from the registry and publishes its
-// disconnect event. Both are best effort (SPEC §3): failures are logged, the
-// registry TTL is the safety net.
-//
-// A connection is announced once (subjects.DisconnectMsgID lets WS_IN drop
-// what several messages, instances or the cleanup function announce again).
-// A connection found gone is not announced at all once the index no longer
-// holds it: every message queued for it is answered gone.
-func (b *Bridge) forget(token, reason string) {
-	held := b.idx.remove(token)
-	if reason == subjects.ReasonGone && !held {
-		b.log.Debug("gone connection already forgotten", "token", token)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := b.kv.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		b.log.Warn("registry delete failed", "token", token, "err", err)
-	}
-	if err := b.publishDisconnect(ctx, token, reason); err != nil {
-		b.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
-	}
-}
-
-func (b *Bridge) publishDisconnect(ctx context.Context, token, reason string) error {
-	m, err := b.names.DisconnectMsg(token, reason, time.Now())
-	if err != nil {
-		return err
-	}
-	if _, err := b.js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("publish %s: %w", m.Subject, err)
-	}
-	return nil
-}
-
-// watch keeps the index current from the registry bucket.
-func (b *Bridge) watch(w jetstream.KeyWatcher) {
-	defer b.wg.Done()
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case <-b.bgCtx.Done():
-			return
-		case e, ok := <-w.Updates():
-			if !ok {
-				return
-			}
-			if e == nil {
-				if b.synced.CompareAndSwap(false, true) {
-					if b.idx.size() >= bigRegistry {
-						// Loading a large registry passes every record
-						// through the heap once (100,000 records: the
-						// heap peaks near 80 MB for a 20 MB index); give
-						// those pages back now rather than over minutes
-						// of background scavenging.
-						debug.FreeOSMemory()
-					}
-					close(b.syncedCh)
-				}
-				b.m.RegistryConnections.Set(float64(b.idx.size()))
-				continue
-			}
-			switch e.Operation() {
-			case jetstream.KeyValuePut:
-				b.idx.putAt(e.Key(), e.Value(), e.Created())
-			case jetstream.KeyValueDelete:
-				b.idx.remove(e.Key())
-			case jetstream.KeyValuePurge:
-				// The registry's TTL expiry shows as a purge marker (the
-				// bridge and the functions delete, never purge). So does
-				// the age-out of a delete marker, for a connection that
-				// already left: only a record the index still held has
-				// expired. Every instance sees it; the Nats-Msg-Id makes
-				// WS_IN store one event.
-				if b.idx.remove(e.Key()) && b.synced.Load() {
-					ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired)
-					cancel()
-					if err != nil {
-						b.log.Warn("expired disconnect not published", "token", e.Key(), "err", err)
-					}
-				}
-			}
-			if b.synced.Load() {
-				b.m.RegistryConnections.Set(float64(b.idx.size()))
-			}
-		}
-	}
-}
-
-// countInbound counts inbound events by type; bounded label values only.
-func (b *Bridge) countInbound(m *nats.Msg) {
-	s, err := b.names.Parse(m.Subject)
-	if err != nil || s.Dir != subjects.In {
-		b.m.InboundEvents.WithLabelValues(metrics.EventInvalid).Inc()
-		return
-	}
-	b.m.InboundEvents.WithLabelValues(string(s.Kind)).Inc()
-}
-
-// sample refreshes the gauges that come from elsewhere: NATS state,
-// reconnects and the owned partitions' backlog.
-func (b *Bridge) sample() {
-	defer b.wg.Done()
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
-	for {
-		connected := 0.0
-		if b.nc.IsConnected() {
-			connected = 1
-		}
-		b.m.NATSConnected.Set(connected)
-		if r := b.nc.Stats().Reconnects; r > b.lastRecon {
-			b.m.NATSReconnects.Add(float64(r - b.lastRecon))
-			b.lastRecon = r
-		}
-		if connected == 1 {
-			// The owned partitions' consumers: the backlog and what is
-			// held is this bridge's share.
-			var pending, ackPending uint64
-			for _, p := range b.ownedParts() {
-				cons := p.consumer()
-				if cons == nil {
-					continue
-				}
-				ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
-				if info, err := cons.Info(ctx); err == nil {
-					pending += info.NumPending
-					ackPending += uint64(info.NumAckPending)
-					b.pm.Backlog.WithLabelValues(strconv.Itoa(p.n)).Set(float64(info.NumPending))
-				}
-				cancel()
-			}
-			b.m.ConsumerPending.Set(float64(pending))
-			b.m.AckPending.Set(float64(ackPending))
-		}
-		select {
-		case <-b.quit:
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// refreshQueue bounds the tokens waiting for a registry refresh; more are
-// dropped (the next push to them asks again).
-const refreshQueue = 1024
-
-// registryTTL is the registry TTL the options ask for, with the default of
-// subjects.StreamOptions.
-func registryTTL(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 24 * time.Hour
-	}
-	return d
-}
-
-// maybeRefresh queues a refresh of token's registry record when a push to
-// it just succeeded and the record was written more than half the TTL ago:
-// a connection that keeps receiving stays registered, while nothing else
-// rewrites its record. Off the push path: one goroutine does the KV round
-// trips, with at most one refresh queued or in flight per token.
-func (b *Bridge) maybeRefresh(token string, now time.Time) {
-	written, ok := b.idx.written(token)
-	if !ok || written.IsZero() || now.Sub(written) < b.regTTL/2 {
-		return
-	}
-	b.refreshMu.Lock()
-	defer b.refreshMu.Unlock()
-	if _, busy := b.refreshing[token]; busy {
-		return
-	}
-	select {
-	case b.refreshCh <- token:
-		b.refreshing[token] = struct{}{}
-	default: // full: a later push asks again
-	}
-}
-
-// refresher rewrites the records maybeRefresh queues.
-func (b *Bridge) refresher() {
-	defer b.wg.Done()
-	for {
-		select {
-		case <-b.bgCtx.Done():
-			return
-		case token := <-b.refreshCh:
-			b.refresh(token)
-			b.refreshMu.Lock()
-			delete(b.refreshing, token)
-			b.refreshMu.Unlock()
-		}
-	}
-}
-
-// refresh rewrites token's record unchanged, which restarts its TTL. The
-// update names the revision read, so a delete or update made meanwhile (a
-// disconnect, a group change, another instance's refresh) wins.
-func (b *Bridge) refresh(token string) {
-	ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-	defer cancel()
-	e, err := b.kv.Get(ctx, token)
-	if err != nil {
-		if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
-			b.log.Debug("registry refresh: read failed", "token", token, "err", err)
-		}
-		return
-	}
-	if time.Since(e.Created()) < b.regTTL/2 {
-		b.idx.touch(token, e.Created()) // rewritten meanwhile
-		return
-	}
-	if _, err := b.kv.Update(ctx, token, e.Value(), e.Revision()); err != nil {
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
-			b.log.Debug("registry refresh failed", "token", token, "err", err)
-		}
-		return
-	}
-	b.idx.touch(token, time.Now())
 }

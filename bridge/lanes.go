@@ -192,7 +192,9 @@ func (b *Bridge) work(l *lane) {
 	it := l.q[0]
 	p.mu.Unlock()
 	if p.stopping.Load() {
-		b.abandonLane(l, 0)
+		// Handed off or dropped: the lane's messages are the next
+		// owner's (Decide: release).
+		b.abandonLane(l, Decide(Outcome{Class: Abandoned}, it.attempts, b.policy, 0).Delay)
 		return
 	}
 	if !p.valid() {

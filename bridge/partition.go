@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wsbridge/wsbridge/metrics"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -229,22 +228,22 @@ func (p *part) handleOne(m jetstream.Msg) {
 			b.settle(d)
 			return
 		}
-		b.reject(d, subjects.KindInvalid, "", metrics.ReasonInvalid, err, 0)
+		b.reject(d, subjects.KindInvalid, "", Invalid, err, 0)
 		return
 	}
 	d.kind = subj.Kind
 	if (subj.Kind == subjects.KindSend || subj.Kind == subjects.KindClose) && st.Partition != p.n {
-		b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid,
+		b.reject(d, subj.Kind, subj.Token, Invalid,
 			fmt.Errorf("%w: stored in partition %d, read by partition %d", subjects.ErrBadSubject, st.Partition, p.n), 0)
 		return
 	}
 	if meta.NumDelivered > uint64(b.opts.MaxDeliver) {
-		b.reject(d, subj.Kind, subj.Token, metrics.ReasonRetries,
+		b.reject(d, subj.Kind, subj.Token, OverDelivered,
 			fmt.Errorf("delivered %d times without an outcome (max deliver %d)", meta.NumDelivered, b.opts.MaxDeliver), int(meta.NumDelivered))
 		return
 	}
 	if err != nil {
-		b.reject(d, subj.Kind, subj.Token, metrics.ReasonInvalid, err, 0)
+		b.reject(d, subj.Kind, subj.Token, Invalid, err, 0)
 		return
 	}
 	d.body, d.binary = m.Data(), binary
