@@ -164,6 +164,29 @@ func allResumed(pushes []stamped, gone string, at time.Time, parts int) bool {
 	return len(pending) == 0
 }
 
+// pacer publishes numbered rounds of messages, one to each of conns
+// connections (m0, m1, …) per round.
+type pacer struct {
+	e     *env
+	conns int
+	every time.Duration
+	round int // the next round pace publishes
+}
+
+func (pc *pacer) publish(i int) {
+	for c := 0; c < pc.conns; c++ {
+		pc.e.publish(pc.e.names.Send(subjects.Token(fmt.Sprintf("m%d", c))), []byte(strconv.Itoa(i)))
+	}
+}
+
+// pace publishes the rounds up to until, one every pc.every.
+func (pc *pacer) pace(until int) {
+	for ; pc.round < until; pc.round++ {
+		pc.publish(pc.round)
+		time.Sleep(pc.every)
+	}
+}
+
 // resumed is how long after at every partition the bridge gone pushed for
 // in the second before at got a push from another bridge (the failover
 // time), and how many such partitions there were.
@@ -209,11 +232,8 @@ func TestBridgesKeepOrder(t *testing.T) {
 	b2 := startBridgeProc(t, bin, url, mt.srv.URL, "b2")
 	b3 := startBridgeProc(t, bin, url, mt.srv.URL, "b3")
 
-	publish := func(i int) {
-		for c := 0; c < conns; c++ {
-			e.publish(e.names.Send(subjects.Token(fmt.Sprintf("m%d", c))), []byte(strconv.Itoa(i)))
-		}
-	}
+	pc := &pacer{e: e, conns: conns, every: 100 * time.Millisecond, round: 1}
+	publish := pc.publish
 	waitFor(t, "every bridge to push", 60*time.Second, func() bool {
 		publish(0)
 		seen := map[string]bool{}
@@ -224,13 +244,7 @@ func TestBridgesKeepOrder(t *testing.T) {
 	})
 	// Message 0 went out several times above: only 1..per-1 are checked
 	// for completeness with 0, as one.
-	round := 1
-	pace := func(until int) {
-		for ; round < until; round++ {
-			publish(round)
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+	pace := pc.pace
 	pace(20)
 	killAt := time.Now()
 	if err := b2.cmd.Process.Signal(syscall.SIGKILL); err != nil {

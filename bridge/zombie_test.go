@@ -2,10 +2,8 @@ package bridge
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -134,18 +132,8 @@ func TestZombieIsFenced(t *testing.T) {
 	b := start("b", connect(t, e.s))
 	waitFor(t, "the zombie-to-be to own partitions", 30*time.Second, func() bool { return len(zombie.Owned()) > 0 })
 
-	publish := func(i int) {
-		for c := 0; c < conns; c++ {
-			e.publish(e.names.Send(subjects.Token(fmt.Sprintf("m%d", c))), []byte(strconv.Itoa(i)))
-		}
-	}
-	round := 0
-	pace := func(until int) {
-		for ; round < until; round++ {
-			publish(round)
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	pc := &pacer{e: e, conns: conns, every: 50 * time.Millisecond}
+	pace := pc.pace
 	pace(20)
 	owned := zombie.Owned()
 	cutAt := time.Now()
@@ -168,9 +156,7 @@ func TestZombieIsFenced(t *testing.T) {
 	// The others take the partitions over (a lease, then the ack wait of
 	// what the zombie held) while it is still cut off.
 	waitFor(t, "the others to push for every partition the zombie had", 60*time.Second, func() bool {
-		publish(round)
-		round++
-		time.Sleep(50 * time.Millisecond)
+		pc.pace(pc.round + 1)
 		pushes := mt.all()
 		took := 0
 		for _, o := range [][]int{a.Owned(), b.Owned()} {
@@ -182,7 +168,7 @@ func TestZombieIsFenced(t *testing.T) {
 	t.Logf("the zombie's %d partitions resumed on the others %v after the cut", n, taken.Round(time.Millisecond))
 	healAt := time.Now()
 	proxy.heal()
-	per := round + 40
+	per := pc.round + 40
 	pace(per)
 	waitFor(t, "the healed bridge to take work again", 60*time.Second, func() bool { return len(zombie.Owned()) > 0 })
 	t.Logf("rejoined %v after the heal, owning %v", time.Since(healAt).Round(time.Millisecond), zombie.Owned())

@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -80,6 +81,29 @@ func main() {
 	}
 }
 
+// benchNATS starts the embedded NATS server with its storage in a new
+// temporary directory named after pattern, connects and provisions the
+// streams with -partitions; done undoes all of it.
+func benchNATS(pattern string) (s *server.Server, nc *nats.Conn, js jetstream.JetStream, done func(), err error) {
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if s, err = bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: "127.0.0.1", Port: -1, StoreDir: dir}); err == nil {
+		if nc, err = nats.Connect(s.ClientURL()); err == nil {
+			if js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err == nil {
+				if err = subjects.Provision(context.Background(), js, subjects.MustNew(""), subjects.StreamOptions{Partitions: partitions}); err == nil {
+					return s, nc, js, func() { nc.Close(); s.Shutdown(); _ = os.RemoveAll(dir) }, nil
+				}
+			}
+			nc.Close()
+		}
+		s.Shutdown()
+	}
+	_ = os.RemoveAll(dir)
+	return nil, nil, nil, nil, err
+}
+
 // target is the loopback reverse-push address: it answers like the gateway
 // and records, for bodies carrying a timestamp, publish-to-post latency.
 type target struct {
@@ -118,30 +142,13 @@ func waitCount(tg *target, want int64, bound time.Duration) error {
 }
 
 func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registry int) error {
-	dir, err := os.MkdirTemp("", "wsbridge-bench-")
+	s, nc, js, done, err := benchNATS("wsbridge-bench-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	s, err := bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: "127.0.0.1", Port: -1, StoreDir: dir})
-	if err != nil {
-		return err
-	}
-	defer s.Shutdown()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		return err
-	}
+	defer done()
 	names := subjects.MustNew("")
 	ctx := context.Background()
-	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{Partitions: partitions}); err != nil {
-		return err
-	}
 	tg := &target{}
 	srv := httptest.NewServer(tg)
 	defer srv.Close()

@@ -66,30 +66,13 @@ func (tg *slowTarget) count() int {
 // gateway latency (medians of runs, and the ratio to one bridge measured in
 // the same run), then failover times over kills of real bridge processes.
 func runScale(n, conns, conc, runs, kills int, latency time.Duration) error {
-	dir, err := os.MkdirTemp("", "wsbridge-bench-scale-")
+	s, _, js, done, err := benchNATS("wsbridge-bench-scale-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	s, err := bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: "127.0.0.1", Port: -1, StoreDir: dir})
-	if err != nil {
-		return err
-	}
-	defer s.Shutdown()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		return err
-	}
+	defer done()
 	names := subjects.MustNew("")
 	ctx := context.Background()
-	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{Partitions: partitions}); err != nil {
-		return err
-	}
 	tg := &slowTarget{latency: latency}
 	srv := httptest.NewServer(tg)
 	defer srv.Close()
