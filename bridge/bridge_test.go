@@ -519,6 +519,22 @@ func TestOptionsValidate(t *testing.T) {
 		func(o *Options) { o.BackoffJitter = 2 },
 		func(o *Options) { o.PushRate = -1 },
 		func(o *Options) { o.MaxAckPending = 1 },
+		func(o *Options) { o.Partitions = subjects.MaxPartitions + 1 },
+		func(o *Options) { o.Partitions = -1 },
+		func(o *Options) { o.LeaseTTL = time.Second - time.Millisecond },
+		func(o *Options) { o.ID = "has space" },
+	}
+	// At the limits: accepted.
+	for i, mod := range []func(*Options){
+		func(o *Options) { o.Partitions = subjects.MaxPartitions },
+		func(o *Options) { o.Partitions = 1 },
+		func(o *Options) { o.LeaseTTL = time.Second },
+	} {
+		o := good
+		mod(&o)
+		if err := o.Validate(); err != nil {
+			t.Errorf("limit case %d: Validate() = %v, want nil", i, err)
+		}
 	}
 	for i, mod := range bad {
 		o := good
