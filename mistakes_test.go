@@ -8,8 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/buildtest"
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 // Item 12 of issue 7: what a new user trips over in the ops commands.
@@ -120,5 +123,58 @@ func TestDevBinaryPortTaken(t *testing.T) {
 	}
 	if !strings.Contains(string(out), taken) || !strings.Contains(string(out), "--nats-listen or WSBRIDGE_NATS_LISTEN") {
 		t.Errorf("output %q does not name the address and the flag", out)
+	}
+}
+
+// Item 1 of issue 7, as a supervisor sees it: a bridge (or dev, whose
+// functions, bridge and demo share one connection) whose NATS connection is
+// closed for good (here: its credentials were revoked, so every reconnect
+// is refused) exits non-zero instead of living on half-dead.
+func TestBinaryExitsWhenNATSClosed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the wsbridge binary")
+	}
+	bin := buildtest.Binary(buildtest.BuildT(t, "."), ".")
+	for _, tc := range []struct {
+		args    []string
+		started string
+	}{
+		{[]string{"bridge", "--push-url", "http://127.0.0.1:1/push", "--http-addr", ""}, "consuming"},
+		{[]string{"dev", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--demo=false"}, "is running"},
+	} {
+		t.Run(tc.args[0], func(t *testing.T) {
+			var opts *server.Options
+			s := natstest.Start(t, func(o *server.Options) { o.Authorization, opts = "first", o })
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			var out buildtest.SyncBuffer
+			cmd := exec.CommandContext(ctx, bin, append(tc.args, "--nats-url", s.ClientURL(), "--nats-token", "first")...)
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(60 * time.Second)
+			for !strings.Contains(out.String(), tc.started) {
+				if time.Now().After(deadline) {
+					t.Fatalf("did not start:\n%s", out.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			revoked := *opts
+			revoked.Authorization = "second"
+			if err := s.ReloadOptions(&revoked); err != nil {
+				t.Fatal(err)
+			}
+			err := cmd.Wait()
+			if ctx.Err() != nil {
+				t.Fatalf("did not exit after its connection closed:\n%s", out.String())
+			}
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Errorf("exit %v, want 1:\n%s", err, out.String())
+			}
+			if !strings.Contains(out.String(), "closed for good") {
+				t.Errorf("output does not say why:\n%s", out.String())
+			}
+		})
 	}
 }

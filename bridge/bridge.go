@@ -432,7 +432,6 @@ const (
 	resolved attemptResult = iota
 	retry
 	abandon
-	release // the item leaves its lane unresolved: its message is NAKed after the delay
 )
 
 // attempt pushes one item once and acts on the decision.

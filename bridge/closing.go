@@ -19,7 +19,16 @@ import (
 // Both announcements carry one Nats-Msg-Id (subjects.DisconnectMsg), so the
 // connection gets one disconnect event. Best effort, like every disconnect:
 // a failure is logged and the cleanup then reports "client".
-func (b *Bridge) markClosing(token string) {
+func (b *Bridge) markClosing(token string) { b.setClosing(token, subjects.ReasonClosed) }
+
+// unmarkClosing removes the mark of a close that could not be pushed
+// (dead-lettered, not gone): the connection lives on, and its end, later,
+// is the client's.
+func (b *Bridge) unmarkClosing(token string) { b.setClosing(token, "") }
+
+// setClosing writes (or, with "", removes) the Closing mark of token's
+// record, keeping every other field as it is.
+func (b *Bridge) setClosing(token, reason string) {
 	ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
 	defer cancel()
 	for try := 0; try < 3; try++ {
@@ -34,7 +43,14 @@ func (b *Bridge) markClosing(token string) {
 		if err := json.Unmarshal(e.Value(), &rec); err != nil || rec == nil {
 			return
 		}
-		rec["closing"], _ = json.Marshal(subjects.ReasonClosed)
+		if reason == "" {
+			if _, marked := rec["closing"]; !marked {
+				return
+			}
+			delete(rec, "closing")
+		} else {
+			rec["closing"], _ = json.Marshal(reason)
+		}
 		value, err := json.Marshal(rec)
 		if err != nil {
 			return

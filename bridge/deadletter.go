@@ -2,14 +2,12 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbridge/wsbridge/subjects"
 )
@@ -69,6 +67,8 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 			it.dl = nil
 			if p.gone {
 				b.forget(it.token, subjects.ReasonGone)
+			} else if it.close {
+				b.unmarkClosing(it.token)
 			}
 			return resolved, 0
 		}
@@ -80,6 +80,8 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	it.dl = nil
 	if p.gone {
 		b.forget(it.token, subjects.ReasonGone)
+	} else if it.close {
+		b.unmarkClosing(it.token)
 	}
 	return resolved, 0
 }
@@ -95,6 +97,9 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 // deadLetterAs is deadLetter; minimal keeps only the Ws-* metadata and
 // connection id, without the original body and headers.
 func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int, minimal bool) error {
+	if _, err := subjects.ConnID(token); token != "" && err != nil {
+		token = "" // never a subject from a bad token: P.dlq.<kind>
+	}
 	h := nats.Header{}
 	errText := "unknown"
 	if o.Err != nil {
@@ -132,26 +137,26 @@ func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason str
 }
 
 // forget deletes a connection from the registry and publishes its
-// disconnect event. Both are best effort (SPEC §3): failures are logged, the
-// registry TTL is the safety net.
-//
-// A connection is announced once (subjects.DisconnectMsgID lets WS_IN drop
-// what several messages, instances or the cleanup function announce again).
-// A connection found gone is not announced at all once the index no longer
-// holds it: every message queued for it is answered gone.
+// disconnect event, if the record is still there: whoever deletes the
+// record announces the disconnect (subjects.Names.Forget), so a connection
+// gets one event however many messages, instances or cleanup invocations
+// see its end. Best effort (SPEC §3): failures are logged, the registry TTL
+// is the safety net.
 func (b *Bridge) forget(token, reason string) {
-	held := b.idx.remove(token)
-	if reason == subjects.ReasonGone && !held {
+	if held := b.idx.remove(token); !held && reason == subjects.ReasonGone {
+		// Every message queued for a gone connection is answered gone;
+		// the first one forgot it (the index follows the registry).
 		b.log.Debug("gone connection already forgotten", "token", token)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := b.kv.Delete(ctx, token); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		b.log.Warn("registry delete failed", "token", token, "err", err)
-	}
-	if err := b.publishDisconnect(ctx, token, reason); err != nil {
-		b.log.Warn("disconnect event not published", "token", token, "reason", reason, "err", err)
+	announced, err := b.names.Forget(ctx, b.js, b.kv, token, reason, time.Now())
+	switch {
+	case err != nil:
+		b.log.Warn("disconnect not recorded", "token", token, "reason", reason, "err", err)
+	case announced == "":
+		b.log.Debug("connection already forgotten", "token", token, "reason", reason)
 	}
 }
 

@@ -125,10 +125,9 @@ func TestAttackDeadLetterOverMaxPayload(t *testing.T) {
 	if got := e.tg.of("big")[0].Data; got != "after" {
 		t.Errorf("pushed %q", got)
 	}
-	m := dlq.bySubject(e.names.DeadLetter(subjects.KindSend, subjects.Token("big")))
-	if m == nil {
-		t.Fatal("no dead letter")
-	}
+	dlSubj := e.names.DeadLetter(subjects.KindSend, subjects.Token("big"))
+	waitFor(t, "the dead letter", 20*time.Second, func() bool { return dlq.bySubject(dlSubj) != nil })
+	m := dlq.bySubject(dlSubj)
 	if m.Header.Get(subjects.HeaderTruncated) != strconv.Itoa(len(body)) || m.Header.Get(subjects.HeaderStatus) != "413" ||
 		m.Header.Get("X-App") == "" || len(m.Data) >= len(body) || !strings.HasPrefix(string(body), string(m.Data)) {
 		t.Errorf("dead letter: %d bytes, headers %v", len(m.Data), m.Header)
@@ -483,4 +482,27 @@ func TestConsumeErrLevel(t *testing.T) {
 	if got := consumeErrLevel(jetstream.ErrConsumerDeleted); got != slog.LevelWarn {
 		t.Errorf("consumer deleted: %v, want warn", got)
 	}
+}
+
+// A registry key that is not a connection token (written to the bucket by
+// something else than wsbridge) is not indexed: a broadcast would otherwise
+// build a dead-letter subject from it.
+func TestAttackRegistryKeyNotAToken(t *testing.T) {
+	e := newEnv(t, nil)
+	e.register("victim")
+	kv, err := e.js.KeyValue(context.Background(), e.names.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("A", 4000)
+	if _, err := kv.Put(context.Background(), long, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	b := e.start(nil)
+	if b.idx.size() != 1 {
+		t.Errorf("index holds %d connections, want only the valid one", b.idx.size())
+	}
+	e.publish(e.names.Broadcast(), []byte("to all"))
+	waitFor(t, "the broadcast", 20*time.Second, func() bool { return len(e.tg.of("victim")) == 1 })
+	e.alive(b, "victim")
 }

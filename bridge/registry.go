@@ -159,8 +159,17 @@ func (x *index) putAt(token string, value []byte, written time.Time) {
 		c.groups = s.one
 	default:
 		c.groups = make([]string, 0, len(r.Groups))
+		var seen map[string]bool // past smallSet groups: linear, not quadratic
+		if len(r.Groups) > smallSet {
+			seen = make(map[string]bool, len(r.Groups))
+		}
 		for _, g := range r.Groups {
-			if slices.Contains(c.groups, g) {
+			if seen != nil {
+				if seen[g] {
+					continue
+				}
+				seen[g] = true
+			} else if slices.Contains(c.groups, g) {
 				continue // a duplicate must not be removed twice
 			}
 			c.groups = append(c.groups, addTo(x.byGroup, g, token).name)

@@ -75,3 +75,24 @@ func jsonList(groups []string) string {
 	}
 	return s + "]"
 }
+
+// Item 6 of issue 7, for records written directly to the bucket: a group
+// listed twice (or 60,000 groups, many repeated) is indexed as a set, so
+// removing the record removes it from every group, in linear time.
+func TestIndexGroupsAreSets(t *testing.T) {
+	x := newIndex()
+	groups := make([]string, 0, 60000)
+	for i := 0; i < 60000; i++ {
+		groups = append(groups, fmt.Sprintf("g%d", i%1000))
+	}
+	x.put("big", []byte(`{"groups":`+jsonList(groups)+`}`))
+	x.put("dup", []byte(`{"groups":["g1","g1"]}`))
+	if got := x.group("g1", nil); len(got) != 2 {
+		t.Errorf("g1 members %v, want big and dup once each", got)
+	}
+	x.put("dup", []byte(`{"groups":[]}`))
+	x.remove("big")
+	if got := x.group("g1", nil); len(got) != 0 {
+		t.Errorf("g1 members after removal %v", got)
+	}
+}

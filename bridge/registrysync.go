@@ -44,6 +44,12 @@ func (b *Bridge) watch(w jetstream.KeyWatcher) {
 			}
 			switch e.Operation() {
 			case jetstream.KeyValuePut:
+				if _, err := subjects.ConnID(e.Key()); err != nil {
+					// Not written by wsbridge: a fan-out would build
+					// subjects from it. Left out, and said once.
+					b.log.Warn("registry key is not a connection token; not indexed", "err", err)
+					continue
+				}
 				b.idx.putAt(e.Key(), e.Value(), e.Created())
 			case jetstream.KeyValueDelete:
 				b.idx.remove(e.Key())

@@ -6,14 +6,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
 // Item 10 of issue 7: a close asked by a backend used to yield two
 // disconnect events, "closed" from the bridge and "client" from the cleanup
-// function the gateway runs next. The bridge marks the record before it
-// pushes the close; the cleanup reads the mark, and both events carry one
-// Nats-Msg-Id, so WS_IN stores one, with the true reason, in either order.
+// function the gateway runs next. Whoever deletes the record announces
+// (subjects.Names.Forget); the bridge marks the record before it pushes the
+// close, so when the cleanup wins the race the reason is still "closed".
+// Counted as a plain subscriber sees them (nats sub 'ws.in.>'), and as
+// stored.
 func TestCloseByBackendAnnouncedOnceAsClosed(t *testing.T) {
 	for _, bridgeFirst := range []bool{true, false} {
 		name := "cleanup first"
@@ -45,12 +49,14 @@ func TestCloseByBackendAnnouncedOnceAsClosed(t *testing.T) {
 			if _, err := kv.Update(ctx, tok, marked, e.Revision()); err != nil {
 				t.Fatal(err)
 			}
+			seen := make(chan *nats.Msg, 10)
+			sub, err := obs.nc.ChanSubscribe(obs.names.Disconnect(tok), seen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
 			bridgeAnnounces := func() {
-				m, err := obs.names.DisconnectMsg(tok, subjects.ReasonClosed, time.Now())
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := obs.js.PublishMsg(ctx, m); err != nil {
+				if _, err := obs.names.Forget(ctx, obs.js, kv, tok, subjects.ReasonClosed, time.Now()); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -73,6 +79,12 @@ func TestCloseByBackendAnnouncedOnceAsClosed(t *testing.T) {
 			}
 			if len(got) != 1 || got[0].Reason != subjects.ReasonClosed {
 				t.Errorf("disconnect events %+v, want one with reason closed", got)
+			}
+			if err := obs.nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if n := len(seen); n != 1 {
+				t.Errorf("a subscriber saw %d disconnect events, want 1", n)
 			}
 			if obs.record(t, tok) != nil {
 				t.Error("the record outlived the cleanup")

@@ -85,7 +85,7 @@ type Options struct {
 }
 
 // DefaultOptions returns the defaults: prefix ws, auth off, 2 s auth
-// timeout, 1 MiB messages, info logs as text.
+// timeout, messages up to 1 MiB less MessageHeadroom, info logs as text.
 func DefaultOptions() Options {
 	return Options{
 		Prefix:         subjects.DefaultPrefix,

@@ -3,10 +3,7 @@ package functions
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbridge/wsbridge/subjects"
 )
@@ -58,9 +55,11 @@ func (f *Functions) transfer(ctx context.Context, ev subjects.GatewayEvent, reqI
 }
 
 // Cleanup handles a closing event: it deletes the connection's registry
-// record and publishes P.in.disconnect.T with reason "client". Both are
-// attempted; a failure of either is returned as an error so that it shows in
-// the function's logs (the bucket's TTL is the safety net for the record).
+// record and publishes P.in.disconnect.T with reason "client" (or "closed"
+// for a close a backend asked for), unless the record was already deleted
+// by whoever announced the disconnect first: one event per connection
+// (subjects.Names.Forget). A failure is returned as an error so that it
+// shows in the function's logs (the bucket's TTL is the safety net).
 func (f *Functions) Cleanup(ctx context.Context, payload json.RawMessage) (out json.RawMessage, err error) {
 	defer recoverTo(&err, f.logger)
 	ev, err := DecodeEvent(payload)
@@ -86,31 +85,17 @@ func (f *Functions) cleanup(ctx context.Context, ev subjects.GatewayEvent, reqID
 		return nil, err
 	}
 	token := subjects.Token(id)
-	// Delete before announcing, so that a service reacting to the
-	// disconnect no longer finds the connection in the registry. The
-	// record says when a backend asked for the close (the bridge marks it
-	// before pushing the close): the reason is then "closed", and the
-	// bridge's own announcement and this one are stored once.
-	reason := subjects.ReasonClient
-	var delErr error
-	if kv, err := c.registry(bctx, cfg.names); err != nil {
-		delErr = err
-	} else {
-		reason = closingReason(bctx, kv, token)
-		if err := kv.Delete(bctx, token); err != nil {
-			delErr = storeError("registry delete "+cfg.names.Bucket(), err)
-		}
-	}
-	m, err := cfg.names.DisconnectMsg(token, reason, f.now())
+	// Whoever deletes the record announces the disconnect (Names.Forget):
+	// when the bridge closed the connection, or found it gone, it already
+	// did, and this cleanup publishes nothing. A close a backend asked for
+	// is marked on the record before the bridge pushes it, so when this
+	// cleanup wins the race the reason is still "closed".
+	kv, err := c.registry(bctx, cfg.names)
 	if err != nil {
 		return nil, err
 	}
-	var pubErr error
-	if _, err := c.js.PublishMsg(bctx, m); err != nil {
-		pubErr = storeError("publish "+m.Subject, err)
-	}
-	if err := errors.Join(delErr, pubErr); err != nil {
-		return nil, err
+	if _, err := cfg.names.Forget(bctx, c.js, kv, token, subjects.ReasonClient, f.now()); err != nil {
+		return nil, storeError("disconnect", err)
 	}
 	return okReply, nil
 }
@@ -138,21 +123,4 @@ func (f *Functions) WebSocket(ctx context.Context, payload json.RawMessage) (out
 		return f.cleanup(ctx, ev, reqID)
 	}
 	return nil, fmt.Errorf("%w: websocket.action %q, want connecting, data send, data recv or closing", ErrBadEvent, clip(ev.WebSocket.Action))
-}
-
-// closingReason is the disconnect reason a closing event reports: the one
-// the record's Closing mark names, else "client". A record that cannot be
-// read counts as unmarked.
-func closingReason(ctx context.Context, kv jetstream.KeyValue, token string) string {
-	e, err := kv.Get(ctx, token)
-	if err != nil {
-		return subjects.ReasonClient
-	}
-	var rec struct {
-		Closing string `json:"closing"`
-	}
-	if json.Unmarshal(e.Value(), &rec) == nil && rec.Closing != "" && len(rec.Closing) <= 32 {
-		return rec.Closing
-	}
-	return subjects.ReasonClient
 }

@@ -72,6 +72,10 @@ func (c *Client) publish(ctx context.Context, subject string, data []byte, opts 
 	for _, o := range opts {
 		o(m)
 	}
+	if ex := m.Header.Get(HeaderExclude); len(ex) > MaxExcludeLen {
+		// The bridge would dead-letter it; say so before it is stored.
+		return fmt.Errorf("%s of %d bytes, limit %d", HeaderExclude, len(ex), MaxExcludeLen)
+	}
 	if _, err := c.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish %s: %w", subject, err)
 	}

@@ -126,6 +126,11 @@ func TestClientSendsAreStored(t *testing.T) {
 		"bad group": c.SendGroup(ctx, "a.b", nil),
 		"bad user":  c.SendUser(ctx, "", nil),
 		"bad close": c.Close(ctx, ""),
+		// Issue 7: a token past the limit would make a subject the server
+		// refuses by closing the connection; an exclude list past its
+		// limit would be dead-lettered.
+		"long token":   c.SendText(ctx, strings.Repeat("A", 4000), "x"),
+		"long exclude": c.Broadcast(ctx, nil, subjects.Exclude(strings.Repeat("t", subjects.MaxExcludeLen+1))),
 	} {
 		if err == nil {
 			t.Errorf("%s: no error", name)

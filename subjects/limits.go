@@ -1,12 +1,8 @@
 package subjects
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
-
-	"github.com/nats-io/nats.go"
 )
 
 // Limits on input that ends up in a subject, a KV key or a header.
@@ -82,33 +78,4 @@ func Groups(groups []string) ([]string, error) {
 		out = append(out, g)
 	}
 	return out, nil
-}
-
-// DisconnectMsgID is the Nats-Msg-Id of every disconnect event of the
-// connection token, whoever publishes it (the cleanup function, the bridge,
-// the self-hosted edge): WS_IN stores the first and drops the others within
-// its duplicate window, so each connection is announced once.
-func DisconnectMsgID(token string) string { return "disconnect-" + token }
-
-// DisconnectMsg builds the disconnect event of a connection token, with
-// its Ws-Connection-Id and Nats-Msg-Id (DisconnectMsgID) headers. It is the
-// one way to announce a disconnect, so that a connection gets one event
-// whichever component sees its end first; the rule for the reason is that
-// whoever knows the true one publishes first. A close asked by a backend is
-// the case that needs care: the bridge marks the record (ConnectEvent.Closing)
-// before it pushes the close, so the cleanup function the gateway runs next
-// reports "closed" as well, and whichever event is stored first is right.
-func (n Names) DisconnectMsg(token, reason string, at time.Time) (*nats.Msg, error) {
-	id, err := ConnID(token)
-	if err != nil {
-		return nil, err
-	}
-	data, err := json.Marshal(DisconnectEvent{ConnectionID: id, Token: token, At: at.UTC(), Reason: reason})
-	if err != nil {
-		return nil, err
-	}
-	m := &nats.Msg{Subject: n.Disconnect(token), Data: data, Header: nats.Header{}}
-	m.Header.Set(HeaderConnID, id)
-	m.Header.Set(HeaderMsgID, DisconnectMsgID(token))
-	return m, nil
 }

@@ -502,6 +502,28 @@ func TestCloseFromBackend(t *testing.T) {
 	}
 	waitFor(t, "the registry record to go", func() bool { return !svc.registered(t, c.token) })
 	svc.waitListed(t, subjects.ConnListRequest{}, 1)
+	// One event (issue 7, item 10): once both announcers are done (the
+	// gateway's cleanup invocation returned, the bridge acknowledged the
+	// close), a subscriber has seen exactly one, with the true reason.
+	waitFor(t, "the cleanup invocation", func() bool { return st.Gateway.Stats().Cleanups >= 1 })
+	js, err := jetstream.New(svc.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the close acknowledged", func() bool {
+		s, err := js.Stream(svc.ctx(t), svc.names.StreamOut())
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(svc.ctx(t))
+		return err == nil && info.State.Msgs == 0
+	})
+	if err := svc.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if evs := rec.find(isKind(subjects.KindDisconnect, c.token)); len(evs) != 1 {
+		t.Errorf("%d disconnect events for the closed connection, want 1: %+v", len(evs), evs)
+	}
 	for _, ev := range rec.find(isKind(subjects.KindDisconnect, "")) {
 		if ev.Token != c.token {
 			t.Errorf("disconnect event for %s, which was not closed", ev.Token)

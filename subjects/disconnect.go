@@ -1,0 +1,106 @@
+package subjects
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// One disconnect event per connection, with the true reason.
+//
+// The rule: whoever deletes a connection's registry record announces its
+// disconnect, and nobody else. Forget is the one way to do both: it deletes
+// the record on the condition that it is the revision just read, so of
+// several components that see the same end at once (the cleanup function
+// the gateway runs, the bridge that pushed a close or got "gone", the
+// self-hosted edge shutting down) exactly one succeeds and publishes. A
+// record already gone means the disconnect was announced. The reason is the
+// caller's, unless the record carries a Closing mark: the bridge writes it
+// before it pushes a close a backend asked for, so the cleanup function that
+// the gateway runs next (possibly before the bridge hears back) reports
+// "closed" too. Every disconnect event also carries Nats-Msg-Id
+// disconnect-<token>, so WS_IN keeps one even when a record expires and
+// several bridges announce "expired".
+
+// DisconnectMsgID is the Nats-Msg-Id of every disconnect event of token.
+func DisconnectMsgID(token string) string { return "disconnect-" + token }
+
+// DisconnectMsg builds the disconnect event of a connection token, with its
+// Ws-Connection-Id and Nats-Msg-Id (DisconnectMsgID) headers.
+func (n Names) DisconnectMsg(token, reason string, at time.Time) (*nats.Msg, error) {
+	id, err := ConnID(token)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(DisconnectEvent{ConnectionID: id, Token: token, At: at.UTC(), Reason: reason})
+	if err != nil {
+		return nil, err
+	}
+	m := &nats.Msg{Subject: n.Disconnect(token), Data: data, Header: nats.Header{}}
+	m.Header.Set(HeaderConnID, id)
+	m.Header.Set(HeaderMsgID, DisconnectMsgID(token))
+	return m, nil
+}
+
+// maxForgetTries bounds the read-delete rounds of Forget when writers race.
+const maxForgetTries = 5
+
+// Forget deletes token's registry record and, when this call deleted it,
+// publishes the connection's disconnect event with reason (or the reason of
+// the record's Closing mark). It reports the reason announced, "" when the
+// record was already gone (someone else announced). A failed publish after
+// the delete is returned: the event is lost, the record is gone.
+func (n Names) Forget(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, token, reason string, now time.Time) (string, error) {
+	if _, err := ConnID(token); err != nil {
+		return "", err
+	}
+	for try := 0; try < maxForgetTries; try++ {
+		e, err := kv.Get(ctx, token)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return "", nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("registry get %s: %w", token, err)
+		}
+		if err := kv.Delete(ctx, token, jetstream.LastRevision(e.Revision())); err != nil {
+			if isWrongLastSequence(err) {
+				continue // changed meanwhile: read again
+			}
+			return "", fmt.Errorf("registry delete %s: %w", token, err)
+		}
+		if mark := closingMark(e.Value()); mark != "" {
+			reason = mark
+		}
+		m, err := n.DisconnectMsg(token, reason, now)
+		if err != nil {
+			return "", err
+		}
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			return "", fmt.Errorf("publish %s: %w", m.Subject, err)
+		}
+		return reason, nil
+	}
+	return "", fmt.Errorf("registry delete %s: too many concurrent writers", token)
+}
+
+// closingMark returns a record's Closing mark, "" when it has none (or is
+// not a record).
+func closingMark(value []byte) string {
+	var rec struct {
+		Closing string `json:"closing"`
+	}
+	if json.Unmarshal(value, &rec) != nil || len(rec.Closing) > 32 {
+		return ""
+	}
+	return rec.Closing
+}
+
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
