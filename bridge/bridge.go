@@ -61,14 +61,15 @@ type Bridge struct {
 	// Partitioned work (see ownership.go, partition.go): this instance's
 	// id in the leases, the base of monotonic fence times, the lease
 	// keeper and the partitions held.
-	id    string
-	epoch time.Time
-	own   *owner
-	acks  *acker
-	pm    *metrics.Partitions
-	ready *readyQueue
-	pmu   sync.Mutex
-	parts map[int]*part
+	id      string
+	epoch   time.Time
+	own     *owner
+	acks    *acker
+	pm      *metrics.Partitions
+	ready   *readyQueue
+	pmu     sync.Mutex
+	parts   map[int]*part
+	fanouts fanouts
 	// The held-bytes budget (limits.go), over every partition: bytes
 	// held, and a signal that some were released; guarded by hmu.
 	hmu       sync.Mutex

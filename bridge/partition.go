@@ -247,24 +247,26 @@ func (p *part) handleOne(m jetstream.Msg) {
 		return
 	}
 	d.body, d.binary = m.Data(), binary
-	var tokens []string
-	switch subj.Kind {
-	case subjects.KindSend, subjects.KindClose:
+	if subj.Kind == subjects.KindSend || subj.Kind == subjects.KindClose {
 		// The common case: one item, carried by the delivery itself.
 		d.remaining.Store(1)
 		d.one = item{d: d, token: subj.Token, close: subj.Kind == subjects.KindClose}
 		b.enqueue(&d.one)
 		return
-	case subjects.KindBroadcast:
-		tokens = b.idx.all(parseExclude(m.Headers().Get(subjects.HeaderExclude)))
-	case subjects.KindGroup:
-		tokens = b.idx.group(subj.Name, parseExclude(m.Headers().Get(subjects.HeaderExclude)))
-	case subjects.KindUser:
-		tokens = b.idx.user(subj.Name, parseExclude(m.Headers().Get(subjects.HeaderExclude)))
 	}
 	// Every partition reads the fan-out; each pushes it to its own
-	// connections, so a target gets it once, in its lane's order.
-	tokens = slices.DeleteFunc(tokens, func(t string) bool { return subjects.Partition(t, b.opts.Partitions) != p.n })
+	// connections, so a target gets it once, in its lane's order. The
+	// partitions of this bridge share one expansion (fanout.go).
+	tokens := b.fanouts.tokens(d.seq, p.n, b.opts.Partitions, len(b.ownedParts()), func() []string {
+		exclude := parseExclude(m.Headers().Get(subjects.HeaderExclude))
+		switch subj.Kind {
+		case subjects.KindGroup:
+			return b.idx.group(subj.Name, exclude)
+		case subjects.KindUser:
+			return b.idx.user(subj.Name, exclude)
+		}
+		return b.idx.all(exclude)
+	})
 	d.fanout = true
 	if len(tokens) == 0 {
 		d.remaining.Store(1)
