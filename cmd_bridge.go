@@ -33,7 +33,8 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	connFlags(fs, &c.conn)
 	o := &c.opts
 	fs.StringVar(&o.Prefix, "prefix", subjects.DefaultPrefix, "subject prefix (streams and bucket derive from it)")
-	fs.StringVar(&o.PushURL, "push-url", "", "the gateway's WebSocket reverse-push address (required)")
+	fs.StringVar(&o.PushURL, "push-url", "", "reverse-push address for connections no wsbridge gateway instance claims (those are found through NATS): API Gateway's; with gateway instances only, their push address (required)")
+	fs.StringVar(&o.PushToken, "push-token", "", "sent as 'Authorization: Bearer <token>' with every push (the gateway's --push-token)")
 	fs.StringVar(&o.HTTPAddr, "http-addr", bridge.DefaultHTTPAddr, "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.dataDir, "data-dir", "wsbridge-data", "JetStream storage of the embedded NATS server (when --nats-url is empty)")
 	fs.StringVar(&c.natsListen, "nats-listen", "127.0.0.1:4222", "listen address of the embedded NATS server (when --nats-url is empty)")

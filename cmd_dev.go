@@ -11,30 +11,51 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/wsbridge/wsbridge/functions"
+	"github.com/wsbridge/wsbridge/gateway"
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/stack"
 )
 
-// stackFlags registers the flags `dev` and `gateway` share.
+// stackFlags registers the flags of `dev`.
 func stackFlags(fs *flag.FlagSet, o *stack.Options, logFormat, logLevel *string) {
 	connFlags(fs, &o.NATS)
-	g := &o.Gateway
 	fs.StringVar(&o.Prefix, "prefix", o.Prefix, "subject prefix")
-	fs.StringVar(&g.Addr, "addr", g.Addr, "listen address of the emulator: demo page on /, WebSocket on /ws, reverse push on /push")
-	fs.StringVar(&o.Functions, "functions", "", "invoke the handlers as SCF binaries over net/rpc: a directory with register, transfer and cleanup, or the websocket binary (empty: in process)")
+	edgeFlags(fs, &o.Gateway, "listen address of the emulator: demo page on /, WebSocket on /ws, reverse push on /push")
+	functionFlags(fs, &o.Functions, &o.Auth, &o.AuthTimeout)
+	logFlags(fs, logFormat, logLevel)
+}
+
+// edgeFlags registers the gateway's flags that `dev` and `gateway` share.
+func edgeFlags(fs *flag.FlagSet, g *gateway.Options, addrUsage string) {
+	fs.StringVar(&g.Addr, "addr", g.Addr, addrUsage)
+	fs.DurationVar(&g.IdleTimeout, "idle-timeout", g.IdleTimeout, "close connections with no data frame either way for this long")
+	fs.Int64Var(&g.MaxMessageSize, "max-message-size", g.MaxMessageSize, "largest frame in bytes, either way")
+	fs.IntVar(&g.MaxConnections, "max-connections", g.MaxConnections, "most WebSocket connections at once; beyond it upgrades get 503")
+	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "deadline of each function invocation")
+	fs.DurationVar(&g.ReadTimeout, "read-timeout", g.ReadTimeout, "longest read of one HTTP request, headers and body, on every listener")
+	fs.DurationVar(&g.WriteTimeout, "write-timeout", g.WriteTimeout, "longest write of one frame to a client (a client slower than that is disconnected) and, doubled, of one HTTP answer")
+	fs.DurationVar(&g.KeepAliveTimeout, "keep-alive-timeout", g.KeepAliveTimeout, "close a keep-alive HTTP connection idle this long")
+	fs.IntVar(&g.MaxHeaderBytes, "max-header-bytes", g.MaxHeaderBytes, "largest request line and headers of an HTTP request; beyond it 431")
+	fs.IntVar(&g.MaxHTTPConnections, "max-http-connections", g.MaxHTTPConnections, "TCP connections per listener that are not WebSockets (pushes, scrapes, upgrades in progress); beyond it they are closed at once")
+	fs.DurationVar(&g.PingInterval, "ping-interval", g.PingInterval, "ping a client quiet this long; no pong within as long again closes it (negative: no pings)")
+	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "time open connections get to close on SIGINT/SIGTERM")
+}
+
+// functionFlags registers how the three functions run.
+func functionFlags(fs *flag.FlagSet, dir *string, auth *functions.AuthMode, authTimeout *time.Duration) {
+	fs.StringVar(dir, "functions", "", "invoke the handlers as SCF binaries over net/rpc: a directory with register, transfer and cleanup, or the websocket binary (empty: in process)")
 	fs.Func("auth", "connect authorization: off (default), optional or required", func(v string) error {
 		switch m := functions.AuthMode(v); m {
 		case functions.AuthOff, functions.AuthOptional, functions.AuthRequired:
-			o.Auth = m
+			*auth = m
 			return nil
 		}
 		return fmt.Errorf("want off, optional or required")
 	})
-	fs.DurationVar(&o.AuthTimeout, "auth-timeout", o.AuthTimeout, "how long to wait for the connect authorization reply")
-	fs.DurationVar(&g.IdleTimeout, "idle-timeout", g.IdleTimeout, "close connections idle this long")
-	fs.Int64Var(&g.MaxMessageSize, "max-message-size", g.MaxMessageSize, "largest frame in bytes, either way")
-	fs.IntVar(&g.MaxConnections, "max-connections", g.MaxConnections, "most WebSocket connections at once")
-	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "deadline of each function invocation")
+	fs.DurationVar(authTimeout, "auth-timeout", *authTimeout, "how long to wait for the connect authorization reply")
+}
+
+func logFlags(fs *flag.FlagSet, logFormat, logLevel *string) {
 	fs.StringVar(logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
@@ -52,19 +73,6 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return runStack(ctx, "dev", fs, args, &o, &logFormat, &logLevel, stdout, stderr)
 }
 
-// runGateway runs the emulator alone against an existing NATS: run the bridge
-// beside it with --push-url pointing at its /push.
-func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("gateway", "\n\nRun the API Gateway emulator alone: WebSocket clients on /ws invoke the\nthree functions, which publish to NATS; the reverse-push address is /push.", stderr)
-	o := stack.DefaultOptions()
-	o.NATS.URL = defaultOpsURL
-	o.Bridge, o.Demo = false, false
-	var logFormat, logLevel string
-	stackFlags(fs, &o, &logFormat, &logLevel)
-	fs.BoolVar(&o.Demo, "demo", false, "serve the demo page and run the demo backend")
-	return runStack(ctx, "gateway", fs, args, &o, &logFormat, &logLevel, stdout, stderr)
-}
-
 func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string, o *stack.Options, logFormat, logLevel *string, stdout, stderr io.Writer) int {
 	if err := parseFlags(fs, args, nil); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
@@ -74,10 +82,6 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "wsbridge %s: unexpected arguments %q\n", name, fs.Args())
-		return 2
-	}
-	if name == "gateway" && o.NATS.URL == "" {
-		fmt.Fprintln(stderr, "wsbridge gateway: --nats-url is required (use 'wsbridge dev' for an embedded NATS)")
 		return 2
 	}
 	log, err := newLogger(stderr, *logFormat, *logLevel)
@@ -102,7 +106,16 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		log.Error("start failed", "err", err)
 		return 1
 	}
-	printBanner(stdout, name, st, *o)
+	var entries [][2]string
+	if o.Demo {
+		entries = append(entries, [2]string{"demo chat", st.URL() + "   (open it in a browser)"})
+	}
+	entries = append(entries, [2]string{"websocket", st.WSURL()}, [2]string{"reverse push", st.PushURL()},
+		[2]string{"nats", subjects.RedactURL(st.NATSURL())})
+	if m := st.MetricsURL(); m != "" {
+		entries = append(entries, [2]string{"metrics", m})
+	}
+	printBanner(stdout, name, o.Prefix, entries)
 	// The functions, the bridge and the demo share one NATS connection:
 	// closed for good, nothing works any more, so exit non-zero.
 	closed := st.Conn.StatusChanged(nats.CLOSED)
@@ -129,19 +142,14 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 	return code
 }
 
-func printBanner(w io.Writer, name string, st *stack.Stack, o stack.Options) {
-	n := subjects.MustNew(o.Prefix)
+// printBanner tells where everything is: entries are (what, where) pairs.
+func printBanner(w io.Writer, name, prefix string, entries [][2]string) {
+	n := subjects.MustNew(prefix)
 	fmt.Fprintf(w, "wsbridge %s is running\n", name)
-	if o.Demo {
-		fmt.Fprintf(w, "  demo chat      %s   (open it in a browser)\n", st.URL())
+	for _, e := range entries {
+		fmt.Fprintf(w, "  %-14s %s\n", e[0], e[1])
 	}
-	fmt.Fprintf(w, "  websocket      %s\n", st.WSURL())
-	fmt.Fprintf(w, "  reverse push   %s\n", st.PushURL())
-	fmt.Fprintf(w, "  nats           %s\n", subjects.RedactURL(st.NATSURL()))
-	if m := st.MetricsURL(); m != "" {
-		fmt.Fprintf(w, "  metrics        %s\n", m)
-	}
-	fmt.Fprintf(w, "\ntalk to the connected clients with the nats CLI (a client's token is on the demo page):\n")
+	fmt.Fprintf(w, "\ntalk to the connected clients with the nats CLI (a client's token is in its connect event):\n")
 	for _, l := range [][2]string{
 		{"nats sub '" + n.Inbound() + "'", "what clients send, connects and disconnects"},
 		{"nats pub " + n.Send("<token>") + " hello", "to one client"},

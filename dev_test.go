@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -105,7 +106,7 @@ func TestGatewayCommand(t *testing.T) {
 	pr, pw := io.Pipe()
 	code := make(chan int, 1)
 	go func() {
-		code <- run(ctx, []string{"gateway", "--nats-url", s.ClientURL(), "--addr", "127.0.0.1:0", "--log-level", "warn"}, pw, io.Discard)
+		code <- run(ctx, []string{"gateway", "--nats-url", s.ClientURL(), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "warn"}, pw, io.Discard)
 		pw.Close()
 	}()
 	urls := map[string]string{}
@@ -164,5 +165,33 @@ func TestGatewayCommand(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("gateway did not stop")
+	}
+}
+
+// TestGatewayCommandChecksAddresses: an address in use fails at once, before
+// NATS is even dialled, naming the address and its flag; so does a push
+// address bridges cannot be told.
+func TestGatewayCommandChecksAddresses(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	// Nobody listens at this NATS URL: the command must fail on the
+	// address before it tries.
+	base := []string{"gateway", "--nats-url", "nats://127.0.0.1:1", "--addr", "127.0.0.1:0", "--push-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}
+	for _, flag := range []string{"--addr", "--push-addr", "--http-addr"} {
+		code, _, stderr := runCmd(t, append(base, flag, busy.Addr().String())...)
+		if code != 1 || !strings.Contains(stderr, flag+" "+busy.Addr().String()+": address already in use") || !strings.Contains(stderr, flag+" or "+envName(strings.TrimPrefix(flag, "--"))) {
+			t.Errorf("%s in use: exit %d, stderr %q; want a failure naming it", flag, code, stderr)
+		}
+	}
+	code, _, stderr := runCmd(t, append(base, "--push-addr", "0.0.0.0:0")...)
+	if code != 2 || !strings.Contains(stderr, "--push-url is required") {
+		t.Errorf("push address on every interface without --push-url: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runCmd(t, append(base, "--instance-id", "a b")...)
+	if code != 2 || !strings.Contains(stderr, "--instance-id") {
+		t.Errorf("bad instance id: exit %d, stderr %q", code, stderr)
 	}
 }

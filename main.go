@@ -3,7 +3,7 @@
 //
 //	wsbridge bridge     the daemon: outbound NATS subjects -> reverse-push posts
 //	wsbridge dev        everything on one machine: NATS, bridge, gateway emulator, demo
-//	wsbridge gateway    the API Gateway emulator alone
+//	wsbridge gateway    the self-hosted WebSocket edge that replaces API Gateway
 //	wsbridge send|close|broadcast|tail|conns   operator commands
 //	wsbridge version    version, VCS revision and Go version of this binary
 package main
@@ -29,7 +29,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"bridge":     {"run the bridge daemon (outbound subjects -> reverse push)", runBridge},
 		"dev":        {"run NATS, the bridge, the gateway emulator and a demo on this machine", runDev},
-		"gateway":    {"run the API Gateway emulator alone", runGateway},
+		"gateway":    {"run the self-hosted WebSocket edge that replaces API Gateway", runGateway},
 		"send":       {"send a message to one connection", runSend},
 		"close":      {"close one connection", runClose},
 		"broadcast":  {"send a message to every connection (or a group or user)", runBroadcast},

@@ -127,7 +127,7 @@ func TestDevBinaryPortTaken(t *testing.T) {
 }
 
 // Item 1 of issue 7, as a supervisor sees it: a bridge (or dev, whose
-// functions, bridge and demo share one connection) whose NATS connection is
+// functions, bridge and demo share one connection, or a gateway instance) whose NATS connection is
 // closed for good (here: its credentials were revoked, so every reconnect
 // is refused) exits non-zero instead of living on half-dead.
 func TestBinaryExitsWhenNATSClosed(t *testing.T) {
@@ -141,6 +141,7 @@ func TestBinaryExitsWhenNATSClosed(t *testing.T) {
 	}{
 		{[]string{"bridge", "--push-url", "http://127.0.0.1:1/push", "--http-addr", ""}, "consuming"},
 		{[]string{"dev", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--demo=false"}, "is running"},
+		{[]string{"gateway", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, "is running"},
 	} {
 		t.Run(tc.args[0], func(t *testing.T) {
 			var opts *server.Options

@@ -46,6 +46,7 @@ type Bridge struct {
 	m      *metrics.Metrics
 	pushes pushCounters
 	pusher *pusher
+	router *router
 
 	kv   jetstream.KeyValue
 	idx  *index
@@ -127,7 +128,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		hc = newHTTPClient(o.Concurrency, o.PushTimeout)
 	}
 	hc = withoutRedirects(hc)
-	p, err := newPusher(hc, o.PushURL)
+	p, err := newPusher(hc, o.PushURL, o.PushToken)
 	if err != nil {
 		return nil, fmt.Errorf("bridge options: %w", err)
 	}
@@ -146,6 +147,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		m:      m,
 		pushes: newPushCounters(m),
 		pusher: p,
+		router: newRouter(js, names, p.url),
 		idx:    newIndex(),
 		ready:  newReadyQueue(),
 		id:     o.ID,
@@ -460,7 +462,7 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	// A push never outlives the partition's fence: past it, the lease
 	// may be another bridge's.
 	ctx, cancel := context.WithDeadline(b.pushCtx, d.part.deadline())
-	o := b.pusher.push(ctx, it.payload, it.d.tail)
+	o := b.push(ctx, it)
 	fenced := ctx.Err() != nil
 	cancel()
 	done := time.Now()

@@ -512,6 +512,7 @@ func TestOptionsValidate(t *testing.T) {
 	bad := []func(*Options){
 		func(o *Options) { o.PushURL = "" },
 		func(o *Options) { o.PushURL = "ftp://x/y" },
+		func(o *Options) { o.PushToken = "two words" },
 		func(o *Options) { o.Prefix = "a b" },
 		func(o *Options) { o.Concurrency = -1 },
 		func(o *Options) { o.AckWait = time.Millisecond },

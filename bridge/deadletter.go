@@ -66,7 +66,7 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 				"reason", p.reason, "status", p.o.Status, "subject", clipString(it.d.msg.Subject(), 256), "err", err)
 			it.dl = nil
 			if p.gone {
-				b.forget(it.token, subjects.ReasonGone)
+				b.forget(it.token, disconnectReason(p.o))
 			} else if it.close {
 				b.unmarkClosing(it.token)
 			}
@@ -79,7 +79,7 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	}
 	it.dl = nil
 	if p.gone {
-		b.forget(it.token, subjects.ReasonGone)
+		b.forget(it.token, disconnectReason(p.o))
 	} else if it.close {
 		b.unmarkClosing(it.token)
 	}
@@ -143,7 +143,7 @@ func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason str
 // see its end. Best effort (SPEC §3): failures are logged, the registry TTL
 // is the safety net.
 func (b *Bridge) forget(token, reason string) {
-	if held := b.idx.remove(token); !held && reason == subjects.ReasonGone {
+	if held := b.idx.remove(token); !held && (reason == subjects.ReasonGone || reason == subjects.ReasonLost) {
 		// Every message queued for a gone connection is answered gone;
 		// the first one forgot it (the index follows the registry).
 		b.log.Debug("gone connection already forgotten", "token", token)

@@ -19,8 +19,14 @@ import (
 type Options struct {
 	// Prefix of every subject, stream and bucket name ("ws").
 	Prefix string
-	// PushURL is the gateway's reverse-push address (required).
+	// PushURL is where connections go whose id names no self-hosted edge
+	// instance: API Gateway's reverse-push address (required; with edge
+	// instances only, their push address or Service). `wsbridge gateway`
+	// instances are found through NATS.
 	PushURL string
+	// PushToken, when set, is sent as "Authorization: Bearer <token>" with
+	// every push (the edge's --push-token).
+	PushToken string
 	// HTTPAddr serves /metrics, /healthz and /readyz; "" serves nothing.
 	HTTPAddr string
 	// Concurrency is the number of pushes in flight at once, and the size of
@@ -181,6 +187,9 @@ func (o Options) Validate() error {
 		errs = append(errs, errors.New("push URL is required: set --push-url or WSBRIDGE_PUSH_URL"))
 	} else if u, err := url.Parse(o.PushURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("push URL %q: want http(s)://host/path", redactPushURL(o.PushURL)))
+	}
+	if err := subjects.CheckPushToken(o.PushToken); err != nil {
+		errs = append(errs, err)
 	}
 	pos := func(name string, v int64) {
 		if v <= 0 {

@@ -44,12 +44,19 @@ func newHTTPClient(concurrency int, timeout time.Duration) *http.Client {
 // pusher posts reverse-push bodies to the gateway.
 type pusher struct {
 	client  *http.Client
-	url     *url.URL      // parsed once; shared by every request, never modified
-	header  http.Header   // idem: Content-Type only
+	url     *url.URL      // PushURL, parsed once; shared by every request, never modified; nil when not set
+	header  http.Header   // idem: Content-Type, and Authorization with a push token
 	limiter *rate.Limiter // nil: unlimited
 }
 
-func newPusher(client *http.Client, pushURL string) (*pusher, error) {
+func newPusher(client *http.Client, pushURL, pushToken string) (*pusher, error) {
+	header := http.Header{"Content-Type": {"application/json"}}
+	if pushToken != "" {
+		header.Set("Authorization", "Bearer "+pushToken)
+	}
+	if pushURL == "" {
+		return &pusher{client: client, header: header}, nil
+	}
 	u, err := url.Parse(pushURL)
 	if err != nil {
 		// Not err: its text quotes the whole URL, whose path is secret.
@@ -57,7 +64,7 @@ func newPusher(client *http.Client, pushURL string) (*pusher, error) {
 	}
 	// As http.NewRequest does: "host:" is "host".
 	u.Host = strings.TrimSuffix(u.Host, ":")
-	return &pusher{client: client, url: u, header: http.Header{"Content-Type": {"application/json"}}}, nil
+	return &pusher{client: client, url: u, header: header}, nil
 }
 
 type gatewayAnswer struct {
@@ -74,9 +81,9 @@ var okAnswer = []byte(`{"errNo":0,"errMsg":"ok"}`)
 var answerBufs = sync.Pool{New: func() any { b := make([]byte, 512); return &b }}
 
 // push posts one body, head followed by tail (nil when head is the whole
-// body), and classifies the answer. ctx cancels the push (shutdown); a
+// body), to u and classifies the answer. ctx cancels the push (shutdown); a
 // cancelled push is transient, so the message is kept.
-func (p *pusher) push(ctx context.Context, head, tail []byte) Outcome {
+func (p *pusher) push(ctx context.Context, u *url.URL, head, tail []byte) Outcome {
 	if p.limiter != nil {
 		if err := p.limiter.Wait(ctx); err != nil {
 			return Classify(0, 0, fmt.Errorf("push rate limit: %w", err), nil)
@@ -98,7 +105,7 @@ func (p *pusher) push(ctx context.Context, head, tail []byte) Outcome {
 		req.ContentLength = int64(len(head) + len(tail))
 		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(&twoPart{head, tail}), nil }
 	}
-	req.URL, req.Host, req.Header = p.url, p.url.Host, p.header
+	req.URL, req.Host, req.Header = u, u.Host, p.header
 	resp, err := p.client.Do(req)
 	if err != nil {
 		// The error text of net/http quotes the URL, whose path is secret.

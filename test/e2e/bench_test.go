@@ -20,7 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/wsbridge/wsbridge/subjects"
-	"github.com/wsbridge/wsbridge/test/gateway"
+	"github.com/wsbridge/wsbridge/test/load"
 	"github.com/wsbridge/wsbridge/test/stack"
 )
 
@@ -39,7 +39,7 @@ import (
 // stack's own and each process needs one descriptor per connection.
 func BenchmarkDevLoad(b *testing.B) {
 	opts := devLoadOptions(b)
-	if err := gateway.RaiseFileLimit(uint64(opts.Conns + 4096)); err != nil {
+	if err := load.RaiseFileLimit(uint64(opts.Conns + 4096)); err != nil {
 		b.Fatalf("%d connections: %v", opts.Conns, err)
 	}
 	st := startStack(b, func(o *stack.Options) {
@@ -98,12 +98,12 @@ type devLoadResult struct {
 	held       int   // connections open on the gateway and in the bridge's index
 	rss, heap  int64 // of this process (the whole stack), all connections open
 	goroutines int
-	res        gateway.ClientResult
+	res        load.ClientResult
 }
 
 // runDevLoad runs the client process once: it connects every client, the
 // stack is checked to hold them all, then the round trips run.
-func runDevLoad(b *testing.B, st *stack.Stack, svc *service, opts gateway.LoadOptions) devLoadResult {
+func runDevLoad(b *testing.B, st *stack.Stack, svc *service, opts load.LoadOptions) devLoadResult {
 	var r devLoadResult
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -186,14 +186,14 @@ func TestDevLoadClientProcess(t *testing.T) {
 	if url == "" {
 		t.Skip("only runs as BenchmarkDevLoad's client process")
 	}
-	if err := gateway.RunLoadClients(context.Background(), url, devLoadOptions(t), os.Stdin, os.Stdout); err != nil {
+	if err := load.RunLoadClients(context.Background(), url, devLoadOptions(t), os.Stdin, os.Stdout); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // devLoadOptions reads the WSBRIDGE_BENCH_* variables.
-func devLoadOptions(tb testing.TB) gateway.LoadOptions {
-	opts, err := gateway.LoadOptionsFromEnv(gateway.LoadOptions{
+func devLoadOptions(tb testing.TB) load.LoadOptions {
+	opts, err := load.LoadOptionsFromEnv(load.LoadOptions{
 		Conns: 1000, Rate: 1000, Duration: 5 * time.Second, Dialers: 64,
 	}, os.Getenv)
 	if err != nil {

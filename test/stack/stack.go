@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -28,9 +27,9 @@ import (
 
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/functions"
+	"github.com/wsbridge/wsbridge/gateway"
 	"github.com/wsbridge/wsbridge/subjects"
 	"github.com/wsbridge/wsbridge/test/demo"
-	"github.com/wsbridge/wsbridge/test/gateway"
 )
 
 // Options configure a Stack. Start from DefaultOptions.
@@ -96,8 +95,7 @@ type Stack struct {
 
 	natsURL  string
 	gwAddr   net.Addr
-	fns      *functions.Functions
-	rpcs     []*gateway.RPCInvoker
+	fns      *gateway.Functions
 	tmpDir   string
 	cancel   context.CancelFunc
 	served   chan error
@@ -142,12 +140,12 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	}
 	o = s.opts // with the invokers
 
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", o.Gateway.Addr)
+	ls, err := gateway.Listen(ctx, o.Gateway)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: listen %s: %w", o.Gateway.Addr, err)
+		return nil, err
 	}
-	s.gwAddr = ln.Addr()
+	ln := closerFunc(ls.Close)
+	s.gwAddr = ls.WS.Addr()
 
 	if o.Bridge {
 		bo := o.BridgeOptions
@@ -186,9 +184,13 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	}
 	sctx, cancelServe := context.WithCancel(context.Background())
 	s.cancel = cancelServe
-	go func() { s.served <- s.Gateway.Serve(sctx, ln) }()
+	go func() { s.served <- s.Gateway.ServeAll(sctx, ls) }()
 	return s, nil
 }
+
+type closerFunc func()
+
+func (f closerFunc) Close() { f() }
 
 func (s *Stack) startNATS() error {
 	o := s.opts
@@ -231,84 +233,24 @@ func (s *Stack) startNATS() error {
 	return nil
 }
 
-// functionEnv is the environment of function binaries: the variables of
-// SPEC §4, pointing at this stack's NATS.
-func (s *Stack) functionEnv() []string {
-	o := s.opts
-	env := []string{
-		subjects.EnvPrefix + "NATS_URL=" + s.natsURL,
-		subjects.EnvPrefix + "PREFIX=" + o.Prefix,
-		subjects.EnvPrefix + "AUTH=" + string(o.Auth),
-		subjects.EnvPrefix + "AUTH_TIMEOUT=" + o.AuthTimeout.String(),
-	}
-	for name, v := range map[string]string{
-		"NATS_CREDS": o.NATS.Creds, "NATS_NKEY": o.NATS.NKey, "NATS_TOKEN": o.NATS.Token,
-		"NATS_USER": o.NATS.User, "NATS_PASSWORD": o.NATS.Password, "NATS_TLS_CA": o.NATS.TLSCA,
-		"NATS_TLS_CERT": o.NATS.TLSCert, "NATS_TLS_KEY": o.NATS.TLSKey,
-	} {
-		if v != "" {
-			env = append(env, subjects.EnvPrefix+name+"="+v)
-		}
-	}
-	if o.Gateway.MaxMessageSize > 0 {
-		env = append(env, fmt.Sprintf("%sMAX_MESSAGE_SIZE=%d", subjects.EnvPrefix, o.Gateway.MaxMessageSize))
-	}
-	return env
-}
-
 func (s *Stack) startFunctions(ctx context.Context) error {
 	o := &s.opts
-	if o.Functions == "" {
-		fo := functions.DefaultOptions()
-		fo.Prefix = o.Prefix
-		fo.Auth = o.Auth
-		fo.AuthTimeout = o.AuthTimeout
-		if o.Gateway.MaxMessageSize > 0 {
-			fo.MaxMessageSize = int(o.Gateway.MaxMessageSize)
-		}
-		fo.Logger = s.log
-		fns, err := functions.New(fo, s.Conn)
-		if err != nil {
-			return err
-		}
-		s.fns = fns
-		o.Gateway.Register = fns.Invoker(functions.RoleRegister)
-		o.Gateway.Transfer = fns.Invoker(functions.RoleTransfer)
-		o.Gateway.Cleanup = fns.Invoker(functions.RoleCleanup)
-		return nil
+	fo := functions.DefaultOptions()
+	fo.NATS = o.NATS
+	fo.NATS.URL = s.natsURL
+	fo.Prefix = o.Prefix
+	fo.Auth = o.Auth
+	fo.AuthTimeout = o.AuthTimeout
+	if o.Gateway.MaxMessageSize > 0 {
+		fo.MaxMessageSize = int(o.Gateway.MaxMessageSize)
 	}
-	fi, err := os.Stat(o.Functions)
+	fo.Logger = s.log
+	fns, err := gateway.StartFunctions(ctx, gateway.FunctionsOptions{Dir: o.Functions, Functions: fo, Conn: s.Conn})
 	if err != nil {
-		return fmt.Errorf("functions: %w", err)
+		return err
 	}
-	start := func(path string) (*gateway.RPCInvoker, error) {
-		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		defer cancel()
-		inv, err := gateway.StartBinary(sctx, path, append(os.Environ(), s.functionEnv()...))
-		if err != nil {
-			return nil, fmt.Errorf("function %s: %w", path, err)
-		}
-		s.rpcs = append(s.rpcs, inv)
-		return inv, nil
-	}
-	if !fi.IsDir() {
-		inv, err := start(o.Functions)
-		if err != nil {
-			return err
-		}
-		o.Gateway.Register, o.Gateway.Transfer, o.Gateway.Cleanup = inv, inv, inv
-		return nil
-	}
-	for _, role := range []struct {
-		name string
-		dst  *gateway.Invoker
-	}{{"register", &o.Gateway.Register}, {"transfer", &o.Gateway.Transfer}, {"cleanup", &o.Gateway.Cleanup}} {
-		inv, err := start(filepath.Join(o.Functions, role.name))
-		if err != nil {
-			return err
-		}
-		*role.dst = inv
-	}
+	s.fns = fns
+	fns.Apply(&o.Gateway)
 	return nil
 }
 
@@ -366,10 +308,7 @@ func (s *Stack) Close() error {
 			s.Backend.Stop()
 		}
 		if s.fns != nil {
-			s.fns.Close()
-		}
-		for _, r := range s.rpcs {
-			_ = r.Close()
+			_ = s.fns.Close()
 		}
 		if s.Conn != nil {
 			_ = s.Conn.Drain()

@@ -76,7 +76,9 @@ func (g *Gateway) invoke(ctx context.Context, role string, inv Invoker, event an
 		}
 	}()
 	g.stats.invocations.Add(1)
+	start := time.Now()
 	out, err = inv.Invoke(ctx, payload)
+	g.m.invocations.WithLabelValues(role).Observe(time.Since(start).Seconds())
 	if err != nil {
 		g.stats.invokeErrors.Add(1)
 		return nil, fmt.Errorf("%s function: %w", role, err)

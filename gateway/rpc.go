@@ -69,6 +69,7 @@ func StartBinary(ctx context.Context, path string, env []string) (*RPCInvoker, e
 	cmd.Stdout = os.Stderr
 	cmd.Stderr = os.Stderr
 	cmd.WaitDelay = time.Second
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start function %s: %w", path, err)
 	}
@@ -141,6 +142,9 @@ func (r *RPCInvoker) waitReady(ctx context.Context) error {
 		wait = min(wait*2, 200*time.Millisecond)
 	}
 }
+
+// Ping checks that the function answers Function.Ping.
+func (r *RPCInvoker) Ping(ctx context.Context) error { return r.ping(ctx) }
 
 func (r *RPCInvoker) ping(ctx context.Context) error {
 	c, err := r.conn(ctx)

@@ -2,12 +2,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/coder/websocket"
 
@@ -19,17 +21,35 @@ import (
 // strict here is what lets the emulator catch a bridge that sends anything
 // the real gateway might not take.
 func (g *Gateway) servePush(w http.ResponseWriter, r *http.Request) {
-	status, errNo, msg := g.push(w, r)
+	var status, errNo int
+	var msg string
+	if g.opts.PushToken != "" && !bearerOK(r.Header.Get("Authorization"), g.opts.PushToken) {
+		status, errNo, msg = http.StatusUnauthorized, http.StatusUnauthorized, "push needs Authorization: Bearer <push token>"
+		w.Header().Set("WWW-Authenticate", `Bearer realm="wsbridge-push"`)
+	} else {
+		status, errNo, msg = g.push(w, r)
+	}
+	result := pushInvalid
 	switch {
 	case status == http.StatusOK:
 		g.stats.pushOK.Add(1)
+		result = pushOK
 	case status == http.StatusNotFound:
 		g.stats.pushNotFound.Add(1)
-	case status == http.StatusGone, status >= 500:
+		result = pushGone
+	case status == http.StatusGone:
 		g.stats.pushFailed.Add(1)
+		result = pushGone
+	case status >= 500:
+		g.stats.pushFailed.Add(1)
+		result = pushError
+	case status == http.StatusUnauthorized:
+		g.stats.pushInvalid.Add(1)
+		result = pushUnauthorized
 	default:
 		g.stats.pushInvalid.Add(1)
 	}
+	g.m.pushes.WithLabelValues(result).Inc()
 	if status != http.StatusOK {
 		g.log.Debug("push refused", "status", status, "errMsg", msg)
 	}
@@ -43,6 +63,12 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return http.StatusMethodNotAllowed, http.StatusMethodNotAllowed, "method " + r.Method + " not allowed: push with POST"
+	}
+	if g.edge != nil && g.isClosed() {
+		// Transient, so the bridge tries again: by then this instance's
+		// record is gone and the bridge knows its connections are lost,
+		// while a 404 now would announce them gone beside the shutdown.
+		return http.StatusServiceUnavailable, http.StatusServiceUnavailable, "gateway instance shutting down"
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, g.maxPushBody()))
 	dec.DisallowUnknownFields()
@@ -106,7 +132,7 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 		// in the background because a client that never answers would hold
 		// this request for seconds. The reader then invokes cleanup.
 		g.remove(c)
-		go c.close(statusNormal, "")
+		go c.close(statusNormal, "", discClosed)
 		return http.StatusOK, 0, "ok"
 
 	default:
@@ -114,11 +140,23 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 	}
 }
 
+// bearerOK compares "Bearer <token>" in constant time.
+func bearerOK(header, token string) bool {
+	got, ok := strings.CutPrefix(header, "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
 // find returns the accepted connection id, waiting while it is still being
 // upgraded; otherwise the answer to give.
 func (g *Gateway) find(ctx context.Context, id string) (_ *conn, status, errNo int, msg string) {
 	c := g.lookup(id)
 	if c == nil {
+		if inst, ok := subjects.EdgeInstance(id); ok && g.edge != nil && inst != g.opts.InstanceID {
+			// Misrouted (a bridge's route older than an address that
+			// moved to this instance): not gone, so the bridge tries again
+			// and looks the instance up afresh.
+			return nil, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "connection of gateway instance " + inst + ", not this one"
+		}
 		return nil, http.StatusNotFound, http.StatusNotFound, "connection not found"
 	}
 	ws, err := c.accepted(ctx)

@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -34,8 +36,33 @@ type conn struct {
 	// when it succeeded and must not be read before ready is closed.
 	ready   chan struct{}
 	ws      *websocket.Conn
-	last    atomic.Int64 // g.since() of the last frame in either direction
+	ip      string       // client IP, for the per-IP count
+	last    atomic.Int64 // g.since() of the last data frame either way, or client ping
+	pinged  atomic.Int64 // g.since() of the last ping the gateway sent
 	closing atomic.Bool  // a close handshake was started by the gateway
+	why     atomic.Int32 // index in disconnectReasons of why it ended; 0 = client
+	// announce, when set, is the disconnect reason this edge instance
+	// announces the connection with instead of invoking cleanup:
+	// shutdown, or lost when its registry record was swept while this
+	// instance was cut off from NATS.
+	announce atomic.Pointer[string]
+}
+
+var (
+	announceShutdown = subjects.ReasonShutdown
+	announceLost     = subjects.ReasonLost
+)
+
+// disconnectReasons are the values of conn.why.
+var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown}
+
+func reasonIndex(reason string) int32 {
+	for i, r := range disconnectReasons {
+		if r == reason {
+			return int32(i)
+		}
+	}
+	return 0
 }
 
 // settle publishes the outcome of the upgrade: ws, or nil when the
@@ -75,9 +102,10 @@ func (c *conn) touch() { c.last.Store(c.g.since()) }
 
 // close starts the close handshake once; later calls do nothing, so the
 // first reason (push, idle, shutdown, transfer failure) is what the client
-// sees.
-func (c *conn) close(code websocket.StatusCode, reason string) {
+// sees; why is the disconnects_total reason.
+func (c *conn) close(code websocket.StatusCode, reason, why string) {
 	if c.closing.CompareAndSwap(false, true) {
+		c.why.Store(reasonIndex(why))
 		_ = c.ws.Close(code, reason)
 	}
 }
@@ -90,6 +118,7 @@ func (c *conn) write(ctx context.Context, typ websocket.MessageType, data []byte
 	}
 	c.touch()
 	c.g.stats.framesOut.Add(1)
+	c.g.m.framesOut.Inc()
 	return nil
 }
 
@@ -103,8 +132,7 @@ func firstProtocol(p string) string {
 
 func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !g.enter() {
-		g.stats.rejected.Add(1)
-		writeReply(w, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "gateway is shutting down")
+		g.refuse(w, http.StatusServiceUnavailable, "gateway is shutting down")
 		return
 	}
 	defer g.wg.Done()
@@ -122,29 +150,49 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeReply(w, http.StatusUpgradeRequired, http.StatusUpgradeRequired, "WebSocket upgrade required")
 		return
 	}
-	if n := g.slots.Add(1); n > int64(g.opts.MaxConnections) {
-		g.slots.Add(-1)
-		g.stats.rejected.Add(1)
-		g.log.Warn("connection rejected: limit reached", "max_connections", g.opts.MaxConnections)
-		writeReply(w, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "too many connections")
+	if origin := r.Header.Get("Origin"); origin != "" && !g.originAllowed(origin) {
+		g.log.Info("connection refused: origin not allowed", "origin", clipHeader(origin))
+		g.refuse(w, http.StatusForbidden, "origin not allowed")
 		return
 	}
-	defer g.slots.Add(-1)
+	if n := g.slots.Add(1); n > int64(g.opts.MaxConnections) {
+		g.slots.Add(-1)
+		g.log.Warn("connection refused: limit reached", "max_connections", g.opts.MaxConnections)
+		g.refuse(w, http.StatusServiceUnavailable, "too many connections")
+		return
+	}
+	handedOff := false // the slot and the IP count go with the connection
+	defer func() {
+		if !handedOff {
+			g.slots.Add(-1)
+		}
+	}()
+	ip := g.clientIP(r)
+	if !g.takeIP(ip) {
+		g.log.Info("connection refused: per-IP limit reached", "ip", ip, "max_connections_per_ip", g.opts.MaxConnectionsPerIP)
+		g.refuse(w, http.StatusTooManyRequests, "too many connections from this address")
+		return
+	}
+	defer func() {
+		if !handedOff {
+			g.releaseIP(ip)
+		}
+	}()
 
-	id := newConnID()
+	id := g.newConnID()
 	log := g.log.With("conn", id)
 	// Known to pushes from now on, so a reply to the connect event that
 	// overtakes the upgrade waits for it instead of finding nothing.
-	c := &conn{g: g, id: id, ready: make(chan struct{})}
+	c := &conn{g: g, id: id, ip: ip, ready: make(chan struct{})}
 	if !g.add(c) {
-		g.stats.rejected.Add(1)
-		writeReply(w, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "gateway is shutting down")
+		g.refuse(w, http.StatusServiceUnavailable, "gateway is shutting down")
 		return
 	}
-	refuse := func(status, errNo int, msg string) {
+	refuse := func(status, errNo int, msg, result string) {
 		g.remove(c)
 		c.settle(nil)
 		g.stats.rejected.Add(1)
+		g.m.connects.WithLabelValues(result).Inc()
 		writeReply(w, status, errNo, msg)
 	}
 	ev := connectingEvent{
@@ -153,7 +201,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 			Path:            r.URL.Path,
 			HTTPMethod:      http.MethodGet,
 			RequestID:       newRequestID(),
-			SourceIP:        sourceIP(r),
+			SourceIP:        ip,
 			Stage:           g.opts.Stage,
 			WebsocketEnable: true,
 		},
@@ -173,32 +221,35 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		log.Warn("connection rejected: register failed", "err", err)
-		refuse(http.StatusBadGateway, http.StatusBadGateway, err.Error())
+		refuse(http.StatusBadGateway, http.StatusBadGateway, err.Error(), connectError)
 		return
 	}
 	if rep.ErrNo != 0 {
 		log.Info("connection rejected by register function", "errNo", rep.ErrNo, "errMsg", rep.ErrMsg)
-		refuse(http.StatusForbidden, rep.ErrNo, rep.ErrMsg)
+		refuse(http.StatusForbidden, rep.ErrNo, rep.ErrMsg, connectRejected)
 		return
 	}
 
 	opts := &websocket.AcceptOptions{
 		// Tencent's gateway does not check Origin; deciding who may
 		// connect is the register function's job.
+		// The Origin list, when set, was checked above.
 		InsecureSkipVerify: true,
 		OnPingReceived:     func(context.Context, []byte) bool { c.touch(); return true },
-		OnPongReceived:     func(context.Context, []byte) { c.touch() },
 	}
 	if rep.WebSocket != nil {
 		if p := firstProtocol(rep.WebSocket.SecWebSocketProtocol); p != "" {
 			opts.Subprotocols = []string{p}
 		}
 	}
-	ws, err := websocket.Accept(w, r, opts)
+	// net/http clears the listener's read and write deadlines on hijack:
+	// the WebSocket lives on, bounded by the idle timeout and pings.
+	ws, err := websocket.Accept(smallBuffers{w}, r, opts)
 	if err != nil {
 		// Accept answered the client. The register function did accept,
 		// so the connection may be recorded somewhere: clean it up.
 		log.Warn("upgrade failed after register accepted", "err", err)
+		g.m.connects.WithLabelValues(connectError).Inc()
 		g.remove(c)
 		c.settle(nil)
 		g.cleanup(id)
@@ -206,19 +257,64 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(g.opts.MaxMessageSize)
 	c.touch()
+	c.pinged.Store(c.last.Load())
 	g.stats.total.Add(1)
 	g.stats.open.Add(1)
+	g.m.connects.WithLabelValues(connectAccepted).Inc()
+	handedOff = true // released by finish
 	c.settle(ws)
 	if g.isClosed() {
 		// Close may have missed it while it was being upgraded.
-		c.close(statusGoingAway, "gateway shutting down")
+		c.close(statusGoingAway, "gateway shutting down", discShutdown)
 		c.finish()
 		return
 	}
 	g.startJanitor()
 	log.Debug("connection open", "protocol", ws.Subprotocol(), "source_ip", ev.RequestContext.SourceIP)
-	c.serve()
+	// The connection is read by a goroutine of its own and this handler
+	// returns, so net/http lets go of the request, its response buffers
+	// and the handler's grown stack: an idle connection costs only what
+	// it needs (see smallBuffers).
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		c.serve()
+	}()
 }
+
+// Buffer sizes of an accepted WebSocket. net/http's are 4 KiB each; frames
+// larger than a buffer are read and written past it, directly.
+const (
+	connReadBuffer  = 512
+	connWriteBuffer = 512
+)
+
+// smallBuffers hands coder/websocket a hijacked connection with buffers of
+// connReadBuffer and connWriteBuffer bytes instead of net/http's (what a
+// connection holds while idle is mostly its buffers).
+type smallBuffers struct{ http.ResponseWriter }
+
+// Hijack implements http.Hijacker.
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := brw.Writer.Flush(); err != nil {
+		_ = nc.Close()
+		return nil, nil, err
+	}
+	r := brw.Reader
+	if r.Buffered() == 0 {
+		// Nothing read ahead (the client waits for the 101): a fresh,
+		// small reader loses nothing.
+		r = bufio.NewReaderSize(nc, connReadBuffer)
+	}
+	return nc, bufio.NewReadWriter(r, bufio.NewWriterSize(nc, connWriteBuffer)), nil
+}
+
+// Unwrap gives http.ResponseController the wrapped writer.
+func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // serve reads frames in order and hands each to the transfer function
 // before reading the next, as the gateway does; it returns when the
@@ -234,6 +330,7 @@ func (c *conn) serve() {
 		}
 		c.touch()
 		g.stats.framesIn.Add(1)
+		g.m.framesIn.Inc()
 		var ev dataEvent
 		if typ == websocket.MessageBinary {
 			ev = newDataEvent(c.id, subjects.DataBinary, base64.StdEncoding.EncodeToString(data))
@@ -242,18 +339,33 @@ func (c *conn) serve() {
 		}
 		if _, err := g.invoke(context.Background(), "transfer", g.opts.Transfer, ev); err != nil {
 			g.log.Warn("closing client: transfer failed", "conn", c.id, "err", err)
-			c.close(statusInternal, "transfer function failed")
+			c.close(statusInternal, "transfer function failed", discError)
 			return
 		}
 	}
 }
 
-// finish runs once per accepted connection, from its reader goroutine.
+// finish runs once per accepted connection, from its reader goroutine. A
+// connection ended by this edge instance's shutdown is announced with reason
+// shutdown instead of invoking cleanup (which would announce it as the
+// client's doing), one found swept as lost: one disconnect event per
+// connection.
 func (c *conn) finish() {
-	c.g.remove(c)
+	g := c.g
+	defer g.slots.Add(-1)
+	g.remove(c)
 	_ = c.ws.CloseNow()
-	c.g.stats.open.Add(-1)
-	c.g.cleanup(c.id)
+	g.stats.open.Add(-1)
+	g.releaseIP(c.ip)
+	why := disconnectReasons[c.why.Load()]
+	if reason := c.announce.Load(); reason != nil && g.edge != nil {
+		why = *reason
+		g.edge.announce(subjects.Token(c.id), *reason)
+		g.stats.cleanups.Add(1)
+	} else {
+		g.cleanup(c.id)
+	}
+	g.m.disconnects.WithLabelValues(why).Inc()
 }
 
 func (g *Gateway) cleanup(id string) {
@@ -276,8 +388,7 @@ func (g *Gateway) startJanitor() {
 // check interval bounds how late a close can be.
 func (g *Gateway) reapIdle() {
 	idle := int64(g.opts.IdleTimeout)
-	every := min(max(g.opts.IdleTimeout/4, 10*time.Millisecond), time.Second)
-	t := time.NewTicker(every)
+	t := time.NewTicker(g.tickEvery())
 	defer t.Stop()
 	var stale []*conn
 	for {
@@ -297,8 +408,9 @@ func (g *Gateway) reapIdle() {
 		g.mu.Unlock()
 		for _, c := range stale {
 			g.log.Debug("closing idle connection", "conn", c.id)
-			go c.close(statusGoingAway, "idle timeout")
+			go c.close(statusGoingAway, "idle timeout", discIdle)
 		}
 		clear(stale)
+		g.pingQuiet(now)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
 
 	"github.com/wsbridge/wsbridge/subjects"
 )
@@ -437,6 +438,9 @@ func TestServeAndClose(t *testing.T) {
 	}
 }
 
+// edgeConn stands for a NATS connection in option checks, which never use it.
+var edgeConn = new(nats.Conn)
+
 func TestOptionsValidate(t *testing.T) {
 	fn := &fakeFn{}
 	ok := Options{Register: fn, Transfer: fn, Cleanup: fn}
@@ -451,6 +455,18 @@ func TestOptionsValidate(t *testing.T) {
 		{"same paths", func(o *Options) { o.PushPath = "/ws" }, "both"},
 		{"negative timeout", func(o *Options) { o.IdleTimeout = -time.Second }, "IdleTimeout"},
 		{"negative limit", func(o *Options) { o.MaxConnections = -1 }, "MaxConnections"},
+		{"negative per-IP limit", func(o *Options) { o.MaxConnectionsPerIP = -1 }, "MaxConnectionsPerIP"},
+		{"tls cert alone", func(o *Options) { o.TLSCert = "c.pem" }, "--tls-cert and --tls-key"},
+		{"push token with a space", func(o *Options) { o.PushToken = "a b" }, "push token"},
+		{"bad origin", func(o *Options) { o.AllowedOrigins = []string{"app.example.com"} }, "allowed origin"},
+		{"edge without instance id", func(o *Options) { o.NATS, o.PushURL = edgeConn, "http://10.0.0.1:9090/push" }, "--instance-id"},
+		{"edge without push url", func(o *Options) { o.NATS, o.InstanceID = edgeConn, "a" }, "--push-url"},
+		{"instance ttl at the limit", func(o *Options) {
+			o.NATS, o.InstanceID, o.PushURL, o.InstanceTTL = edgeConn, "a", "http://10.0.0.1:9090/push", MaxInstanceTTL
+		}, ""},
+		{"instance ttl past the limit", func(o *Options) {
+			o.NATS, o.InstanceID, o.PushURL, o.InstanceTTL = edgeConn, "a", "http://10.0.0.1:9090/push", MaxInstanceTTL+time.Second
+		}, "--instance-ttl"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,4 +1,7 @@
-package gateway
+// Package load is the load generator of the gateway benchmarks: it holds many
+// WebSocket connections against a gateway and measures memory per
+// connection and round-trip latency. It is test tooling, not product code.
+package load
 
 import (
 	"bufio"
@@ -13,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +26,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wsbridge/wsbridge/gateway"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -32,6 +37,13 @@ type LoadOptions struct {
 	Duration    time.Duration // how long to send at Rate, 3s
 	MessageSize int           // bytes per message, 64 (at least 24)
 	Dialers     int           // dials in parallel, 64
+	// PushOnly measures push-to-client latency instead of round trips:
+	// Rate pushes a second are POSTed to the reverse-push address, round
+	// robin over the connections, and the clients only receive.
+	PushOnly bool
+	// Baseline serves the same clients with a bare coder/websocket server
+	// (see baseline) instead of the gateway, as the yardstick.
+	Baseline bool
 
 	// ClientCmd, when set, returns the command that runs the clients in
 	// another process against wsURL; it must call RunLoadClients with its
@@ -45,6 +57,7 @@ type LoadReport struct {
 	Conns       int           // connections held at once
 	ServerOnly  bool          // memory figures exclude the clients
 	ConnectTime time.Duration // to open all of them
+	PushOnly    bool          // latencies are push to client, not round trips
 	HeapPerConn float64       // Go heap in use per connection, bytes
 	RSSPerConn  float64       // resident memory per connection, bytes (0 where unknown)
 	Goroutines  int           // goroutines while every connection is open
@@ -56,9 +69,13 @@ type LoadReport struct {
 
 // String formats the report on one line.
 func (r LoadReport) String() string {
-	return fmt.Sprintf("conns=%d server-only=%v connect=%v heap/conn=%.0fB rss/conn=%.0fB goroutines=%d round-trips=%d/%d p50=%v p99=%v max=%v",
-		r.Conns, r.ServerOnly, r.ConnectTime.Round(time.Millisecond), r.HeapPerConn, r.RSSPerConn, r.Goroutines,
-		r.Received, r.Sent, r.P50, r.P99, r.Max)
+	what := "round-trips"
+	if r.PushOnly {
+		what = "pushes"
+	}
+	return fmt.Sprintf("conns=%d server-only=%v connect=%v (%.0f/s) heap/conn=%.0fB rss/conn=%.0fB goroutines=%d %s=%d/%d p50=%v p99=%v max=%v",
+		r.Conns, r.ServerOnly, r.ConnectTime.Round(time.Millisecond), float64(r.Conns)/r.ConnectTime.Seconds(),
+		r.HeapPerConn, r.RSSPerConn, r.Goroutines, what, r.Received, r.Sent, r.P50, r.P99, r.Max)
 }
 
 func (o LoadOptions) withDefaults() LoadOptions {
@@ -109,32 +126,43 @@ func Load(ctx context.Context, opts LoadOptions) (LoadReport, error) {
 		return LoadReport{}, fmt.Errorf("load: %w", err)
 	}
 	base := "http://" + ln.Addr().String()
-	fn := newEchoFunction(base + DefaultPushPath)
-	defer fn.client.CloseIdleConnections()
-	g, err := New(Options{
-		Register: fn, Transfer: fn, Cleanup: fn,
-		MaxConnections:  opts.Conns + 16,
-		MaxMessageSize:  int64(opts.MessageSize) + 1024,
-		IdleTimeout:     time.Hour,
-		FunctionTimeout: 30 * time.Second,
-		ShutdownTimeout: 30 * time.Second,
-	})
-	if err != nil {
-		ln.Close()
-		return LoadReport{}, err
-	}
 	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	served := make(chan error, 1)
-	go func() { served <- g.Serve(sctx, ln) }()
+	var open func() int64
+	var ids func() []string
+	if opts.Baseline {
+		b := newBaseline()
+		open, ids = b.open.Load, b.ids
+		go func() { served <- b.serve(sctx, ln) }()
+	} else {
+		fn := newEchoFunction(base + gateway.DefaultPushPath)
+		defer fn.client.CloseIdleConnections()
+		g, err := gateway.New(gateway.Options{
+			Register: fn, Transfer: fn, Cleanup: fn,
+			MaxConnections:  opts.Conns + 16,
+			MaxMessageSize:  int64(opts.MessageSize) + 1024,
+			IdleTimeout:     time.Hour,
+			FunctionTimeout: 30 * time.Second,
+			ShutdownTimeout: 30 * time.Second,
+		})
+		if err != nil {
+			ln.Close()
+			stop()
+			return LoadReport{}, err
+		}
+		open = func() int64 { return g.Stats().ConnectionsOpen }
+		ids = g.ConnectionIDs
+		go func() { served <- g.Serve(sctx, ln) }()
+	}
 	defer func() { stop(); <-served }()
 
-	wsURL := "ws" + strings.TrimPrefix(base, "http") + DefaultWSPath
+	wsURL := "ws" + strings.TrimPrefix(base, "http") + gateway.DefaultWSPath
 	before := memory()
-	rep := LoadReport{Conns: opts.Conns, ServerOnly: opts.ClientCmd != nil}
+	rep := LoadReport{Conns: opts.Conns, ServerOnly: opts.ClientCmd != nil, PushOnly: opts.PushOnly}
 	// ready runs once every client is connected, before the round trips.
 	ready := func() error {
-		if err := waitUntil(ctx, 30*time.Second, func() bool { return g.Stats().ConnectionsOpen == int64(opts.Conns) }); err != nil {
-			return fmt.Errorf("%d of %d connections open: %w", g.Stats().ConnectionsOpen, opts.Conns, err)
+		if err := waitUntil(ctx, 30*time.Second, func() bool { return open() == int64(opts.Conns) }); err != nil {
+			return fmt.Errorf("%d of %d connections open: %w", open(), opts.Conns, err)
 		}
 		after := memory()
 		rep.HeapPerConn = float64(int64(after.heap)-int64(before.heap)) / float64(opts.Conns)
@@ -145,11 +173,14 @@ func Load(ctx context.Context, opts LoadOptions) (LoadReport, error) {
 		return nil
 	}
 
+	// pushes runs the pushes of PushOnly and returns how many were made.
+	pushes := func() (int, error) { return pushAll(ctx, base+gateway.DefaultPushPath, ids(), opts) }
+
 	var res ClientResult
 	if opts.ClientCmd == nil {
-		res, err = runClients(ctx, wsURL, opts, ready)
+		res, err = runClients(ctx, wsURL, opts, ready, pushes)
 	} else {
-		res, err = runClientCmd(ctx, opts.ClientCmd(wsURL), ready)
+		res, err = runClientCmd(ctx, opts.ClientCmd(wsURL), opts.PushOnly, ready, pushes)
 	}
 	rep.ConnectTime, rep.Sent, rep.Received = res.ConnectTime, res.Sent, res.Received
 	rep.P50, rep.P99, rep.Max = res.P50, res.P99, res.Max
@@ -176,12 +207,23 @@ func RunLoadClients(ctx context.Context, wsURL string, opts LoadOptions, in io.R
 	if err := RaiseFileLimit(uint64(opts.Conns + 1024)); err != nil {
 		return fmt.Errorf("load clients: %w", err)
 	}
+	lines := bufio.NewReader(in)
 	res, err := runClients(ctx, wsURL, opts, func() error {
 		if _, err := io.WriteString(out, "ready\n"); err != nil {
 			return err
 		}
-		_, err := bufio.NewReader(in).ReadString('\n')
+		_, err := lines.ReadString('\n')
 		return err
+	}, func() (int, error) {
+		line, err := lines.ReadString('\n')
+		if err != nil {
+			return 0, err
+		}
+		var n int
+		if _, err := fmt.Sscanf(line, "pushed %d", &n); err != nil {
+			return 0, fmt.Errorf("load clients: want \"pushed N\", got %q", line)
+		}
+		return n, nil
 	})
 	if err != nil {
 		return fmt.Errorf("load clients: %w", err)
@@ -189,7 +231,7 @@ func RunLoadClients(ctx context.Context, wsURL string, opts LoadOptions, in io.R
 	return json.NewEncoder(out).Encode(res)
 }
 
-func runClientCmd(ctx context.Context, cmd *exec.Cmd, ready func() error) (ClientResult, error) {
+func runClientCmd(ctx context.Context, cmd *exec.Cmd, pushOnly bool, ready func() error, pushes func() (int, error)) (ClientResult, error) {
 	var res ClientResult
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -224,6 +266,15 @@ func runClientCmd(ctx context.Context, cmd *exec.Cmd, ready func() error) (Clien
 	if _, err := io.WriteString(stdin, "go\n"); err != nil {
 		return res, err
 	}
+	if pushOnly {
+		n, err := pushes()
+		if err != nil {
+			return res, err
+		}
+		if _, err := fmt.Fprintf(stdin, "pushed %d\n", n); err != nil {
+			return res, err
+		}
+	}
 	for {
 		line, err := lines.ReadString('\n')
 		if err != nil {
@@ -236,10 +287,12 @@ func runClientCmd(ctx context.Context, cmd *exec.Cmd, ready func() error) (Clien
 }
 
 // runClients dials opts.Conns clients, calls ready, then starts opts.Rate
-// round trips a second, round robin over the clients, for opts.Duration.
-func runClients(ctx context.Context, wsURL string, opts LoadOptions, ready func() error) (ClientResult, error) {
+// round trips a second, round robin over the clients, for opts.Duration;
+// with PushOnly it calls pushes instead and waits for what it pushed.
+// Frames carry the wall-clock time they were sent at (clients and pushes
+// may run in two processes on one machine).
+func runClients(ctx context.Context, wsURL string, opts LoadOptions, ready func() error, pushes func() (int, error)) (ClientResult, error) {
 	var res ClientResult
-	epoch := time.Now()
 	var mu sync.Mutex
 	var lat []time.Duration
 	var received atomic.Int64
@@ -288,7 +341,7 @@ func runClients(ctx context.Context, wsURL string, opts LoadOptions, ready func(
 						if err != nil {
 							continue
 						}
-						d := time.Since(epoch) - time.Duration(sent)
+						d := time.Duration(time.Now().UnixNano() - sent)
 						mu.Lock()
 						lat = append(lat, d)
 						mu.Unlock()
@@ -310,6 +363,14 @@ func runClients(ctx context.Context, wsURL string, opts LoadOptions, ready func(
 		return res, err
 	}
 
+	if opts.PushOnly {
+		n, err := pushes()
+		if err != nil {
+			return res, err
+		}
+		res.Sent = n
+		return finishClients(ctx, res, &received, &mu, &lat)
+	}
 	pad := strings.Repeat("x", opts.MessageSize)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -326,7 +387,7 @@ func runClients(ctx context.Context, wsURL string, opts LoadOptions, ready func(
 		}
 		due := int(elapsed.Seconds() * float64(opts.Rate))
 		for ; res.Sent < due; k++ {
-			msg := strconv.FormatInt(int64(time.Since(epoch)), 10) + " "
+			msg := strconv.FormatInt(time.Now().UnixNano(), 10) + " "
 			msg += pad[:opts.MessageSize-len(msg)]
 			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			err := clients[k%len(clients)].Write(wctx, websocket.MessageText, []byte(msg))
@@ -337,19 +398,86 @@ func runClients(ctx context.Context, wsURL string, opts LoadOptions, ready func(
 			res.Sent++
 		}
 	}
+	return finishClients(ctx, res, &received, &mu, &lat)
+}
+
+// finishClients waits for every frame sent (at most 10s) and computes the
+// latency percentiles.
+func finishClients(ctx context.Context, res ClientResult, received *atomic.Int64, mu *sync.Mutex, lat *[]time.Duration) (ClientResult, error) {
 	_ = waitUntil(ctx, 10*time.Second, func() bool { return received.Load() >= int64(res.Sent) })
 	res.Received = int(received.Load())
 
 	mu.Lock()
-	slices.Sort(lat)
-	if n := len(lat); n > 0 {
-		res.P50, res.P99, res.Max = lat[n*50/100], lat[min(n*99/100, n-1)], lat[n-1]
+	slices.Sort(*lat)
+	if n := len(*lat); n > 0 {
+		l := *lat
+		res.P50, res.P99, res.Max = l[n*50/100], l[min(n*99/100, n-1)], l[n-1]
 	}
 	mu.Unlock()
 	if res.Received < res.Sent {
-		return res, fmt.Errorf("%d of %d round trips completed", res.Received, res.Sent)
+		return res, fmt.Errorf("%d of %d frames arrived", res.Received, res.Sent)
 	}
 	return res, nil
+}
+
+// pushAll POSTs opts.Rate pushes a second for opts.Duration to pushURL,
+// round robin over ids, each carrying the wall-clock time it was sent at,
+// from 32 workers; it returns how many were answered 200.
+func pushAll(ctx context.Context, pushURL string, ids []string, opts LoadOptions) (int, error) {
+	if len(ids) == 0 {
+		return 0, errors.New("no connections to push to")
+	}
+	const workers = 32
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers, MaxConnsPerHost: workers}, Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	pad := strings.Repeat("x", opts.MessageSize)
+	jobs := make(chan string, opts.Rate)
+	var ok atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range jobs {
+				msg := strconv.FormatInt(time.Now().UnixNano(), 10) + " "
+				msg += pad[:max(opts.MessageSize-len(msg), 0)]
+				body, _ := json.Marshal(subjects.PushBody{WebSocket: subjects.GatewayWebSocket{
+					Action: subjects.ActionDataSend, SecConnectionID: id, DataType: subjects.DataText, Data: msg}})
+				resp, err := client.Post(pushURL, "application/json", bytes.NewReader(body))
+				if err != nil {
+					failed.Store(err)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					ok.Add(1)
+				} else {
+					failed.Store(fmt.Errorf("push answered %s", resp.Status))
+				}
+			}
+		}()
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	start, sent := time.Now(), 0
+	for {
+		elapsed := time.Since(start)
+		if elapsed >= opts.Duration || ctx.Err() != nil {
+			break
+		}
+		for due := int(elapsed.Seconds() * float64(opts.Rate)); sent < due; sent++ {
+			jobs <- ids[sent%len(ids)]
+		}
+		<-tick.C
+	}
+	close(jobs)
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		return int(ok.Load()), fmt.Errorf("pushes: %d of %d answered 200; last failure: %w", ok.Load(), sent, err)
+	}
+	return int(ok.Load()), nil
 }
 
 func waitUntil(ctx context.Context, limit time.Duration, cond func() bool) error {
@@ -384,7 +512,7 @@ func newEchoFunction(pushURL string) *echoFunction {
 
 var acceptReply = []byte(`{"errNo":0,"errMsg":"ok"}`)
 
-// Invoke implements Invoker.
+// Invoke implements gateway.Invoker.
 func (f *echoFunction) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 	var ev subjects.GatewayEvent
 	if err := json.Unmarshal(payload, &ev); err != nil || ev.WebSocket == nil {
@@ -420,10 +548,11 @@ func (f *echoFunction) Invoke(ctx context.Context, payload []byte) ([]byte, erro
 type memStats struct{ heap, rss uint64 }
 
 // memory returns the live heap after a full collection and the resident
-// set size (Linux only; 0 elsewhere).
+// set size (Linux only; 0 elsewhere), with freed memory given back to the
+// OS first, so an earlier run in the process does not count.
 func memory() memStats {
 	runtime.GC()
-	runtime.GC()
+	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return memStats{heap: ms.HeapInuse, rss: readRSS()}

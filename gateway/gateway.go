@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,15 +17,22 @@ import (
 type Gateway struct {
 	opts    Options
 	log     *slog.Logger
-	handler http.Handler
-	epoch   time.Time // idle bookkeeping is relative to it, so it is monotonic
+	handler http.Handler // clients, pushes and the fallback on one listener
+	// clientHandler and pushHandler split handler when pushes have a
+	// listener of their own.
+	clientHandler, pushHandler http.Handler
+	epoch                      time.Time // idle bookkeeping is relative to it, so it is monotonic
+	m                          *gwMetrics
+	edge                       *edge // nil: the emulator, not an edge instance
 
 	mu     sync.Mutex
 	closed bool
 	conns  map[string]*conn
+	perIP  map[string]int // connections and upgrades per client IP
 	wg     sync.WaitGroup // upgrades and connections in flight
 
-	slots atomic.Int64 // upgrades in progress plus open connections
+	slots atomic.Int64  // upgrades in progress plus open connections
+	pings chan struct{} // pings awaiting their pong, at most maxPings
 	stats counters
 
 	janitorOnce sync.Once
@@ -46,17 +52,34 @@ func New(opts Options) (*Gateway, error) {
 		log:   opts.Logger.With("component", "gateway"),
 		epoch: time.Now(),
 		conns: make(map[string]*conn),
+		perIP: make(map[string]int),
+		pings: make(chan struct{}, maxPings),
 		done:  make(chan struct{}),
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc(opts.WSPath, g.serveWS)
-	mux.HandleFunc(opts.PushPath, g.servePush)
+	g.m = newMetrics(g)
+	if opts.NATS != nil {
+		e, err := newEdge(g)
+		if err != nil {
+			return nil, err
+		}
+		g.edge = e
+	}
 	fallback := opts.Fallback
 	if fallback == nil {
 		fallback = http.NotFoundHandler()
 	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(opts.WSPath, g.serveWS)
+	mux.HandleFunc(opts.PushPath, g.servePush)
 	mux.Handle("/", fallback)
 	g.handler = mux
+	clients := http.NewServeMux()
+	clients.HandleFunc(opts.WSPath, g.serveWS)
+	clients.Handle("/", fallback)
+	g.clientHandler = clients
+	push := http.NewServeMux()
+	push.HandleFunc(opts.PushPath, g.servePush)
+	g.pushHandler = push
 	return g, nil
 }
 
@@ -66,72 +89,48 @@ func (g *Gateway) Options() Options { return g.opts }
 // Handler serves WSPath, PushPath and, for every other path, the Fallback.
 func (g *Gateway) Handler() http.Handler { return g.handler }
 
-// Run listens on Options.Addr and serves until ctx is done or Close is
-// called, then shuts down.
+// Run binds Options.Addr (and PushAddr and HTTPAddr when set) and serves
+// until ctx is done or Close is called, then shuts down.
 func (g *Gateway) Run(ctx context.Context) error {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", g.opts.Addr)
+	ls, err := Listen(ctx, g.opts)
 	if err != nil {
-		return fmt.Errorf("gateway: listen %s: %w", g.opts.Addr, err)
+		return err
 	}
-	return g.Serve(ctx, ln)
+	return g.ServeAll(ctx, ls)
 }
 
-// Serve serves on ln until ctx is done or Close is called, then closes
-// every connection (cleanup is invoked for each) and the listener.
+// Serve serves clients and pushes on ln until ctx is done or Close is
+// called, then closes every connection and the listener.
 func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           g.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	g.log.Info("gateway listening", "addr", ln.Addr().String(), "ws", g.opts.WSPath, "push", g.opts.PushPath)
-
-	var serveErr error
-	select {
-	case <-ctx.Done():
-	case <-g.done:
-	case serveErr = <-errc:
-	}
-	closeErr := g.Close()
-	// Shutdown does not wait for hijacked WebSocket connections; Close did.
-	// What is left are push requests, which answer at once now that every
-	// connection is gone, and keep-alive connections a push client opened
-	// but never used: net/http waits up to 5s for those, so the wait is
-	// bounded shorter and the rest closed.
-	sctx, cancel := context.WithTimeout(context.Background(), min(g.opts.ShutdownTimeout, time.Second))
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		_ = srv.Close()
-	}
-	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
-		return fmt.Errorf("gateway: serve: %w", serveErr)
-	}
-	return closeErr
+	return g.ServeAll(ctx, &Listeners{WS: ln})
 }
 
-// Close rejects new connections, closes every open one with 1001 (cleanup is
-// invoked for each, as when a client leaves) and waits for them, at most
-// ShutdownTimeout. It is idempotent; later calls return the first result.
+// Close rejects new connections, closes every open one with 1001 and waits
+// for them, at most ShutdownTimeout. An edge instance announces each with
+// reason shutdown and then withdraws its instance record; the emulator
+// invokes cleanup for each, as when a client leaves. It is idempotent; later
+// calls return the first result.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
 		g.mu.Lock()
 		g.closed = true
 		open := make([]*conn, 0, len(g.conns))
 		for _, c := range g.conns {
+			c.announce.CompareAndSwap(nil, &announceShutdown)
 			open = append(open, c)
 		}
 		g.mu.Unlock()
 		close(g.done)
+		if g.edge != nil {
+			defer g.edge.stop()
+		}
 
 		for _, c := range open {
 			go func() {
 				// One still being upgraded is closed once it is (or by
 				// serveWS itself, whichever comes first).
 				if ws, _ := c.accepted(context.Background()); ws != nil {
-					c.close(statusGoingAway, "gateway shutting down")
+					c.close(statusGoingAway, "gateway shutting down", discShutdown)
 				}
 			}()
 		}

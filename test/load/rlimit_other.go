@@ -1,6 +1,6 @@
 //go:build !(linux || darwin)
 
-package gateway
+package load
 
 // RaiseFileLimit is a no-op where there is no RLIMIT_NOFILE.
 func RaiseFileLimit(uint64) error { return nil }

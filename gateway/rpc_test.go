@@ -19,7 +19,7 @@ import (
 // scf-go-lib's runtime.
 func buildEchoFn(t *testing.T) string {
 	t.Helper()
-	const pkg = "test/gateway/internal/echofn"
+	const pkg = "gateway/internal/echofn"
 	return buildtest.Binary(buildtest.BuildT(t, pkg), pkg)
 }
 

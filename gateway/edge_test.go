@@ -1,0 +1,355 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/natstest"
+)
+
+// TestEdgeStartSweepsEarlierLife: an instance restarting under its old id
+// (a host that rebooted) announces the records its earlier life left as
+// lost, once each, and so those of instances that vanished while none ran;
+// records of live instances and of API Gateway stay.
+func TestEdgeStartSweepsEarlierLife(t *testing.T) {
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	names := subjects.MustNew("ws")
+	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reg, _ := js.KeyValue(ctx, names.Bucket())
+	inst, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: names.GatewayBucket(), TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inst.Put(ctx, "edge-y", []byte(`{"id":"edge-y","pushUrl":"http://127.0.0.1:1/push"}`)); err != nil {
+		t.Fatal(err)
+	}
+	// edge-x restarted with records of its earlier life; edge-z vanished.
+	// Its earlier life's own record may still be there too.
+	if _, err := inst.Put(ctx, "edge-x", []byte(`{"id":"edge-x","pushUrl":"http://127.0.0.1:1/push"}`)); err != nil {
+		t.Fatal(err)
+	}
+	tokens := map[string]string{}
+	for _, who := range []string{"edge-x", "edge-y", "edge-z"} {
+		tokens[who] = subjects.Token(subjects.NewEdgeConnID(who))
+	}
+	tokens["apigw"] = subjects.Token("L5bZ4yiH7c2a+/==")
+	for _, tok := range tokens {
+		if _, err := reg.Put(ctx, tok, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	discs := make(chan *nats.Msg, 16)
+	sub, err := nc.ChanSubscribe(names.InboundKind(subjects.KindDisconnect), discs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	serveAll(t, func(o *Options) { o.NATS, o.InstanceID, o.PushURL = nc, "edge-x", "http://127.0.0.1:1/push" })
+
+	got := map[string]string{}
+	for len(got) < 2 {
+		select {
+		case m := <-discs:
+			var d subjects.DisconnectEvent
+			_ = json.Unmarshal(m.Data, &d)
+			got[d.Token] = d.Reason
+			if want := subjects.DisconnectMsgID(d.Token); m.Header.Get(subjects.HeaderMsgID) != want {
+				t.Errorf("Nats-Msg-Id %q, want %q", m.Header.Get(subjects.HeaderMsgID), want)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatalf("disconnect events %v, want lost for edge-x's and edge-z's records", got)
+		}
+	}
+	for _, who := range []string{"edge-x", "edge-z"} {
+		if got[tokens[who]] != subjects.ReasonLost {
+			t.Errorf("%s's record: %q, want lost", who, got[tokens[who]])
+		}
+		if _, err := reg.Get(ctx, tokens[who]); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			t.Errorf("%s's record: %v, want deleted", who, err)
+		}
+	}
+	for _, who := range []string{"edge-y", "apigw"} {
+		if _, err := reg.Get(ctx, tokens[who]); err != nil {
+			t.Errorf("%s's record: %v, want kept", who, err)
+		}
+	}
+	// Then this life advertises itself.
+	waitFor(t, "edge-x to advertise this life", func() bool {
+		e, err := inst.Get(ctx, "edge-x")
+		var rec subjects.Instance
+		return err == nil && json.Unmarshal(e.Value(), &rec) == nil && !rec.StartedAt.IsZero()
+	})
+}
+
+// TestReadyz: ready while NATS is connected and the functions answer; not
+// once NATS is gone; /healthz regardless.
+func TestReadyz(t *testing.T) {
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s, nats.MaxReconnects(-1))
+	js, _ := jetstream.New(nc)
+	if err := subjects.Provision(context.Background(), js, subjects.MustNew("ws"), subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var fnDown atomic.Bool
+	srv := serveAll(t, func(o *Options) {
+		o.NATS, o.InstanceID, o.PushURL = nc, "edge-r", "http://127.0.0.1:1/push"
+		o.Ready = func(context.Context) error {
+			if fnDown.Load() {
+				return errors.New("function not answering")
+			}
+			return nil
+		}
+	})
+	status := func(path string) int {
+		resp, err := http.Get("http://" + srv.ops + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitFor(t, "ready", func() bool { return status("/readyz") == http.StatusOK })
+	fnDown.Store(true)
+	if got := status("/readyz"); got != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with a function down = %d, want 503", got)
+	}
+	fnDown.Store(false)
+	s.Shutdown()
+	waitFor(t, "not ready without NATS", func() bool { return status("/readyz") == http.StatusServiceUnavailable })
+	if got := status("/healthz"); got != http.StatusOK {
+		t.Errorf("/healthz = %d, want 200", got)
+	}
+	if !strings.Contains(metricsText(t, srv.ops), "wsbridge_gateway_nats_connected 0") {
+		t.Error("nats_connected is not 0 without NATS")
+	}
+}
+
+// startEdge serves an edge instance on its own NATS connection to s.
+func startEdge(t *testing.T, url, id string) (*served, *nats.Conn) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	srv := serveAll(t, func(o *Options) {
+		o.NATS, o.InstanceID, o.PushURL, o.InstanceTTL = nc, id, "http://127.0.0.1:1/push", time.Second
+		o.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("%s log:\n%s", id, logs.String())
+			mu.Unlock()
+		}
+	})
+	return srv, nc
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// TestEdgeSurvivesNATSOutage: an outage longer than the instance TTL ages
+// every instance record out; once NATS is back no instance may take the
+// others for dead, so no connection is announced lost and none is closed.
+func TestEdgeSurvivesNATSOutage(t *testing.T) {
+	var opts *server.Options
+	s := natstest.Start(t, func(o *server.Options) { opts = o })
+	url := s.ClientURL()
+	nc := natstest.Connect(t, s, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	js, _ := jetstream.New(nc)
+	names := subjects.MustNew("ws")
+	if err := subjects.Provision(context.Background(), js, names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := startEdge(t, url, "edge-a")
+	b, _ := startEdge(t, url, "edge-b")
+	var clients []*websocket.Conn
+	for _, srv := range []*served{a, b} {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		c, _, err := websocket.Dial(ctx, "ws://"+srv.ws+"/ws", nil)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		go func() { _, _, _ = c.Read(context.Background()) }() // answers pings and closes
+		clients = append(clients, c)
+	}
+	// The fake register function writes no records: write them as the
+	// real one does (reconcile looks for them after the outage).
+	reg, _ := js.KeyValue(context.Background(), names.Bucket())
+	for _, srv := range []*served{a, b} {
+		waitFor(t, "the connection accepted", func() bool { return len(srv.g.ConnectionIDs()) == 1 })
+		for _, id := range srv.g.ConnectionIDs() {
+			if _, err := reg.Put(context.Background(), subjects.Token(id), []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Both instances have seen each other before the outage.
+	inst, _ := js.KeyValue(context.Background(), names.GatewayBucket())
+	waitFor(t, "both instances advertised", func() bool {
+		_, ea := inst.Get(context.Background(), "edge-a")
+		_, eb := inst.Get(context.Background(), "edge-b")
+		return ea == nil && eb == nil
+	})
+	time.Sleep(1500 * time.Millisecond) // a few checks of the live set
+
+	opts.Port = s.Addr().(*net.TCPAddr).Port
+	s.Shutdown()
+	s.WaitForShutdown()
+	time.Sleep(2500 * time.Millisecond) // longer than the TTL: every record ages out
+	s2, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s2.Start()
+	if !s2.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS did not restart")
+	}
+	t.Cleanup(func() { s2.Shutdown(); s2.WaitForShutdown() })
+
+	discs := make(chan *nats.Msg, 4)
+	waitFor(t, "the test's connection back", nc.IsConnected)
+	sub, err := nc.ChanSubscribe(names.InboundKind(subjects.KindDisconnect), discs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	waitFor(t, "both instances advertised again", func() bool {
+		_, ea := inst.Get(context.Background(), "edge-a")
+		_, eb := inst.Get(context.Background(), "edge-b")
+		return ea == nil && eb == nil
+	})
+	// Several TTLs: every check and reconcile that could misfire has run.
+	time.Sleep(5 * time.Second)
+	select {
+	case m := <-discs:
+		t.Fatalf("disconnect event after the outage: %s", m.Data)
+	default:
+	}
+	for i, srv := range []*served{a, b} {
+		if n := srv.g.Stats().ConnectionsOpen; n != 1 {
+			t.Errorf("instance %d holds %d connections after the outage, want 1", i, n)
+		}
+		srv.stop() // while NATS is up
+	}
+}
+
+// TestEdgeReconcileClosesSweptConnections: a connection whose registry
+// record was swept (and announced lost by another instance) while this one
+// was cut off is closed with 1001, not left unregistered, and its cleanup
+// is not invoked (its end was announced).
+func TestEdgeReconcileClosesSweptConnections(t *testing.T) {
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	js, _ := jetstream.New(nc)
+	names := subjects.MustNew("ws")
+	if err := subjects.Provision(context.Background(), js, names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := startEdge(t, s.ClientURL(), "edge-a")
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	closed := make(chan websocket.StatusCode, 2)
+	for range 2 {
+		c, _, err := websocket.Dial(ctx, "ws://"+srv.ws+"/ws", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		go func() { _, _, err := c.Read(context.Background()); closed <- websocket.CloseStatus(err) }()
+	}
+	var ids []string
+	waitFor(t, "two connections", func() bool { ids = srv.g.ConnectionIDs(); return len(ids) == 2 })
+	// The fake register function writes no records: write them as the
+	// real one does, then take one away.
+	reg, _ := js.KeyValue(ctx, names.Bucket())
+	for _, id := range ids {
+		if _, err := reg.Put(ctx, subjects.Token(id), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sweptID := ids[0]
+	if err := reg.Delete(ctx, subjects.Token(sweptID)); err != nil {
+		t.Fatal(err)
+	}
+	srv.g.edge.reconcile()
+	select {
+	case code := <-closed:
+		if code != websocket.StatusGoingAway {
+			t.Errorf("a client closed with %d, want 1001", code)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("no client closed")
+	}
+	waitFor(t, "one connection left", func() bool { return srv.g.Stats().ConnectionsOpen == 1 })
+	if got := srv.g.ConnectionIDs(); len(got) != 1 || got[0] != ids[1] {
+		t.Errorf("connections left %q, want %q", got, ids[1])
+	}
+	if n := srv.fn.cleanups(sweptID); n != 0 {
+		t.Errorf("cleanup invoked %d times for the swept connection, want 0 (its end was announced)", n)
+	}
+	if !strings.Contains(metricsText(t, srv.ops), `wsbridge_gateway_disconnects_total{reason="lost"} 1`) {
+		t.Error("the swept connection is not counted as lost")
+	}
+}
+
+// TestPushForAnotherInstance: a push naming another instance's connection
+// is misrouted, not gone: 503, so the bridge looks again; one naming this
+// instance's unknown connection is 404.
+func TestPushForAnotherInstance(t *testing.T) {
+	s := natstest.Start(t)
+	srv, _ := startEdge(t, s.ClientURL(), "edge-a")
+	for _, tc := range []struct {
+		id   string
+		want int
+	}{
+		{subjects.NewEdgeConnID("edge-b"), http.StatusServiceUnavailable},
+		{subjects.NewEdgeConnID("edge-a"), http.StatusNotFound},
+		{"L5bZ4yiH7c2a+/==", http.StatusNotFound},
+	} {
+		resp, err := http.Post("http://"+srv.push+DefaultPushPath, "application/json", strings.NewReader(pushBody(subjects.ActionDataSend, tc.id, subjects.DataText, "x")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("push for %q answered %d, want %d", tc.id, resp.StatusCode, tc.want)
+		}
+	}
+}

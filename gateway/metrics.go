@@ -1,0 +1,102 @@
+package gateway
+
+import (
+	"net/http"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Results of wsbridge_gateway_connects_total.
+const (
+	connectAccepted = "accepted" // upgraded
+	connectRejected = "rejected" // the register function said no
+	connectRefused  = "refused"  // a limit, the Origin list, shutting down
+	connectError    = "error"    // the register invocation failed
+)
+
+// Results of wsbridge_gateway_pushes_total.
+const (
+	pushOK           = "ok"
+	pushGone         = "gone"
+	pushUnauthorized = "unauthorized"
+	pushInvalid      = "invalid"
+	pushError        = "error"
+)
+
+// Reasons of wsbridge_gateway_disconnects_total: a bounded set.
+const (
+	discClient   = "client"   // the client closed or its connection broke
+	discClosed   = "closed"   // a push asked to close it
+	discIdle     = "idle"     // no frame for IdleTimeout
+	discPing     = "ping"     // no pong in time
+	discError    = "error"    // the transfer function failed, or a write
+	discShutdown = "shutdown" // this instance stopped
+	discLost     = "lost"     // announced for a vanished instance
+)
+
+type gwMetrics struct {
+	reg             *prometheus.Registry
+	connections     prometheus.GaugeFunc
+	connects        *prometheus.CounterVec
+	frames          *prometheus.CounterVec
+	pushes          *prometheus.CounterVec
+	invocations     *prometheus.HistogramVec
+	disconnects     *prometheus.CounterVec
+	listenerRefused prometheus.Counter
+	framesIn        prometheus.Counter
+	framesOut       prometheus.Counter
+}
+
+func newMetrics(g *Gateway) *gwMetrics {
+	const ns, sub = "wsbridge", "gateway"
+	m := &gwMetrics{reg: prometheus.NewRegistry()}
+	m.connections = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections",
+		Help: "Open WebSocket connections."}, func() float64 { return float64(g.stats.open.Load()) })
+	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connects_total",
+		Help: "Upgrade requests by result: accepted, rejected (register said no), refused (limit, Origin, shutdown), error (register failed)."},
+		[]string{"result"})
+	m.frames = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "frames_total",
+		Help: "WebSocket data frames, in from clients and out to them."}, []string{"direction"})
+	m.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pushes_total",
+		Help: "Reverse-push requests by result."}, []string{"result"})
+	m.invocations = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "invocation_duration_seconds",
+		Help: "Function invocation latency.", Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12)}, []string{"function"})
+	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "disconnects_total",
+		Help: "Ended connections by reason."}, []string{"reason"})
+	m.listenerRefused = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "listener_refused_total",
+		Help: "TCP connections closed at once because a listener was at its connection cap."})
+	natsUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nats_connected",
+		Help: "1 while the NATS connection is up (0 without NATS)."}, func() float64 {
+		if g.opts.NATS != nil && g.opts.NATS.Status() == nats.CONNECTED {
+			return 1
+		}
+		return 0
+	})
+	m.reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.invocations, m.disconnects, m.listenerRefused, natsUp,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Every label value exists from the start, so rates work from zero.
+	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
+		m.connects.WithLabelValues(r)
+	}
+	for _, r := range []string{pushOK, pushGone, pushUnauthorized, pushInvalid, pushError} {
+		m.pushes.WithLabelValues(r)
+	}
+	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost} {
+		m.disconnects.WithLabelValues(r)
+	}
+	for _, f := range []string{"register", "transfer", "cleanup"} {
+		m.invocations.WithLabelValues(f)
+	}
+	m.framesIn, m.framesOut = m.frames.WithLabelValues("in"), m.frames.WithLabelValues("out")
+	return m
+}
+
+func (m *gwMetrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Registry returns the registry of the gateway's metrics.
+func (g *Gateway) Registry() *prometheus.Registry { return g.m.reg }

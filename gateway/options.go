@@ -1,0 +1,281 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// Defaults of Options; a zero field takes its default.
+const (
+	DefaultAddr     = "127.0.0.1:8080"
+	DefaultWSPath   = "/ws"
+	DefaultPushPath = "/push"
+	// DefaultServiceID and DefaultStage fill requestContext like a real
+	// gateway service published to its release environment.
+	DefaultServiceID = "service-emulator"
+	DefaultStage     = "release"
+	// DefaultIdleTimeout closes connections with no frame in either
+	// direction for this long.
+	DefaultIdleTimeout = 10 * time.Minute
+	// DefaultMaxMessageSize bounds one frame, either direction.
+	DefaultMaxMessageSize = 128 << 10
+	// DefaultMaxConnections is the connection limit the emulator is sized
+	// for; beyond it upgrades get 503.
+	DefaultMaxConnections = 10000
+	// DefaultFunctionTimeout is SCF's default function timeout, the
+	// deadline of every invocation.
+	DefaultFunctionTimeout = 3 * time.Second
+	// DefaultWriteTimeout bounds one frame write to a client, so a slow
+	// client cannot hold a push request.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultShutdownTimeout bounds Close.
+	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultReadTimeout bounds reading one HTTP request, headers and body
+	// (a push, the upgrade request, an ops request).
+	DefaultReadTimeout = 10 * time.Second
+	// DefaultKeepAliveTimeout closes a keep-alive HTTP connection with no
+	// request for this long (push clients, ops scrapers).
+	DefaultKeepAliveTimeout = 60 * time.Second
+	// DefaultMaxHeaderBytes bounds the request line and headers.
+	DefaultMaxHeaderBytes = 16 << 10
+	// DefaultMaxHTTPConnections bounds the TCP connections of each listener
+	// that are not WebSockets (push, ops, upgrades in progress); beyond it a
+	// connection is closed at once.
+	DefaultMaxHTTPConnections = 1024
+	// DefaultPingInterval pings a client with no frame for this long; no
+	// pong within another interval closes it.
+	DefaultPingInterval = 30 * time.Second
+	// DefaultInstanceTTL is how long an edge instance's record in the
+	// instances bucket lives without a refresh (refreshed every third of
+	// it); a dead instance's connections are announced lost after it.
+	DefaultInstanceTTL = 10 * time.Second
+	// MaxInstanceTTL keeps the announcement of a dead instance's
+	// connections, about two TTLs after its death, within SPEC §6's 30s.
+	MaxInstanceTTL = 15 * time.Second
+)
+
+// Options configure a Gateway. Use DefaultOptions, or leave fields zero to
+// take the defaults; New validates.
+type Options struct {
+	// Addr is where Run listens.
+	Addr string
+	// WSPath serves WebSocket clients, PushPath the reverse-push address.
+	WSPath   string
+	PushPath string
+	// ServiceID and Stage go into the connecting event's requestContext.
+	ServiceID string
+	Stage     string
+
+	// IdleTimeout closes a connection with no frame either way for this
+	// long (1001, then cleanup).
+	IdleTimeout time.Duration
+	// MaxMessageSize bounds a frame in either direction: a larger client
+	// frame closes the client with 1009, a larger push gets 413.
+	MaxMessageSize int64
+	// MaxConnections bounds open connections plus upgrades in progress;
+	// beyond it an upgrade gets 503.
+	MaxConnections int
+	// FunctionTimeout is the deadline of every invocation.
+	FunctionTimeout time.Duration
+	// WriteTimeout bounds one push's frame write; a client that cannot
+	// take it in time is disconnected and the push gets 410.
+	WriteTimeout time.Duration
+	// ShutdownTimeout bounds Close.
+	ShutdownTimeout time.Duration
+
+	// PushAddr, when set, serves PushPath on a listener of its own (Run
+	// only); otherwise PushPath is served on Addr.
+	PushAddr string
+	// HTTPAddr, when set, serves /metrics, /healthz and /readyz (Run only).
+	HTTPAddr string
+	// PushToken, when set, is required as "Authorization: Bearer <token>"
+	// on every push; a push without it gets 401.
+	PushToken string
+	// TLSCert and TLSKey (PEM files) make Addr serve wss:// and https://.
+	TLSCert, TLSKey string
+	// AllowedOrigins lists the Origin values an upgrade may carry (exact,
+	// case-insensitive, e.g. "https://app.example.com"); empty allows any.
+	// An upgrade without Origin (not a browser) is not affected.
+	AllowedOrigins []string
+	// MaxConnectionsPerIP bounds the connections of one client IP (0: no
+	// bound); beyond it an upgrade gets 429.
+	MaxConnectionsPerIP int
+	// TrustedProxies are the peers whose X-Forwarded-For names the client
+	// IP; anyone else's is ignored.
+	TrustedProxies []netip.Prefix
+	// ReadTimeout, KeepAliveTimeout and MaxHeaderBytes apply to every
+	// listener's HTTP requests, and so does WriteTimeout (twice it bounds an
+	// answer: a push may wait that long for its frame); a WebSocket leaves
+	// them once upgraded.
+	ReadTimeout      time.Duration
+	KeepAliveTimeout time.Duration
+	MaxHeaderBytes   int
+	// MaxHTTPConnections bounds each listener's TCP connections that are
+	// not WebSockets.
+	MaxHTTPConnections int
+	// PingInterval pings quiet clients; a negative value turns pings off.
+	PingInterval time.Duration
+
+	// NATS, when set, makes the gateway an edge instance (SPEC §6): its
+	// connection ids name InstanceID, it advertises PushURL in the
+	// instances bucket while it runs, announces its connections with
+	// reason shutdown when it stops, and announces the connections of
+	// instances that vanish with reason lost. Without it the gateway is
+	// the emulator: plain ids, and cleanup invoked on shutdown.
+	NATS *nats.Conn
+	// Prefix of the subjects and buckets ("ws").
+	Prefix string
+	// InstanceID names this instance (CheckInstanceID); required with NATS.
+	InstanceID string
+	// PushURL is where bridges reach this instance's PushPath; required
+	// with NATS.
+	PushURL string
+	// InstanceTTL is the life of the instance record without a refresh.
+	InstanceTTL time.Duration
+	// Ready, when set, is part of /readyz: the functions can be invoked.
+	Ready func(context.Context) error
+
+	// Register, Transfer and Cleanup are the three functions of the
+	// WebSocket API. A single-function deployment sets all three to the
+	// same Invoker: it dispatches on websocket.action.
+	Register Invoker
+	Transfer Invoker
+	Cleanup  Invoker
+
+	// Fallback serves every path other than WSPath and PushPath (the demo
+	// page, for example); nil answers 404.
+	Fallback http.Handler
+
+	// Logger receives connection and push events; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultOptions returns Options with every default filled in and no
+// invokers.
+func DefaultOptions() Options {
+	return Options{}.withDefaults()
+}
+
+// orDefault sets *p to v when it is the zero value.
+func orDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+func (o Options) withDefaults() Options {
+	orDefault(&o.Addr, DefaultAddr)
+	orDefault(&o.WSPath, DefaultWSPath)
+	orDefault(&o.PushPath, DefaultPushPath)
+	orDefault(&o.ServiceID, DefaultServiceID)
+	orDefault(&o.Stage, DefaultStage)
+	orDefault(&o.IdleTimeout, DefaultIdleTimeout)
+	orDefault(&o.FunctionTimeout, DefaultFunctionTimeout)
+	orDefault(&o.WriteTimeout, DefaultWriteTimeout)
+	orDefault(&o.ShutdownTimeout, DefaultShutdownTimeout)
+	orDefault(&o.ReadTimeout, DefaultReadTimeout)
+	orDefault(&o.KeepAliveTimeout, DefaultKeepAliveTimeout)
+	orDefault(&o.PingInterval, DefaultPingInterval)
+	orDefault(&o.InstanceTTL, DefaultInstanceTTL)
+	orDefault(&o.MaxConnections, DefaultMaxConnections)
+	orDefault(&o.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	orDefault(&o.MaxHTTPConnections, DefaultMaxHTTPConnections)
+	orDefault(&o.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&o.Prefix, subjects.DefaultPrefix)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Validate reports every setting that cannot work, after defaults.
+func (o Options) Validate() error {
+	o = o.withDefaults()
+	var errs []error
+	for _, p := range []struct{ name, v string }{{"WSPath", o.WSPath}, {"PushPath", o.PushPath}} {
+		if !strings.HasPrefix(p.v, "/") || p.v == "/" {
+			errs = append(errs, fmt.Errorf("gateway: %s %q must start with / and not be /", p.name, p.v))
+		}
+	}
+	if o.WSPath == o.PushPath {
+		errs = append(errs, fmt.Errorf("gateway: WSPath and PushPath are both %q", o.WSPath))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"IdleTimeout", o.IdleTimeout},
+		{"FunctionTimeout", o.FunctionTimeout},
+		{"WriteTimeout", o.WriteTimeout},
+		{"ShutdownTimeout", o.ShutdownTimeout},
+		{"ReadTimeout", o.ReadTimeout},
+		{"KeepAliveTimeout", o.KeepAliveTimeout},
+		{"InstanceTTL", o.InstanceTTL},
+	} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("gateway: %s %v must be positive", d.name, d.v))
+		}
+	}
+	if o.MaxMessageSize < 0 {
+		errs = append(errs, fmt.Errorf("gateway: MaxMessageSize %d must be positive", o.MaxMessageSize))
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{
+		{"MaxConnections", o.MaxConnections},
+		{"MaxConnectionsPerIP", o.MaxConnectionsPerIP},
+		{"MaxHeaderBytes", o.MaxHeaderBytes},
+		{"MaxHTTPConnections", o.MaxHTTPConnections},
+	} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("gateway: %s %d must be positive", n.name, n.v))
+		}
+	}
+	if err := subjects.CheckPushToken(o.PushToken); err != nil {
+		errs = append(errs, fmt.Errorf("gateway: --%w", err))
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		errs = append(errs, errors.New("gateway: --tls-cert and --tls-key go together"))
+	}
+	for _, origin := range o.AllowedOrigins {
+		if u, err := url.Parse(origin); err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" {
+			errs = append(errs, fmt.Errorf("gateway: allowed origin %q: want scheme://host[:port]", origin))
+		}
+	}
+	if _, err := subjects.New(o.Prefix); err != nil {
+		errs = append(errs, fmt.Errorf("gateway: %w", err))
+	}
+	if o.NATS != nil {
+		if err := subjects.CheckInstanceID(o.InstanceID); err != nil {
+			errs = append(errs, fmt.Errorf("gateway: --instance-id: %w", err))
+		}
+		if u, err := url.Parse(o.PushURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("gateway: --push-url %q: want http(s)://host:port/push, where bridges reach this instance", o.PushURL))
+		}
+		if o.InstanceTTL < time.Second || o.InstanceTTL > MaxInstanceTTL {
+			errs = append(errs, fmt.Errorf("gateway: --instance-ttl %v: want 1s to %v (a dead instance's connections must be announced lost within 30s)", o.InstanceTTL, MaxInstanceTTL))
+		}
+	}
+	for _, f := range []struct {
+		name string
+		inv  Invoker
+	}{{"Register", o.Register}, {"Transfer", o.Transfer}, {"Cleanup", o.Cleanup}} {
+		if f.inv == nil {
+			errs = append(errs, fmt.Errorf("gateway: no %s invoker (one invoker may serve all three roles)", f.name))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,240 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// Listeners are the sockets a gateway serves: clients (and, without a Push
+// listener, pushes) on WS, pushes on Push, /metrics, /healthz and /readyz
+// on HTTP. Push and HTTP may be nil.
+type Listeners struct {
+	WS, Push, HTTP net.Listener
+}
+
+// Close closes every listener.
+func (l *Listeners) Close() {
+	for _, ln := range []net.Listener{l.WS, l.Push, l.HTTP} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+}
+
+// Listen binds Addr, PushAddr and HTTPAddr (those set) before anything else
+// starts, so an address in use fails at once, naming the address and its
+// flag. On error nothing stays bound.
+func Listen(ctx context.Context, o Options) (*Listeners, error) {
+	o = o.withDefaults()
+	var ls Listeners
+	var lc net.ListenConfig
+	for _, a := range []struct {
+		flag, addr string
+		dst        *net.Listener
+	}{{"--addr", o.Addr, &ls.WS}, {"--push-addr", o.PushAddr, &ls.Push}, {"--http-addr", o.HTTPAddr, &ls.HTTP}} {
+		if a.addr == "" {
+			continue
+		}
+		ln, err := lc.Listen(ctx, "tcp", a.addr)
+		if err != nil {
+			ls.Close()
+			why := "cannot listen"
+			if errors.Is(err, syscall.EADDRINUSE) {
+				why = "address already in use (is another wsbridge running?)"
+			}
+			env := subjects.EnvPrefix + strings.ToUpper(strings.ReplaceAll(strings.TrimPrefix(a.flag, "--"), "-", "_"))
+			return nil, fmt.Errorf("gateway: %s %s: %s; choose another with %s or %s (%w)", a.flag, a.addr, why, a.flag, env, err)
+		}
+		*a.dst = ln
+	}
+	return &ls, nil
+}
+
+// limitListener closes connections beyond max at once rather than letting
+// them queue: a flood of idle sockets cannot take the listener's capacity.
+type limitListener struct {
+	net.Listener
+	max     int64
+	active  atomic.Int64
+	refused func()
+}
+
+func newLimitListener(ln net.Listener, max int, refused func()) *limitListener {
+	return &limitListener{Listener: ln, max: int64(max), refused: refused}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.active.Add(1) > l.max {
+			l.active.Add(-1)
+			_ = c.Close()
+			l.refused()
+			continue
+		}
+		return &limitConn{Conn: c, l: l}, nil
+	}
+}
+
+type limitConn struct {
+	net.Conn
+	l    *limitListener
+	once sync.Once
+}
+
+func (c *limitConn) Close() error {
+	c.once.Do(func() { c.l.active.Add(-1) })
+	return c.Conn.Close()
+}
+
+// server returns an http.Server with the read, write, keep-alive and header
+// limits of every listener.
+func (g *Gateway) server(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: g.opts.ReadTimeout,
+		ReadTimeout:       g.opts.ReadTimeout,
+		WriteTimeout:      2 * g.opts.WriteTimeout,
+		IdleTimeout:       g.opts.KeepAliveTimeout,
+		MaxHeaderBytes:    g.opts.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// ServeAll serves ls until ctx is done or Close is called, then closes
+// every connection (announcing each as shut down when the gateway is an edge
+// instance, else invoking cleanup) and the listeners.
+func (g *Gateway) ServeAll(ctx context.Context, ls *Listeners) error {
+	if ls == nil || ls.WS == nil {
+		return errors.New("gateway: no client listener")
+	}
+	var tlsConf *tls.Config
+	if g.opts.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(g.opts.TLSCert, g.opts.TLSKey)
+		if err != nil {
+			ls.Close()
+			return fmt.Errorf("gateway: --tls-cert/--tls-key: %w", err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}}
+	}
+	if g.edge != nil {
+		// Advertised before the first client is accepted, so a push for
+		// any connection this instance hands out finds it.
+		if err := g.edge.start(ctx); err != nil {
+			ls.Close()
+			return err
+		}
+	}
+	refused := func() { g.m.listenerRefused.Inc() }
+	type served struct {
+		srv *http.Server
+		ln  net.Listener
+	}
+	var all []served
+	wsLn := net.Listener(newLimitListener(ls.WS, g.opts.MaxConnections+g.opts.MaxHTTPConnections, refused))
+	if tlsConf != nil {
+		wsLn = tls.NewListener(wsLn, tlsConf)
+	}
+	wsHandler := g.handler
+	if ls.Push != nil {
+		wsHandler = g.clientHandler
+		all = append(all, served{g.server(g.pushHandler), newLimitListener(ls.Push, g.opts.MaxHTTPConnections, refused)})
+	}
+	all = append(all, served{g.server(wsHandler), wsLn})
+	if ls.HTTP != nil {
+		all = append(all, served{g.server(g.opsHandler()), newLimitListener(ls.HTTP, g.opts.MaxHTTPConnections, refused)})
+	}
+	errc := make(chan error, len(all))
+	for _, s := range all {
+		go func() { errc <- s.srv.Serve(s.ln) }()
+	}
+	attrs := []any{"addr", ls.WS.Addr().String(), "tls", tlsConf != nil}
+	if ls.Push != nil {
+		attrs = append(attrs, "push_addr", ls.Push.Addr().String())
+	}
+	if ls.HTTP != nil {
+		attrs = append(attrs, "http_addr", ls.HTTP.Addr().String())
+	}
+	if g.edge != nil {
+		attrs = append(attrs, "instance", g.opts.InstanceID)
+	}
+	g.log.Info("gateway listening", attrs...)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case <-g.done:
+	case serveErr = <-errc:
+	}
+	closeErr := g.Close()
+	// Shutdown does not wait for hijacked WebSocket connections; Close did.
+	// What is left are push requests, which answer at once now that every
+	// connection is gone, and keep-alive connections a push client opened
+	// but never used: net/http waits up to 5s for those, so the wait is
+	// bounded shorter and the rest closed.
+	sctx, cancel := context.WithTimeout(context.Background(), min(g.opts.ShutdownTimeout, time.Second))
+	defer cancel()
+	for _, s := range all {
+		if err := s.srv.Shutdown(sctx); err != nil {
+			_ = s.srv.Close()
+		}
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return fmt.Errorf("gateway: serve: %w", serveErr)
+	}
+	return closeErr
+}
+
+// opsHandler serves /metrics, /healthz and /readyz.
+func (g *Gateway) opsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", g.m.handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := g.ready(r.Context()); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// ready reports why the gateway cannot take clients, or nil.
+func (g *Gateway) ready(ctx context.Context) error {
+	var errs []string
+	if g.isClosed() {
+		errs = append(errs, "shutting down")
+	}
+	if g.opts.NATS != nil && !g.opts.NATS.IsConnected() {
+		errs = append(errs, "NATS "+g.opts.NATS.Status().String())
+	}
+	if g.opts.Ready != nil {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := g.opts.Ready(ctx); err != nil {
+			errs = append(errs, "functions: "+err.Error())
+		}
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
