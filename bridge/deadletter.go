@@ -64,19 +64,19 @@ func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 			}
 			b.log.Error("dead letter refused; lost", "seq", it.d.seq, "token", it.token, "kind", it.d.kind,
 				"reason", p.reason, "status", p.o.Status, "subject", clipString(it.d.msg.Subject(), 256), "err", err)
-			it.dl = nil
-			if p.gone {
-				b.forget(it.token, disconnectReason(p.o))
-			} else if it.close {
-				b.unmarkClosing(it.token)
-			}
-			return resolved, 0
+			return b.dlDone(it, p)
 		}
 		delay := b.policy.Backoff(p.tries, rand.Float64())
 		b.log.Error("dead letter failed; retrying", "seq", it.d.seq, "token", it.token,
 			"tries", p.tries, "delay", delay, "err", err)
 		return retry, delay
 	}
+	return b.dlDone(it, p)
+}
+
+// dlDone resolves an item whose dead letter is published (or lost for
+// good): a gone connection is forgotten, a close that failed unmarked.
+func (b *Bridge) dlDone(it *item, p *pendingDL) (attemptResult, time.Duration) {
 	it.dl = nil
 	if p.gone {
 		b.forget(it.token, disconnectReason(p.o))

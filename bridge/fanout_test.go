@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strconv"
@@ -29,17 +28,7 @@ func TestFanOutKeepsItsPlace(t *testing.T) {
 	}, ids...)
 	var bridges []*Bridge
 	for _, name := range []string{"a", "b", "c"} {
-		b, err := New(Options{PushURL: mt.srv.URL + "/" + name + "/api", Concurrency: 16}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if err := b.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		cancel()
-		t.Cleanup(func() { _ = b.Stop(context.Background()) })
-		bridges = append(bridges, b)
+		bridges = append(bridges, startBridge(t, Options{PushURL: mt.srv.URL + "/" + name + "/api", Concurrency: 16}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)}))
 	}
 	waitFor(t, "the partitions to spread over the three bridges", 30*time.Second, func() bool {
 		n := 0

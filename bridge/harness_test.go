@@ -165,16 +165,22 @@ func (e *env) startLogged(log *slog.Logger, mod func(*Options)) *Bridge {
 	if mod != nil {
 		mod(&o)
 	}
-	b, err := New(o, Deps{Conn: connect(e.t, e.s), Logger: log})
+	return startBridge(e.t, o, Deps{Conn: connect(e.t, e.s), Logger: log})
+}
+
+// startBridge builds and starts a bridge, stopped when the test ends.
+func startBridge(t testing.TB, o Options, deps Deps) *Bridge {
+	t.Helper()
+	b, err := New(o, deps)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := b.Start(ctx); err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	e.t.Cleanup(func() { _ = b.Stop(context.Background()) })
+	t.Cleanup(func() { _ = b.Stop(context.Background()) })
 	return b
 }
 

@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"context"
 	"io"
 	"net"
 	"sync"
@@ -110,17 +109,7 @@ func TestZombieIsFenced(t *testing.T) {
 	proxy := newCutProxy(t, e.s.Addr().String())
 	const conns = 40
 	start := func(name string, nc *nats.Conn) *Bridge {
-		b, err := New(Options{PushURL: mt.srv.URL + "/" + name + "/api", Concurrency: 16}, Deps{Conn: nc, Logger: testLogger(t).With("bridge", name)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := b.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Stop(context.Background()) })
-		return b
+		return startBridge(t, Options{PushURL: mt.srv.URL + "/" + name + "/api", Concurrency: 16}, Deps{Conn: nc, Logger: testLogger(t).With("bridge", name)})
 	}
 	znc, err := nats.Connect(proxy.url(), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond), nats.Timeout(time.Second))
 	if err != nil {
