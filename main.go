@@ -27,15 +27,16 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"bridge":    {"run the bridge daemon (outbound subjects -> reverse push)", runBridge},
-		"dev":       {"run NATS, the bridge, the gateway emulator and a demo on this machine", runDev},
-		"gateway":   {"run the self-hosted WebSocket edge that replaces API Gateway", runGateway},
-		"send":      {"send a message to one connection", runSend},
-		"close":     {"close one connection", runClose},
-		"broadcast": {"send a message to every connection (or a group or user)", runBroadcast},
-		"tail":      {"print inbound events (and optionally dead letters) as they happen", runTail},
-		"conns":     {"list registered connections", runConns},
-		"version":   {"print the version, VCS revision and Go version", runVersion},
+		"bridge":     {"run the bridge daemon (outbound subjects -> reverse push)", runBridge},
+		"dev":        {"run NATS, the bridge, the gateway emulator and a demo on this machine", runDev},
+		"gateway":    {"run the self-hosted WebSocket edge that replaces API Gateway", runGateway},
+		"send":       {"send a message to one connection", runSend},
+		"close":      {"close one connection", runClose},
+		"broadcast":  {"send a message to every connection (or a group or user)", runBroadcast},
+		"tail":       {"print inbound events (and optionally dead letters) as they happen", runTail},
+		"conns":      {"list registered connections", runConns},
+		"partitions": {"show each outbound partition's owner, backlog and lag", runPartitions},
+		"version":    {"print the version, VCS revision and Go version", runVersion},
 	}
 }
 

@@ -114,7 +114,8 @@ func TestOpsCommands(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m.Subject != step.subject || string(m.Data) != step.data || m.Header.Get(subjects.HeaderDataType) != step.header {
+		stored, _ := subjects.MustNew("ws").ParseStored(m.Subject) // stored per partition
+		if stored.Original != step.subject || string(m.Data) != step.data || m.Header.Get(subjects.HeaderDataType) != step.header {
 			t.Errorf("wsbridge %v stored %s %q %q", step.args, m.Subject, m.Data, m.Header.Get(subjects.HeaderDataType))
 		}
 	}

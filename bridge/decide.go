@@ -24,6 +24,18 @@ const (
 	Permanent
 	// Gone is 404 or 410: the connection no longer exists.
 	Gone
+
+	// Outcomes that are not a gateway answer, decided in the same place.
+
+	// Invalid: the message cannot be pushed at all (bad subject or token,
+	// unknown data type, text that is not UTF-8, a limit exceeded).
+	Invalid
+	// OverDelivered: JetStream delivered the message MaxDeliver times
+	// without an outcome (bridges kept dying on it).
+	OverDelivered
+	// Abandoned: not pushed because the partition was handed off or the
+	// bridge stopped; the message is for the partition's next owner.
+	Abandoned
 )
 
 func (c Class) String() string {
@@ -36,6 +48,12 @@ func (c Class) String() string {
 		return metrics.ResultPermanent
 	case Gone:
 		return metrics.ResultGone
+	case Invalid:
+		return "invalid"
+	case OverDelivered:
+		return "over-delivered"
+	case Abandoned:
+		return "abandoned"
 	}
 	return fmt.Sprintf("class(%d)", int(c))
 }
@@ -92,6 +110,9 @@ const (
 	Retry
 	// DeadLetter: republish to the dead-letter stream, then ack.
 	DeadLetter
+	// Release: hand the message back to JetStream (NAK after Delay, in
+	// stream order at a hand-off) for the partition's next owner.
+	Release
 )
 
 func (a Action) String() string {
@@ -102,6 +123,8 @@ func (a Action) String() string {
 		return "retry"
 	case DeadLetter:
 		return "dead-letter"
+	case Release:
+		return "release"
 	}
 	return fmt.Sprintf("action(%d)", int(a))
 }
@@ -145,10 +168,17 @@ func (p Policy) Backoff(attempts int, u float64) time.Duration {
 }
 
 // Decide is the bridge's single ack/retry/dead-letter decision: o is the
-// outcome of attempt number attempts (1-based) of one push, u a uniform
+// outcome of attempt number attempts (1-based) of one push, or of a message
+// that was not pushed (Invalid, OverDelivered, Abandoned); u a uniform
 // random number in [0,1) for the jitter (a parameter so the function is pure).
 func Decide(o Outcome, attempts int, p Policy, u float64) Decision {
 	switch o.Class {
+	case Invalid:
+		return Decision{Action: DeadLetter, Reason: metrics.ReasonInvalid}
+	case OverDelivered:
+		return Decision{Action: DeadLetter, Reason: metrics.ReasonRetries}
+	case Abandoned:
+		return Decision{Action: Release}
 	case OK:
 		return Decision{Action: Ack}
 	case Gone:

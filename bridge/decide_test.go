@@ -67,6 +67,9 @@ func TestDecide(t *testing.T) {
 		{"gone", Gone, 1, Decision{Action: DeadLetter, Reason: metrics.ReasonGone, Gone: true}},
 		{"gone late", Gone, 3, Decision{Action: DeadLetter, Reason: metrics.ReasonGone, Gone: true}},
 		{"unknown class", Class(42), 1, Decision{Action: DeadLetter, Reason: metrics.ReasonPermanent}},
+		{"invalid", Invalid, 0, Decision{Action: DeadLetter, Reason: metrics.ReasonInvalid}},
+		{"over-delivered", OverDelivered, 21, Decision{Action: DeadLetter, Reason: metrics.ReasonRetries}},
+		{"abandoned", Abandoned, 2, Decision{Action: Release}},
 	}
 	for _, tt := range tests {
 		got := Decide(Outcome{Class: tt.class}, tt.attempts, p, 0)

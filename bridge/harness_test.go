@@ -165,16 +165,22 @@ func (e *env) startLogged(log *slog.Logger, mod func(*Options)) *Bridge {
 	if mod != nil {
 		mod(&o)
 	}
-	b, err := New(o, Deps{Conn: connect(e.t, e.s), Logger: log})
+	return startBridge(e.t, o, Deps{Conn: connect(e.t, e.s), Logger: log})
+}
+
+// startBridge builds and starts a bridge, stopped when the test ends.
+func startBridge(t testing.TB, o Options, deps Deps) *Bridge {
+	t.Helper()
+	b, err := New(o, deps)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := b.Start(ctx); err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	e.t.Cleanup(func() { _ = b.Stop(context.Background()) })
+	t.Cleanup(func() { _ = b.Stop(context.Background()) })
 	return b
 }
 
@@ -295,3 +301,21 @@ func (e *env) streamEmpty() bool {
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// outPending is the number of outbound messages not yet delivered to a
+// bridge, over every partition's consumer.
+func (e *env) outPending() (uint64, error) {
+	var n uint64
+	for p := 0; p < subjects.DefaultPartitions; p++ {
+		cons, err := e.js.Consumer(context.Background(), e.names.StreamOut(), e.names.PartitionConsumer(p))
+		if err != nil {
+			return 0, err
+		}
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			return 0, err
+		}
+		n += info.NumPending
+	}
+	return n, nil
+}

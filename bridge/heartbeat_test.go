@@ -128,16 +128,7 @@ func TestMissedHeartbeatIsRoutine(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pnc.Close)
-	b, err := New(Options{PushURL: e.tg.srv.URL, AckWait: 30 * time.Second}, Deps{Conn: pnc, Logger: slog.New(lc)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Stop(context.Background()) })
+	startBridge(t, Options{PushURL: e.tg.srv.URL, AckWait: 30 * time.Second}, Deps{Conn: pnc, Logger: slog.New(lc)})
 	proxy.stall(5 * time.Second)
 	waitFor(t, "the missed heartbeat reported", 20*time.Second, func() bool { return lc.hbMiss.Load() > 0 })
 	e.publish(e.names.Send(subjects.Token("hb")), []byte("after the stall"))

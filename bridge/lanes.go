@@ -1,8 +1,6 @@
 package bridge
 
 import (
-	"cmp"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,29 +34,46 @@ import (
 //
 // An outcome that cannot be recorded yet (the dead-letter publish fails) is
 // retried inside the lane with the same backoff as a transient push failure,
-// so it keeps its place too. When the bridge stops, the lane is abandoned:
-// its items' messages are NAKed, in lane order, with a delay, and JetStream
-// redelivers them to this or another instance. Ordering is per bridge instance: with several instances sharing
-// the consumer, two messages to one connection may be pushed by different
-// instances at the same time.
+// so it keeps its place too.
+//
+// Across bridges (see ownership.go): a connection's messages all live in one
+// partition, which one bridge works at a time. A message is acknowledged,
+// and the acknowledgement confirmed by the server, before the next message
+// of its connection is pushed; a fan-out's lanes wait until the fan-out is
+// acknowledged. So whatever a bridge leaves unacknowledged when it dies is,
+// per connection, at most its latest push and what followed, and the next
+// owner gets all of it, in stream order, before anything newer. When a
+// partition is handed off (stop, rebalance), its lanes are abandoned and
+// their messages NAKed in stream order; when it is dropped (lease lost or
+// unconfirmed), they are let go and expire after the ack wait.
 
-// delivery is one JetStream message being handled.
+// delivery is one JetStream message being handled by one partition.
 type delivery struct {
 	msg     jetstream.Msg
+	part    *part
 	seq     uint64 // stream sequence
 	stamp   time.Time
+	orig    string // the subject the publisher used
 	kind    subjects.Kind
 	body    []byte
 	binary  bool
+	fanout  bool      // broadcast, group or user: its lanes wait for its ack
 	tail    []byte    // a fan-out's push body after the connection id, shared by its items (see payload)
-	touched time.Time // last ack-deadline extension; guarded by Bridge.mu
-	size    int64     // bytes counted against MaxHeldBytes; guarded by Bridge.mu
+	touched time.Time // last ack-deadline extension; guarded by part.mu
+	size    int64     // bytes counted against MaxHeldBytes; guarded by Bridge.hmu
+
+	redelivered bool // JetStream delivered it before: a push may repeat one
 
 	one item // the item of a send or close (saves an allocation)
 
 	remaining atomic.Int64 // items not yet resolved
 	aborted   atomic.Bool  // an item was abandoned: NAK instead of ack
 	nakDelay  atomic.Int64 // delay of the NAK, nanoseconds
+
+	// Guarded by part.mu: set once acknowledged (or let go); the lanes
+	// that pushed an item of it wait for that before their next push.
+	settled bool
+	waiters []*lane
 }
 
 // item is one push to one connection.
@@ -67,12 +82,14 @@ type item struct {
 	token    string
 	close    bool
 	attempts int
+	fenced   bool       // counted once as withheld by the fence
 	payload  []byte     // reverse-push body (head, before d.tail), built on first attempt
 	dl       *pendingDL // set once the outcome calls for a dead letter not yet published
 }
 
-// lane is the FIFO of one connection's items; guarded by Bridge.mu.
+// lane is the FIFO of one connection's items; guarded by part.mu.
 type lane struct {
+	part  *part
 	token string
 	q     []*item
 }
@@ -138,17 +155,18 @@ func (r *readyQueue) pop(quit <-chan struct{}) *lane {
 // enqueue appends it to its connection's lane, making the lane ready when
 // it was idle.
 func (b *Bridge) enqueue(it *item) {
-	b.mu.Lock()
-	l := b.lanes[it.token]
+	p := it.d.part
+	p.mu.Lock()
+	l := p.lanes[it.token]
 	if l != nil {
-		// Busy or ready lane: whoever holds it will get to this item.
+		// Busy, ready or waiting lane: whoever holds it will get to this item.
 		l.q = append(l.q, it)
-		b.mu.Unlock()
+		p.mu.Unlock()
 		return
 	}
-	l = &lane{token: it.token, q: []*item{it}}
-	b.lanes[it.token] = l
-	b.mu.Unlock()
+	l = &lane{part: p, token: it.token, q: []*item{it}}
+	p.lanes[it.token] = l
+	p.mu.Unlock()
 	b.ready.push(l)
 }
 
@@ -164,60 +182,109 @@ func (b *Bridge) worker() {
 	}
 }
 
+// fenceRecheck is how soon a lane whose partition lease is unconfirmed looks
+// again: the renewal may come through, or the partition is dropped.
+const fenceRecheck = 100 * time.Millisecond
+
 func (b *Bridge) work(l *lane) {
-	b.mu.Lock()
+	p := l.part
+	p.mu.Lock()
 	it := l.q[0]
-	b.mu.Unlock()
-	if b.stopping.Load() {
-		b.abandonLane(l, 0)
+	p.mu.Unlock()
+	if p.stopping.Load() {
+		// Handed off or dropped: the lane's messages are the next
+		// owner's (Decide: release).
+		b.abandonLane(l, Decide(Outcome{Class: Abandoned}, it.attempts, b.policy, 0).Delay)
+		return
+	}
+	if !p.valid() {
+		// Fenced: the lease may be someone else's by now. Withhold the
+		// push; a renewal resumes the lane, a drop abandons it.
+		if !it.fenced {
+			it.fenced = true
+			b.pm.Fenced.Inc()
+		}
+		b.later(l, fenceRecheck)
 		return
 	}
 	res, delay := b.attempt(it)
 	switch res {
 	case resolved:
-		b.mu.Lock()
+		// The last item of a delivery acknowledges it, and the lane
+		// waits until the server confirmed that: a crash can then only
+		// repeat the connection's latest push, never bring back an
+		// older one. A fan-out is acknowledged once its other
+		// connections are done too; until then this connection waits
+		// (were its next message pushed and acked first, a crash would
+		// redeliver the fan-out after it).
+		p.mu.Lock()
 		l.q[0] = nil
 		l.q = l.q[1:]
-		empty := len(l.q) == 0
-		if empty {
-			delete(b.lanes, l.token)
-		}
-		b.mu.Unlock()
+		it.d.waiters = append(it.d.waiters, l)
+		p.mu.Unlock()
 		b.resolve(it, false, 0)
-		if !empty {
-			b.ready.push(l)
-		}
 	case retry:
-		if b.stopping.Load() {
+		if p.stopping.Load() {
 			b.abandonLane(l, delay)
 			return
 		}
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			t := time.NewTimer(delay)
-			defer t.Stop()
-			select {
-			case <-t.C:
-			case <-b.stopCh: // work() sees stopping and abandons the lane
-			}
-			b.ready.push(l)
-		}()
+		b.later(l, delay)
 	case abandon:
 		b.abandonLane(l, delay)
 	}
 }
 
-// abandonLane gives every item of the lane back to JetStream (NAK with
-// delay), in lane order, and forgets the lane.
+// later puts the lane back on the ready queue after delay (at once when its
+// partition stops: work() then abandons it).
+func (b *Bridge) later(l *lane, delay time.Duration) {
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-l.part.quit:
+		case <-b.quit:
+			return
+		}
+		b.ready.push(l)
+	}()
+}
+
+// wake resumes the lanes that waited for d's acknowledgement.
+func (b *Bridge) wake(d *delivery) {
+	p := d.part
+	p.mu.Lock()
+	waiters := d.waiters
+	d.waiters = nil
+	var ready []*lane
+	for _, l := range waiters {
+		if len(l.q) == 0 {
+			if p.lanes[l.token] == l {
+				delete(p.lanes, l.token)
+			}
+			continue
+		}
+		ready = append(ready, l)
+	}
+	p.mu.Unlock()
+	for _, l := range ready {
+		b.ready.push(l)
+	}
+}
+
+// abandonLane gives every item of the lane back (see settle), in lane
+// order, and forgets the lane.
 func (b *Bridge) abandonLane(l *lane, delay time.Duration) {
-	b.mu.Lock()
+	p := l.part
+	p.mu.Lock()
 	items := l.q
 	l.q = nil
-	if b.lanes[l.token] == l {
-		delete(b.lanes, l.token)
+	if p.lanes[l.token] == l {
+		delete(p.lanes, l.token)
 	}
-	b.mu.Unlock()
+	p.mu.Unlock()
 	for _, it := range items {
 		b.resolve(it, true, delay)
 	}
@@ -237,55 +304,81 @@ func (b *Bridge) resolve(it *item, abandoned bool, delay time.Duration) {
 	}
 }
 
-// settle acks or NAKs a delivery whose items are all resolved.
+// ackTimeout bounds one confirmed acknowledgement.
+const ackTimeout = 5 * time.Second
+
+// settle acks or NAKs a delivery whose items are all resolved, then wakes
+// the lanes waiting for it. The ack is confirmed by the server (retried
+// while the partition's lease holds) before the delivery counts as settled:
+// its lanes must not push their next message before. A partition that was
+// dropped lets its messages go without a word: they are the next owner's,
+// after the ack wait.
 func (b *Bridge) settle(d *delivery) {
-	b.mu.Lock()
-	delete(b.held, d.seq)
-	b.releaseLocked(d)
-	if !d.aborted.Load() {
-		b.markSettledLocked(d.seq)
-	}
-	if d.aborted.Load() && b.stopping.Load() && !b.gaveBack {
-		// Stopping: NAK everything at the end, in stream order (see
+	p := d.part
+	p.mu.Lock()
+	switch {
+	case p.dropped.Load():
+		p.mu.Unlock()
+		b.settled(d)
+		return
+	case d.aborted.Load() && p.stopping.Load() && !p.gaveBack:
+		// Handing off: NAK everything at the end, in stream order (see
 		// giveBackAll).
-		b.giveBack = append(b.giveBack, d.msg)
-		b.mu.Unlock()
+		p.giveBack = append(p.giveBack, d.msg)
+		p.mu.Unlock()
+		b.settled(d)
 		return
 	}
-	b.mu.Unlock()
+	p.mu.Unlock()
 	if d.aborted.Load() {
 		if err := d.msg.NakWithDelay(time.Duration(d.nakDelay.Load())); err != nil {
 			b.log.Warn("nak failed; the message returns after the ack wait", "seq", d.seq, "err", err)
 		}
+		b.settled(d)
 		return
 	}
-	if err := d.msg.Ack(); err != nil {
-		b.log.Warn("ack failed; the message may be pushed again", "seq", d.seq, "err", err)
-	}
+	b.ackConfirmed(d, 1)
 }
 
-// giveBackAll NAKs the messages abandoned while stopping in stream order.
-// JetStream redelivers NAKed messages in the order of the NAKs, and they are
-// abandoned out of order (buffered messages reach the handler before the
-// lanes holding earlier ones are abandoned), so NAKing as they come would let
-// a later message to a connection overtake an earlier one after a restart.
-func (b *Bridge) giveBackAll() int {
-	b.mu.Lock()
-	msgs := b.giveBack
-	b.giveBack = nil
-	b.gaveBack = true
-	b.mu.Unlock()
-	slices.SortFunc(msgs, func(x, y jetstream.Msg) int { return cmp.Compare(streamSeq(x), streamSeq(y)) })
-	for _, m := range msgs {
-		_ = m.Nak()
+// settled marks d done, forgets it and resumes the lanes waiting for it.
+func (b *Bridge) settled(d *delivery) {
+	p := d.part
+	p.mu.Lock()
+	delete(p.held, d.seq)
+	if !d.aborted.Load() && !p.dropped.Load() {
+		p.markSettledLocked(d.seq)
 	}
-	return len(msgs)
+	d.settled = true
+	size := d.size
+	d.size = 0
+	p.mu.Unlock()
+	b.release(size)
+	b.wake(d)
 }
 
-func (b *Bridge) giveBackCount() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.giveBack)
+// ackConfirmed acknowledges d, asking the server to confirm; on failure it
+// tries again while the partition is ours.
+func (b *Bridge) ackConfirmed(d *delivery, try int) {
+	b.acks.ack(d.msg.Reply(), func(err error) {
+		if err == nil {
+			b.settled(d)
+			return
+		}
+		if d.part.dropped.Load() || b.since() >= d.part.fence.Load() || b.stopping.Load() && b.pushCtx.Err() != nil {
+			// The lease is not confirmed either. Were it renewed, the
+			// next push could overtake this message's redelivery:
+			// the partition is dropped and taken over afresh, which
+			// waits out the ack wait, so the message comes back first.
+			d.part.broken.Store(true)
+			b.log.Warn("ack not confirmed; the partition is given up and the message comes back to its next owner", "seq", d.seq, "partition", d.part.n, "err", err)
+			b.settled(d)
+			return
+		}
+		if try == 1 || try%50 == 0 {
+			b.log.Warn("ack not confirmed; retrying", "seq", d.seq, "partition", d.part.n, "tries", try, "err", err)
+		}
+		time.AfterFunc(fenceRecheck, func() { b.ackConfirmed(d, try+1) })
+	})
 }
 
 func streamSeq(m jetstream.Msg) uint64 {
@@ -297,12 +390,7 @@ func streamSeq(m jetstream.Msg) uint64 {
 }
 
 // keepAlive extends the ack deadline of held messages before AckWait runs
-// out. When any message needs it, every held message is extended, in stream
-// order: their deadlines then expire together and in order, so if this
-// bridge dies, JetStream redelivers what it held in publish order. Extending
-// only the stale ones would give a later message an earlier deadline than a
-// message extended just before it, and a restarted bridge would push the two
-// to one connection out of order.
+// out, partition by partition (see part.extendHeld).
 func (b *Bridge) keepAlive() {
 	defer b.wg.Done()
 	// A quarter of AckWait leaves three quarters of margin for a late tick
@@ -312,33 +400,15 @@ func (b *Bridge) keepAlive() {
 	every := b.opts.AckWait / 4
 	t := time.NewTicker(every)
 	defer t.Stop()
-	var all []*delivery
+	var buf []*delivery
 	for {
 		select {
 		case <-b.quit:
 			return
 		case now := <-t.C:
-			all = all[:0]
-			stale := false
-			b.mu.Lock()
-			for _, d := range b.held {
-				stale = stale || now.Sub(d.touched) >= every
-				all = append(all, d)
+			for _, p := range b.ownedParts() {
+				buf = p.extendHeld(now, every, buf)
 			}
-			if stale {
-				for _, d := range all {
-					d.touched = now
-				}
-			}
-			b.mu.Unlock()
-			if !stale {
-				continue
-			}
-			slices.SortFunc(all, func(x, y *delivery) int { return cmp.Compare(x.seq, y.seq) })
-			for _, d := range all {
-				_ = d.msg.InProgress()
-			}
-			clear(all) // drop references to finished deliveries
 		}
 	}
 }

@@ -30,63 +30,70 @@ func heldSize(m jetstream.Msg) int64 {
 	return n
 }
 
-// waitRoomLocked waits, b.mu held, until n more bytes fit in the held-bytes
-// budget or the bridge stops. One message is always let in when nothing is
-// held, so a message larger than the budget cannot stall the consumer. The
-// wait blocks the consumer's callback, which stops new pulls: what the
-// client may buffer meanwhile is bounded by pullBytes.
-func (b *Bridge) waitRoomLocked(n int64) {
-	for b.heldBytes > 0 && b.heldBytes+n > b.opts.MaxHeldBytes && !b.stopping.Load() {
-		b.mu.Unlock()
+// waitRoom waits until n more bytes fit in the held-bytes budget (over
+// every partition) or the partition stops, and counts them. One message is
+// always let in when nothing is held, so a message larger than the budget
+// cannot stall the consumer. The wait blocks the partition's consumer
+// callback, which stops its pulls: what the client may buffer meanwhile is
+// bounded by pullBytes.
+func (b *Bridge) waitRoom(p *part, n int64) {
+	b.hmu.Lock()
+	for b.heldBytes > 0 && b.heldBytes+n > b.opts.MaxHeldBytes && !p.stopping.Load() {
+		b.hmu.Unlock()
 		select {
 		case <-b.room:
-		case <-b.stopCh:
+		case <-p.quit:
+		case <-b.quit:
 		}
-		b.mu.Lock()
+		b.hmu.Lock()
 	}
+	b.heldBytes += n
+	b.m.HeldBytes.Set(float64(b.heldBytes))
+	b.hmu.Unlock()
 }
 
-// releaseLocked returns a settled delivery's bytes to the budget; b.mu held.
-func (b *Bridge) releaseLocked(d *delivery) {
-	if d.size == 0 {
+// release returns a settled delivery's bytes to the budget.
+func (b *Bridge) release(n int64) {
+	if n == 0 {
 		return
 	}
-	b.heldBytes -= d.size
-	d.size = 0
+	b.hmu.Lock()
+	b.heldBytes -= n
 	b.m.HeldBytes.Set(float64(b.heldBytes))
+	b.hmu.Unlock()
 	select {
 	case b.room <- struct{}{}:
 	default:
 	}
 }
 
-// recentSettled is how many settled stream sequences the bridge remembers
+// recentSettled is how many settled stream sequences a partition remembers
 // (see settledLocked).
 const recentSettled = 4096
 
-// markSettledLocked remembers that the message at seq was acknowledged; b.mu
-// held.
-func (b *Bridge) markSettledLocked(seq uint64) {
-	if b.settledSet == nil {
-		b.settledSet = make(map[uint64]struct{}, recentSettled)
-		b.settledRing = make([]uint64, recentSettled)
+// markSettledLocked remembers that the message at seq was acknowledged;
+// p.mu held.
+func (p *part) markSettledLocked(seq uint64) {
+	if p.settledSet == nil {
+		p.settledSet = make(map[uint64]struct{}, recentSettled)
+		p.settledRing = make([]uint64, recentSettled)
 	}
-	old := b.settledRing[b.settledNext]
+	old := p.settledRing[p.settledNext]
 	if old != 0 {
-		delete(b.settledSet, old)
+		delete(p.settledSet, old)
 	}
-	b.settledRing[b.settledNext] = seq
-	b.settledNext = (b.settledNext + 1) % recentSettled
-	b.settledSet[seq] = struct{}{}
+	p.settledRing[p.settledNext] = seq
+	p.settledNext = (p.settledNext + 1) % recentSettled
+	p.settledSet[seq] = struct{}{}
 }
 
-// settledLocked reports whether seq was acknowledged recently. A message
-// can wait in the client's buffer while the held-bytes budget is full,
-// past its ack wait; JetStream then delivers it again, and the copy arrives
-// after the original was pushed and acknowledged. Pushing the copy would
-// send the connection an older message after newer ones.
-func (b *Bridge) settledLocked(seq uint64) bool {
-	_, ok := b.settledSet[seq]
+// settledLocked reports whether seq was acknowledged recently; p.mu held.
+// A message can wait in the client's buffer while the held-bytes budget is
+// full, past its ack wait; JetStream then delivers it again, and the copy
+// arrives after the original was pushed and acknowledged. Pushing the copy
+// would send the connection an older message after newer ones.
+func (p *part) settledLocked(seq uint64) bool {
+	_, ok := p.settledSet[seq]
 	return ok
 }
 

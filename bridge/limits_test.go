@@ -202,10 +202,9 @@ func TestHeldBytesBounded(t *testing.T) {
 	go func() {
 		defer close(sampled)
 		for {
-			b.mu.Lock()
-			h, held := b.heldBytes, len(b.held)
-			b.mu.Unlock()
-			_ = held
+			b.hmu.Lock()
+			h := b.heldBytes
+			b.hmu.Unlock()
 			if h > peak.Load() {
 				peak.Store(h)
 			}
@@ -224,13 +223,11 @@ func TestHeldBytesBounded(t *testing.T) {
 	// Wait until the bridge is full: the budget is reached and the rest
 	// waits in the stream.
 	waitFor(t, "the budget filled", 20*time.Second, func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
+		b.hmu.Lock()
+		defer b.hmu.Unlock()
 		return b.heldBytes+2*size > maxHeld
 	})
-	b.mu.Lock()
-	held := len(b.held)
-	b.mu.Unlock()
+	held := b.heldCount()
 	if held >= n {
 		t.Errorf("all %d messages held at once under a %d-byte budget", held, maxHeld)
 	}
@@ -243,8 +240,8 @@ func TestHeldBytesBounded(t *testing.T) {
 		t.Errorf("held bytes peaked at %d, budget %d (+ one message of %d)", p, maxHeld, one)
 	}
 	waitFor(t, "budget released", 10*time.Second, func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
+		b.hmu.Lock()
+		defer b.hmu.Unlock()
 		return b.heldBytes == 0
 	})
 }

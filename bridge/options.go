@@ -51,14 +51,25 @@ type Options struct {
 	// keeps dying while handling it (20). Retries within one delivery are
 	// counted by MaxAttempts.
 	MaxDeliver int
-	// AckWait is the consumer's ack wait (30s): how long a message held by
-	// a dead bridge waits before another instance gets it. The bridge
-	// extends it for messages it still holds.
+	// AckWait is the partition consumers' ack wait (4s): how long a
+	// message held by a bridge that died or was cut off waits before the
+	// partition's next owner gets it. The bridge extends it for messages
+	// it still holds.
 	AckWait time.Duration
 	// MaxAckPending is how many messages all bridges may hold unacknowledged
-	// (20000). It bounds memory, and must exceed Concurrency by far so one
-	// slow connection does not stall the others.
+	// (20000), split evenly over the partitions. It bounds memory, and must
+	// exceed Concurrency by far so one slow connection does not stall the
+	// others.
 	MaxAckPending int
+	// Partitions is the number of outbound partitions (32); every bridge
+	// sharing a stream must use the same. Changing it needs an empty stream.
+	Partitions int
+	// LeaseTTL is how long a partition lease lives without renewal (4s):
+	// a bridge that dies or is cut off from NATS loses its partitions
+	// after it, and stops pushing at three quarters of it.
+	LeaseTTL time.Duration
+	// ID names this instance in the leases; empty: host-pid-random.
+	ID string
 	// MaxHeldBytes bounds the bytes of the messages this bridge holds
 	// (bodies and their push bodies, see heldSize), alongside the count
 	// bound MaxAckPending: past it the bridge takes no new message until
@@ -98,7 +109,9 @@ const (
 	DefaultBackoffMax      = 30 * time.Second
 	DefaultBackoffJitter   = 0.2
 	DefaultMaxDeliver      = 20
-	DefaultAckWait         = 30 * time.Second
+	DefaultAckWait         = subjects.DefaultAckWait
+	DefaultPartitions      = subjects.DefaultPartitions
+	DefaultLeaseTTL        = 4 * time.Second
 	DefaultMaxAckPending   = 20000
 	DefaultShutdownTimeout = 15 * time.Second
 	DefaultMaxHeldBytes    = 128 << 20
@@ -139,6 +152,19 @@ func (o Options) WithDefaults() Options {
 	if o.MaxAckPending == 0 {
 		o.MaxAckPending = DefaultMaxAckPending
 	}
+	if o.Partitions == 0 {
+		o.Partitions = DefaultPartitions
+	}
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.ID == "" {
+		o.ID = instanceID()
+	}
+	// The partition consumers are provisioned with the bridge's settings.
+	o.Streams.Partitions = o.Partitions
+	o.Streams.AckWait = o.AckWait
+	o.Streams.MaxAckPending = max(1, (o.MaxAckPending+o.Partitions-1)/o.Partitions)
 	if o.ShutdownTimeout == 0 {
 		o.ShutdownTimeout = DefaultShutdownTimeout
 	}
@@ -181,6 +207,15 @@ func (o Options) Validate() error {
 	if o.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("ack wait must be at least 1s, got %v", o.AckWait))
 	}
+	if o.Partitions < 1 || o.Partitions > subjects.MaxPartitions {
+		errs = append(errs, fmt.Errorf("partitions must be within 1..%d, got %d", subjects.MaxPartitions, o.Partitions))
+	}
+	if o.LeaseTTL < time.Second {
+		errs = append(errs, fmt.Errorf("lease TTL must be at least 1s, got %v", o.LeaseTTL))
+	}
+	if o.ID != "" && !validKey(o.ID) {
+		errs = append(errs, fmt.Errorf("instance id %q: want letters, digits, '-' and '_'", o.ID))
+	}
 	if o.BackoffMax < o.BackoffBase {
 		errs = append(errs, fmt.Errorf("backoff max %v is below backoff base %v", o.BackoffMax, o.BackoffBase))
 	}
@@ -208,4 +243,13 @@ func redactPushURL(raw string) string {
 		return "(unparsable URL)"
 	}
 	return u.Scheme + "://" + u.Host
+}
+
+func validKey(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return len(s) <= 128
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -354,8 +355,19 @@ func (m *stallMsg) String() string                   { return m.subject }
 func TestStopRaceWithHandle(t *testing.T) {
 	e := newEnv(t, nil)
 	b := e.start(nil)
-	m := &stallMsg{subject: e.names.Send(subjects.Token("late")), entered: make(chan struct{}), release: make(chan struct{})}
-	go b.handle(m)
+	tok := subjects.Token("late")
+	pn := subjects.Partition(tok, b.opts.Partitions)
+	m := &stallMsg{subject: fmt.Sprintf("ws.out.send.%d.%s", pn, tok), entered: make(chan struct{}), release: make(chan struct{})}
+	var pt *part
+	for _, p := range b.ownedParts() {
+		if p.n == pn {
+			pt = p
+		}
+	}
+	if pt == nil {
+		t.Fatalf("partition %d of %q not owned (owned %v)", pn, tok, b.Owned())
+	}
+	go pt.handle(m)
 	<-m.entered
 	stopped := make(chan error, 1)
 	go func() { stopped <- b.Stop(context.Background()) }()

@@ -188,10 +188,10 @@ func disconnectReason(o Outcome) string {
 }
 
 // push pushes one item to where its connection is.
-func (b *Bridge) push(it *item) Outcome {
-	u, o := b.router.resolve(b.pushCtx, it.token)
+func (b *Bridge) push(ctx context.Context, it *item) Outcome {
+	u, o := b.router.resolve(ctx, it.token)
 	if o != nil {
 		return *o
 	}
-	return b.pusher.push(b.pushCtx, u, it.payload, it.d.tail)
+	return b.pusher.push(ctx, u, it.payload, it.d.tail)
 }

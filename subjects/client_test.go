@@ -46,7 +46,7 @@ func TestProvisionIdempotent(t *testing.T) {
 		retention jetstream.RetentionPolicy
 	}{
 		"WS_IN":  {"ws.in.>", jetstream.LimitsPolicy},
-		"WS_OUT": {"ws.out.>", jetstream.WorkQueuePolicy},
+		"WS_OUT": {"ws.out.* ws.out.*.* ws.out.*.*.*.>", jetstream.InterestPolicy},
 		"WS_DLQ": {"ws.dlq.>", jetstream.LimitsPolicy},
 	}
 	for name, w := range want {
@@ -55,7 +55,7 @@ func TestProvisionIdempotent(t *testing.T) {
 			t.Fatalf("stream %s: %v", name, err)
 		}
 		cfg := st.CachedInfo().Config
-		if len(cfg.Subjects) != 1 || cfg.Subjects[0] != w.subject || cfg.Retention != w.retention {
+		if strings.Join(cfg.Subjects, " ") != w.subject || cfg.Retention != w.retention {
 			t.Errorf("stream %s: subjects %v retention %v; want [%s] %v", name, cfg.Subjects, cfg.Retention, w.subject, w.retention)
 		}
 		if name == "WS_IN" && cfg.MaxAge != time.Hour {
@@ -108,8 +108,11 @@ func TestClientSendsAreStored(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: stored message: %v", step.name, err)
 		}
-		if m.Subject != step.subject || string(m.Data) != step.data {
-			t.Errorf("%s: stored %q %q, want %q %q", step.name, m.Subject, m.Data, step.subject, step.data)
+		// The stream stores the partitioned form; the published subject
+		// is what ParseStored gives back.
+		stored, _ := c.Names().ParseStored(m.Subject)
+		if stored.Original != step.subject || string(m.Data) != step.data {
+			t.Errorf("%s: stored %q (published as %q) %q, want %q %q", step.name, m.Subject, stored.Original, m.Data, step.subject, step.data)
 		}
 		for k, v := range step.header {
 			if got := m.Header.Get(k); got != v {

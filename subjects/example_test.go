@@ -57,7 +57,8 @@ func Example() {
 	st, _ := c.JetStream().Stream(ctx, c.Names().StreamOut())
 	for seq := uint64(1); seq <= 2; seq++ {
 		m, _ := st.GetMsg(ctx, seq)
-		fmt.Printf("%s %q exclude=%q\n", m.Subject, m.Data, m.Header.Get(subjects.HeaderExclude))
+		stored, _ := c.Names().ParseStored(m.Subject) // stored per partition, published as Original
+		fmt.Printf("%s %q exclude=%q\n", stored.Original, m.Data, m.Header.Get(subjects.HeaderExclude))
 	}
 	// Output:
 	// ws.out.send.a0djSzR4LytWZjFlN2FUM05kMnUxQT09 "echo: hello" exclude=""

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,7 +19,28 @@ type StreamOptions struct {
 	DLQMaxAge       time.Duration // WS_DLQ retention, 7 days
 	RegistryTTL     time.Duration // WS_CONNS record TTL (safety net), 24h
 	DuplicateWindow time.Duration // Nats-Msg-Id de-duplication window, 2m
+	Partitions      int           // outbound partitions (DefaultPartitions)
+	// AckWait and MaxAckPending configure each partition's consumer: how
+	// long a message held by a bridge that died waits before redelivery
+	// (DefaultAckWait; live bridges extend it) and how many messages one
+	// partition may hold unacknowledged (DefaultPartitionAckPending).
+	AckWait       time.Duration
+	MaxAckPending int
 }
+
+// Defaults of the partition consumers.
+const (
+	DefaultAckWait             = 4 * time.Second
+	DefaultPartitionAckPending = 1000
+)
+
+// ErrOldLayout reports an outbound stream of the previous, unpartitioned
+// layout that still holds messages.
+var ErrOldLayout = errors.New("outbound stream has the unpartitioned layout")
+
+// ErrPartitionsChanged reports an outbound stream partitioned another way
+// that still holds messages.
+var ErrPartitionsChanged = errors.New("outbound stream has another partition count")
 
 func (o StreamOptions) withDefaults() StreamOptions {
 	def := func(d *time.Duration, v time.Duration) {
@@ -34,6 +56,13 @@ func (o StreamOptions) withDefaults() StreamOptions {
 	def(&o.DLQMaxAge, 7*24*time.Hour)
 	def(&o.RegistryTTL, 24*time.Hour)
 	def(&o.DuplicateWindow, 2*time.Minute)
+	if o.Partitions <= 0 {
+		o.Partitions = DefaultPartitions
+	}
+	def(&o.AckWait, DefaultAckWait)
+	if o.MaxAckPending <= 0 {
+		o.MaxAckPending = DefaultPartitionAckPending
+	}
 	return o
 }
 
@@ -51,13 +80,16 @@ func (n Names) StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 	}, {
 		Name:        n.StreamOut(),
-		Description: "wsbridge outbound commands, consumed by the bridge",
-		Subjects:    []string{n.Outbound()},
-		Retention:   jetstream.WorkQueuePolicy,
-		MaxAge:      o.OutMaxAge,
-		Duplicates:  o.DuplicateWindow,
-		Replicas:    o.Replicas,
-		Storage:     jetstream.FileStorage,
+		Description: "wsbridge outbound commands, partitioned by connection, consumed by the bridges",
+		Subjects:    n.OutSubjects(),
+		// Interest: a direct send is removed once its partition's consumer
+		// acked it, a fan-out once every partition did.
+		Retention:        jetstream.InterestPolicy,
+		SubjectTransform: n.OutTransform(o.Partitions),
+		MaxAge:           o.OutMaxAge,
+		Duplicates:       o.DuplicateWindow,
+		Replicas:         o.Replicas,
+		Storage:          jetstream.FileStorage,
 	}, {
 		Name:        n.StreamDLQ(),
 		Description: "wsbridge dead letters: outbound commands that could not be delivered",
@@ -93,10 +125,29 @@ func (n Names) BucketConfig(o StreamOptions) jetstream.KeyValueConfig {
 // Provision creates or updates the streams WS_IN, WS_OUT, WS_DLQ and the KV
 // bucket WS_CONNS under the prefix. It is idempotent: running it again with
 // the same options changes nothing, with other options updates in place.
+//
+// The outbound stream and its partition consumers are created together: an
+// interest stream drops what no consumer is interested in. An outbound
+// stream of another layout is converted only when it is empty; otherwise
+// Provision fails with ErrOldLayout or ErrPartitionsChanged, saying how to
+// migrate, and changes nothing.
 func Provision(ctx context.Context, js jetstream.JetStream, n Names, o StreamOptions) error {
+	o = o.withDefaults()
+	if o.Partitions > MaxPartitions {
+		return fmt.Errorf("provision: %d partitions is above the limit of %d", o.Partitions, MaxPartitions)
+	}
+	if err := convertOut(ctx, js, n, o); err != nil {
+		return err
+	}
 	for _, cfg := range n.StreamConfigs(o) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
+		}
+	}
+	for p := 0; p < o.Partitions; p++ {
+		cfg := n.PartitionConsumerConfig(p, o)
+		if _, err := js.CreateOrUpdateConsumer(ctx, n.StreamOut(), cfg); err != nil {
+			return fmt.Errorf("provision consumer %s on %s: %w", cfg.Durable, n.StreamOut(), err)
 		}
 	}
 	cfg := n.BucketConfig(o)
@@ -109,6 +160,79 @@ func Provision(ctx context.Context, js jetstream.JetStream, n Names, o StreamOpt
 	}
 	if err != nil {
 		return fmt.Errorf("provision bucket %s: %w", cfg.Bucket, err)
+	}
+	return nil
+}
+
+// PartitionConsumerConfig is the configuration of partition p's durable
+// consumer on the outbound stream.
+func (n Names) PartitionConsumerConfig(p int, o StreamOptions) jetstream.ConsumerConfig {
+	o = o.withDefaults()
+	return jetstream.ConsumerConfig{
+		Durable:        n.PartitionConsumer(p),
+		Description:    fmt.Sprintf("wsbridge outbound partition %d of %d, worked by one bridge at a time", p, o.Partitions),
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        o.AckWait,
+		MaxAckPending:  o.MaxAckPending,
+		FilterSubjects: n.PartitionFilters(p),
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		// Unlimited at the server: the bridge counts deliveries itself and
+		// dead-letters, because a server-side MaxDeliver leaves the message
+		// in the stream with only an advisory as trace.
+		MaxDeliver: -1,
+		Replicas:   o.Replicas,
+	}
+}
+
+// OutPartitions reports the partition count of an outbound stream's
+// configuration, 0 when it is not partitioned.
+func (n Names) OutPartitions(cfg jetstream.StreamConfig) int {
+	if cfg.SubjectTransform == nil {
+		return 0
+	}
+	d := cfg.SubjectTransform.Destination
+	i := strings.Index(d, "{{partition(")
+	if i < 0 {
+		return 0
+	}
+	var count int
+	if _, err := fmt.Sscanf(d[i:], "{{partition(%d,", &count); err != nil {
+		return 0
+	}
+	return count
+}
+
+// convertOut replaces an empty outbound stream of another layout (the
+// unpartitioned work queue, or another partition count) and refuses a
+// non-empty one with how to migrate.
+func convertOut(ctx context.Context, js jetstream.JetStream, n Names, o StreamOptions) error {
+	st, err := js.Stream(ctx, n.StreamOut())
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("provision stream %s: %w", n.StreamOut(), err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("provision stream %s: %w", n.StreamOut(), err)
+	}
+	old := n.OutPartitions(info.Config)
+	if info.Config.Retention == jetstream.InterestPolicy && old == o.Partitions {
+		return nil
+	}
+	if msgs := info.State.Msgs; msgs > 0 {
+		if old == 0 {
+			return fmt.Errorf("%w: %s holds %d messages for consumer %s; let a bridge of the previous version drain it (until `nats stream info %s` shows 0 messages, with publishers paused), then start this one, which converts the empty stream",
+				ErrOldLayout, n.StreamOut(), msgs, n.Consumer(), n.StreamOut())
+		}
+		return fmt.Errorf("%w: %s holds %d messages in %d partitions, %d asked; keep --partitions %d until it is empty (pause the publishers, let the bridges drain it), then restart every bridge with --partitions %d",
+			ErrPartitionsChanged, n.StreamOut(), msgs, old, o.Partitions, old, o.Partitions)
+	}
+	// Empty: the retention policy of a work queue cannot be changed in place,
+	// and stale partition consumers would hold interest forever; start over.
+	if err := js.DeleteStream(ctx, n.StreamOut()); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("provision: replace empty stream %s: %w", n.StreamOut(), err)
 	}
 	return nil
 }

@@ -175,8 +175,9 @@ func (n Names) StreamDLQ() string { return n.upper + "_DLQ" }
 // Bucket is the connection registry's KV bucket name (WS_CONNS).
 func (n Names) Bucket() string { return n.upper + "_CONNS" }
 
-// Consumer is the durable consumer on the outbound stream shared by every
-// bridge instance (WS_BRIDGE).
+// Consumer is the base name of the outbound partition consumers (WS_BRIDGE;
+// partition n's is PartitionConsumer(n)), and the name of the single
+// consumer every bridge shared in the previous, unpartitioned layout.
 func (n Names) Consumer() string { return n.upper + "_BRIDGE" }
 
 // Subject is a parsed wsbridge subject.

@@ -4,6 +4,7 @@
 // bridge indexing a large registry.
 //
 //	go run ./bridge/bench [-n 100000] [-conns 1000] [-concurrency 64] [-rate 2000] [-duration 5s] [-registry 100000]
+//	go run ./bridge/bench -scale [-latency 2ms] [-scale-n 20000] [-scale-concurrency 8] [-runs 3] [-kills 5]
 package main
 
 import (
@@ -28,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -37,9 +39,15 @@ import (
 
 var cpuProfile, plainProfile, memProfile, heapProfile string
 
+// partitions is the outbound partition count of every bridge the bench runs.
+var partitions int
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "child-bridge" {
 		os.Exit(childBridge(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "child-scale-bridge" {
+		os.Exit(childScaleBridge(os.Args[2:]))
 	}
 	n := flag.Int("n", 100000, "messages to drain")
 	conns := flag.Int("conns", 1000, "connections the messages are spread over")
@@ -48,15 +56,52 @@ func main() {
 	offered := flag.Float64("rate", 2000, "offered rate of the latency run, messages per second")
 	dur := flag.Duration("duration", 5*time.Second, "length of the latency run")
 	registry := flag.Int("registry", 100000, "registry size of the memory run (0 skips it)")
+	flag.IntVar(&partitions, "partitions", subjects.DefaultPartitions, "outbound partitions")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bridge drain to this file")
 	flag.StringVar(&plainProfile, "plaincpuprofile", "", "write a CPU profile of the plain client run to this file")
 	flag.StringVar(&heapProfile, "heapprofile", "", "write a heap profile of the memory run's bridge process to this file")
 	flag.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the bridge drain to this file")
+	scale := flag.Bool("scale", false, "measure scale-out instead: drain rate of 1, 2 and 3 bridges at -latency, then failover over -kills")
+	latency := flag.Duration("latency", 2*time.Millisecond, "gateway latency of the -scale runs")
+	scaleN := flag.Int("scale-n", 20000, "messages each -scale drain run")
+	scaleConc := flag.Int("scale-concurrency", 8, "pushes in flight per bridge in the -scale runs")
+	runs := flag.Int("runs", 3, "repetitions of the -scale drain runs")
+	kills := flag.Int("kills", 5, "bridge processes SIGKILLed (and as many SIGTERMed) in -scale; 0 skips it")
 	flag.Parse()
+	if *scale {
+		if err := runScale(*scaleN, *conns, *scaleConc, *runs, *kills, *latency); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*n, *conns, *conc, *naiveN, *offered, *dur, *registry); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// benchNATS starts the embedded NATS server with its storage in a new
+// temporary directory named after pattern, connects and provisions the
+// streams with -partitions; done undoes all of it.
+func benchNATS(pattern string) (s *server.Server, nc *nats.Conn, js jetstream.JetStream, done func(), err error) {
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if s, err = bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: "127.0.0.1", Port: -1, StoreDir: dir}); err == nil {
+		if nc, err = nats.Connect(s.ClientURL()); err == nil {
+			if js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096)); err == nil {
+				if err = subjects.Provision(context.Background(), js, subjects.MustNew(""), subjects.StreamOptions{Partitions: partitions}); err == nil {
+					return s, nc, js, func() { nc.Close(); s.Shutdown(); _ = os.RemoveAll(dir) }, nil
+				}
+			}
+			nc.Close()
+		}
+		s.Shutdown()
+	}
+	_ = os.RemoveAll(dir)
+	return nil, nil, nil, nil, err
 }
 
 // target is the loopback reverse-push address: it answers like the gateway
@@ -97,30 +142,13 @@ func waitCount(tg *target, want int64, bound time.Duration) error {
 }
 
 func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registry int) error {
-	dir, err := os.MkdirTemp("", "wsbridge-bench-")
+	s, nc, js, done, err := benchNATS("wsbridge-bench-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	s, err := bridge.StartEmbeddedNATS(bridge.EmbeddedOptions{Host: "127.0.0.1", Port: -1, StoreDir: dir})
-	if err != nil {
-		return err
-	}
-	defer s.Shutdown()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		return err
-	}
+	defer done()
 	names := subjects.MustNew("")
 	ctx := context.Background()
-	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{}); err != nil {
-		return err
-	}
 	tg := &target{}
 	srv := httptest.NewServer(tg)
 	defer srv.Close()
@@ -141,7 +169,7 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 	fmt.Printf("preload:   %d messages stored in %v\n", n, time.Since(start).Round(time.Millisecond))
 
 	// 1. The bridge drains the preloaded messages.
-	opts := bridge.Options{PushURL: srv.URL + "/api-bench", Concurrency: conc, ShutdownTimeout: 5 * time.Second}
+	opts := bridge.Options{PushURL: srv.URL + "/api-bench", Concurrency: conc, ShutdownTimeout: 5 * time.Second, Partitions: partitions}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	b, err := bridge.New(opts, bridge.Deps{Conn: nc, Logger: quiet})
 	if err != nil {
@@ -366,7 +394,7 @@ func childBridge(args []string) int {
 		return 1
 	}
 	defer nc.Close()
-	b, err := bridge.New(bridge.Options{PushURL: args[1]}, bridge.Deps{Conn: nc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	b, err := bridge.New(bridge.Options{PushURL: args[1], Partitions: partitions}, bridge.Deps{Conn: nc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		fmt.Println(err)
 		return 1

@@ -1,7 +1,8 @@
 // Package cluster shows wsbridge on more than one machine's worth of parts:
-// a three-node NATS cluster with the streams replicated three times, and two
-// bridge instances sharing the outbound consumer. One NATS node and one
-// bridge are stopped in the middle of the run; nothing may be lost.
+// a three-node NATS cluster with the streams replicated three times, and
+// three bridge instances sharing the outbound partitions. The node leading
+// the outbound stream and one bridge are stopped in the middle of the run;
+// nothing may be lost and no connection may go back to an earlier message.
 package cluster
 
 import (
@@ -81,10 +82,11 @@ func urls(servers []*server.Server) string {
 	return strings.Join(u, ",")
 }
 
-// target counts pushes per connection id.
+// target counts pushes per connection id and keeps their order.
 type target struct {
 	mu    sync.Mutex
 	got   map[string]map[string]int // conn id -> data -> times
+	seq   map[string][]int          // conn id -> message numbers in push order
 	total int
 }
 
@@ -101,6 +103,9 @@ func (tg *target) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		tg.got[body.WebSocket.SecConnectionID] = m
 	}
 	m[body.WebSocket.Data]++
+	var n int
+	_, _ = fmt.Sscanf(body.WebSocket.Data, "m%d", &n)
+	tg.seq[body.WebSocket.SecConnectionID] = append(tg.seq[body.WebSocket.SecConnectionID], n)
 	tg.total++
 	tg.mu.Unlock()
 	_, _ = io.WriteString(w, `{"errNo":0,"errMsg":"ok"}`)
@@ -118,12 +123,29 @@ func (tg *target) distinct() (n, dups int) {
 	return n, dups
 }
 
-func TestClusterTwoBridgesSurviveANodeAndABridge(t *testing.T) {
+// wentBack returns the connections whose pushes went back to an earlier
+// message (a repeat of the latest is allowed).
+func (tg *target) wentBack() []string {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	var out []string
+	for id, seq := range tg.seq {
+		for i := 1; i < len(seq); i++ {
+			if seq[i] < seq[i-1] {
+				out = append(out, fmt.Sprintf("%s: %d after %d", id, seq[i], seq[i-1]))
+				break
+			}
+		}
+	}
+	return out
+}
+
+func TestClusterBridgesSurviveTheStreamLeaderAndABridge(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test starts three servers; skipped with -short")
 	}
 	servers := startCluster(t)
-	tg := &target{got: map[string]map[string]int{}}
+	tg := &target{got: map[string]map[string]int{}, seq: map[string][]int{}}
 	push := httptest.NewServer(tg)
 	t.Cleanup(push.Close)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -140,8 +162,11 @@ func TestClusterTwoBridgesSurviveANodeAndABridge(t *testing.T) {
 	defer cancel()
 
 	var bridges []*bridge.Bridge
-	for i := 0; i < 2; i++ {
-		opts := bridge.Options{PushURL: push.URL, Streams: subjects.StreamOptions{Replicas: 3}, Name: fmt.Sprintf("bridge-%d", i+1), AckWait: 3 * time.Second, ShutdownTimeout: 5 * time.Second}
+	for i := 0; i < 3; i++ {
+		// Eight partitions: 32 replicated consumers take the test
+		// cluster a while to create.
+		opts := bridge.Options{PushURL: push.URL, Streams: subjects.StreamOptions{Replicas: 3}, Name: fmt.Sprintf("bridge-%d", i+1),
+			AckWait: 3 * time.Second, ShutdownTimeout: 5 * time.Second, Partitions: 8}
 		var b *bridge.Bridge
 		var err error
 		// The meta leader may still be electing: creating replicated
@@ -205,8 +230,23 @@ func TestClusterTwoBridgesSurviveANodeAndABridge(t *testing.T) {
 	}
 	publish(0, perConn/2)
 
-	// Lose one NATS node and one bridge while messages are in flight.
-	servers[2].Shutdown()
+	// Lose the node leading the outbound stream, and one bridge, while
+	// messages are in flight.
+	si, err := info.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := -1
+	for i, s := range servers {
+		if si.Cluster != nil && s.Name() == si.Cluster.Leader {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatalf("no leader of WS_OUT among the nodes (cluster info %+v)", si.Cluster)
+	}
+	t.Logf("stopping %s, the leader of WS_OUT", servers[leader].Name())
+	servers[leader].Shutdown()
 	if err := bridges[1].Stop(ctx); err != nil {
 		t.Errorf("stopping bridge 2: %v", err)
 	}
@@ -217,13 +257,16 @@ func TestClusterTwoBridgesSurviveANodeAndABridge(t *testing.T) {
 	for {
 		n, dups := tg.distinct()
 		if n == want {
-			t.Logf("%d messages delivered over a 3-node cluster with 2 bridges, %d duplicates, after losing a node and a bridge", n, dups)
+			t.Logf("%d messages delivered over a 3-node cluster with 3 bridges, %d duplicates, after losing the stream leader and a bridge", n, dups)
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("delivered %d distinct messages of %d (duplicates %d)", n, want, dups)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	for _, w := range tg.wentBack() {
+		t.Errorf("went back: %s", w)
 	}
 	if err := bridges[0].Ready(); err != nil {
 		t.Errorf("surviving bridge not ready: %v", err)

@@ -340,8 +340,12 @@ func TestEdgeInstances(t *testing.T) {
 	bridge := start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
 		"--push-url", apigwSrv.URL+"/api-secret",
 		"--push-token", pushToken, "--retry-backoff", "50ms", "--retry-backoff-max", "500ms", "--log-level", "debug")
-	waitFor(t, "the bridge's consumer", waitTimeout, func() bool {
-		_, err := js.Consumer(context.Background(), names.StreamOut(), names.Consumer())
+	waitFor(t, "the bridge's partition leases", waitTimeout, func() bool {
+		kv, err := js.KeyValue(context.Background(), names.Leases())
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(context.Background(), "p.0")
 		return err == nil
 	})
 

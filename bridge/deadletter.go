@@ -1,0 +1,172 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// reject dead-letters a whole message that will never be pushed.
+func (b *Bridge) reject(d *delivery, kind subjects.Kind, token string, class Class, cause error, attempts int) {
+	d.remaining.Store(1)
+	reason := Decide(Outcome{Class: class, Err: cause}, attempts, b.policy, 0).Reason
+	err := b.deadLetter(d, kind, token, reason, Outcome{Err: cause}, attempts)
+	if err != nil && !transientPublishErr(err) {
+		// Refused, not unavailable: the metadata alone, or the log line.
+		if err = b.deadLetterAs(d, kind, token, reason, Outcome{Err: cause}, attempts, true); err != nil && !transientPublishErr(err) {
+			b.log.Error("dead letter refused; lost", "seq", d.seq, "kind", kind, "reason", reason,
+				"subject", clipString(d.msg.Subject(), 256), "cause", cause, "err", err)
+			err = nil
+		}
+	}
+	if err != nil {
+		b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", err)
+		d.aborted.Store(true)
+		d.nakDelay.Store(int64(b.opts.BackoffMax))
+	}
+	b.settle(d)
+}
+
+// pendingDL is the dead letter an item's outcome calls for.
+type pendingDL struct {
+	reason   string
+	o        Outcome
+	attempts int  // push attempts made
+	gone     bool // forget the connection once dead-lettered
+	tries    int  // failed publishes of the dead letter
+	minimal  bool // publish the metadata only (the full one was refused)
+}
+
+// finish publishes the item's dead letter. When the publish fails, the item
+// stays at the head of its lane and the publish is retried after a backoff,
+// like a transient push failure, so later messages to the connection keep
+// waiting behind it (abandoning the lane would let newer messages to the
+// connection start a new lane and overtake it). A stop gives the lane back
+// to JetStream as usual.
+func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
+	p := it.dl
+	if err := b.deadLetterAs(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts, p.minimal); err != nil {
+		p.tries++
+		if !transientPublishErr(err) {
+			// Retrying gives the same answer. Keep the metadata only
+			// (subject, reason, status, sizes); when even that is refused,
+			// the log line and the counter are all that is left, and the
+			// lane moves on.
+			if !p.minimal {
+				p.minimal = true
+				return b.finish(it)
+			}
+			b.log.Error("dead letter refused; lost", "seq", it.d.seq, "token", it.token, "kind", it.d.kind,
+				"reason", p.reason, "status", p.o.Status, "subject", clipString(it.d.msg.Subject(), 256), "err", err)
+			return b.dlDone(it, p)
+		}
+		delay := b.policy.Backoff(p.tries, rand.Float64())
+		b.log.Error("dead letter failed; retrying", "seq", it.d.seq, "token", it.token,
+			"tries", p.tries, "delay", delay, "err", err)
+		return retry, delay
+	}
+	return b.dlDone(it, p)
+}
+
+// dlDone resolves an item whose dead letter is published (or lost for
+// good): a gone connection is forgotten, a close that failed unmarked.
+func (b *Bridge) dlDone(it *item, p *pendingDL) (attemptResult, time.Duration) {
+	it.dl = nil
+	if p.gone {
+		b.forget(it.token, disconnectReason(p.o))
+	} else if it.close {
+		b.unmarkClosing(it.token)
+	}
+	return resolved, 0
+}
+
+// deadLetter republishes the message, for one connection, to the dead-letter
+// stream with why it failed, and waits for the stream's ack. The original
+// Nats-Msg-Id is replaced: a fan-out's dead letters share it and would be
+// de-duplicated into one; the new id de-duplicates redeliveries instead.
+func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int) error {
+	return b.deadLetterAs(d, kind, token, reason, o, attempts, false)
+}
+
+// deadLetterAs is deadLetter; minimal keeps only the Ws-* metadata and
+// connection id, without the original body and headers.
+func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int, minimal bool) error {
+	if _, err := subjects.ConnID(token); token != "" && err != nil {
+		token = "" // never a subject from a bad token: P.dlq.<kind>
+	}
+	h := nats.Header{}
+	errText := "unknown"
+	if o.Err != nil {
+		errText = clipString(o.Err.Error(), 512)
+	}
+	h.Set(subjects.HeaderError, errText)
+	h.Set(subjects.HeaderAttempts, strconv.Itoa(attempts))
+	h.Set(subjects.HeaderStatus, strconv.Itoa(o.Status))
+	h.Set(subjects.HeaderSubject, d.orig)
+	h.Set(subjects.HeaderReason, reason)
+	h.Set(subjects.HeaderMsgID, "dlq-"+strconv.FormatUint(d.seq, 10)+"-"+token)
+	if token != "" {
+		if id, err := subjects.ConnID(token); err == nil {
+			h.Set(subjects.HeaderConnID, id)
+		}
+	}
+	subj := b.names.DeadLetter(kind, token)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Cut to fit: a body just under max_payload plus the headers would
+	// not, and its publish would fail forever.
+	maxPayload := b.nc.MaxPayload()
+	if minimal {
+		maxPayload = 0 // nothing of the original fits
+	}
+	dl := deadLetterMsg(subj, d.msg.Data(), d.msg.Headers(), h, maxPayload)
+	if _, err := b.js.PublishMsg(ctx, dl); err != nil {
+		b.m.DeadLetterFailures.Inc()
+		return fmt.Errorf("publish dead letter %s: %w", subj, err)
+	}
+	b.m.DeadLetters.WithLabelValues(reason).Inc()
+	b.log.Warn("dead letter", "kind", kind, "token", token, "reason", reason, "status", o.Status,
+		"attempts", attempts, "seq", d.seq, "err", errText)
+	return nil
+}
+
+// forget deletes a connection from the registry and publishes its
+// disconnect event, if the record is still there: whoever deletes the
+// record announces the disconnect (subjects.Names.Forget), so a connection
+// gets one event however many messages, instances or cleanup invocations
+// see its end. Best effort (SPEC §3): failures are logged, the registry TTL
+// is the safety net.
+func (b *Bridge) forget(token, reason string) {
+	if held := b.idx.remove(token); !held && (reason == subjects.ReasonGone || reason == subjects.ReasonLost) {
+		// Every message queued for a gone connection is answered gone;
+		// the first one forgot it (the index follows the registry).
+		b.log.Debug("gone connection already forgotten", "token", token)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	announced, err := b.names.Forget(ctx, b.js, b.kv, token, reason, time.Now())
+	switch {
+	case err != nil:
+		b.log.Warn("disconnect not recorded", "token", token, "reason", reason, "err", err)
+	case announced == "":
+		b.log.Debug("connection already forgotten", "token", token, "reason", reason)
+	}
+}
+
+func (b *Bridge) publishDisconnect(ctx context.Context, token, reason string) error {
+	m, err := b.names.DisconnectMsg(token, reason, time.Now())
+	if err != nil {
+		return err
+	}
+	if _, err := b.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish %s: %w", m.Subject, err)
+	}
+	return nil
+}

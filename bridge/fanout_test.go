@@ -1,0 +1,87 @@
+package bridge
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// TestFanOutKeepsItsPlace interleaves broadcasts, group sends and direct
+// sends with three bridges working the partitions: every connection gets
+// exactly the messages meant for it, each once, in publish order.
+func TestFanOutKeepsItsPlace(t *testing.T) {
+	e := newEnv(t, nil)
+	mt := newMultiTarget(t, 2*time.Millisecond)
+	const conns = 40
+	var ids []string
+	for c := 0; c < conns; c++ {
+		ids = append(ids, fmt.Sprintf("m%d", c))
+	}
+	e.registerEvents(func(ev *subjects.ConnectEvent) {
+		if n, _ := strconv.Atoi(ev.ConnectionID[1:]); n%2 == 0 {
+			ev.Groups = []string{"even"}
+		}
+	}, ids...)
+	var bridges []*Bridge
+	for _, name := range []string{"a", "b", "c"} {
+		bridges = append(bridges, startBridge(t, Options{PushURL: mt.srv.URL + "/" + name + "/api", Concurrency: 16}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)}))
+	}
+	waitFor(t, "the partitions to spread over the three bridges", 30*time.Second, func() bool {
+		n := 0
+		for _, b := range bridges {
+			if len(b.Owned()) == 0 {
+				return false
+			}
+			n += len(b.Owned())
+		}
+		return n == subjects.DefaultPartitions
+	})
+	want := map[string][]int{}
+	n := 0
+	for round := 0; round < 30; round++ {
+		for _, id := range ids {
+			n++
+			e.publish(e.names.Send(subjects.Token(id)), []byte(strconv.Itoa(n)))
+			want[id] = append(want[id], n)
+		}
+		n++
+		switch round % 3 {
+		case 0:
+			e.publish(e.names.Broadcast(), []byte(strconv.Itoa(n)), subjects.HeaderExclude, subjects.Token("m1"))
+			for _, id := range ids {
+				if id != "m1" {
+					want[id] = append(want[id], n)
+				}
+			}
+		case 1:
+			e.publish(e.names.Group("even"), []byte(strconv.Itoa(n)))
+			for i, id := range ids {
+				if i%2 == 0 {
+					want[id] = append(want[id], n)
+				}
+			}
+		}
+	}
+	total := 0
+	for _, w := range want {
+		total += len(w)
+	}
+	waitFor(t, "every push", 60*time.Second, func() bool { return len(mt.all()) >= total })
+	waitFor(t, "stream drained", 30*time.Second, e.streamEmpty)
+	got := map[string][]int{}
+	by := map[string]int{}
+	for _, p := range mt.all() {
+		got[p.conn] = append(got[p.conn], p.n)
+		by[p.bridge]++
+	}
+	for _, id := range ids {
+		if !slices.Equal(got[id], want[id]) {
+			t.Errorf("%s got %v\nwant %v", id, got[id], want[id])
+		}
+	}
+	t.Logf("%d pushes by bridge %v", total, by)
+}

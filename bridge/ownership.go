@@ -1,0 +1,502 @@
+package bridge
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// Ownership of partitions.
+//
+// Bridges announce themselves in the KV bucket WS_BRIDGES (key m.<id>,
+// rewritten every LeaseTTL/4) and hold one lease per partition they work
+// (key p.<n>, value the owner's id, rewritten every LeaseTTL/4 with a
+// compare-and-set on the revision they wrote last). Every bridge watches
+// the bucket and computes the same assignment from the members it sees
+// alive: rendezvous hashing of each partition over them, so N bridges get
+// about 1/N each and a join or leave moves only the partitions it must.
+//
+// No clock is trusted across machines. A member or lease is alive while its
+// key changed within LeaseTTL on the watcher's own clock. The owner stops
+// pushing at three quarters of LeaseTTL after it sent its last successful
+// renewal (the fence); a taker acts on a lease only a full LeaseTTL after it
+// saw the last change, which it saw after it was sent. A taker that finds
+// messages still held by the previous owner (who died or was cut off) waits
+// one AckWait more before its first pull, so that they come back to it, in
+// stream order, before anything newer; the previous owner stopped
+// extending them at its fence. A clean hand-off (stop, rebalance) NAKs the
+// held messages in stream order and deletes the lease, and the taker starts
+// at once.
+
+// leaseKey and memberKey name the keys of the WS_BRIDGES bucket.
+func leaseKey(p int) string      { return "p." + strconv.Itoa(p) }
+func memberKey(id string) string { return "m." + id }
+
+// instanceID names this bridge in the leases: host, pid and a random
+// suffix, since containers reuse both host names and pids.
+func instanceID() string {
+	host, _ := os.Hostname()
+	host = strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			return r
+		}
+		return '-'
+	}, host)
+	if host == "" {
+		host = "bridge"
+	}
+	var rnd [3]byte
+	_, _ = rand.Read(rnd[:])
+	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
+}
+
+// seenKey is the last state of a WS_BRIDGES key this bridge saw.
+type seenKey struct {
+	rev   uint64
+	value string
+	gone  bool      // deleted or purged
+	at    time.Time // local time it was seen
+}
+
+// lease is a partition this bridge holds.
+type lease struct {
+	rev      uint64
+	part     *part
+	leaving  bool // being handed off or dropped
+	released bool // stopped: no more renewals
+}
+
+// owner keeps this bridge's membership and leases; its state is guarded by
+// its own lock.
+type owner struct {
+	b      *Bridge
+	kv     jetstream.KeyValue
+	id     string
+	ttl    time.Duration
+	count  int
+	kick   chan struct{}
+	leaves sync.WaitGroup // hand-offs and drops in progress
+
+	mu      sync.Mutex
+	seen    map[string]seenKey
+	owned   map[int]*lease
+	lastOK  time.Time // last successful heartbeat
+	leaving bool      // stopping: hand everything off
+}
+
+func newOwner(b *Bridge, kv jetstream.KeyValue) *owner {
+	return &owner{b: b, kv: kv, id: b.id, ttl: b.opts.LeaseTTL, count: b.opts.Partitions,
+		kick: make(chan struct{}, 1), seen: map[string]seenKey{}, owned: map[int]*lease{}}
+}
+
+// LeaseBucketConfig is the configuration of the WS_BRIDGES bucket: keys
+// of members and leases that stop changing age out.
+func leaseBucketConfig(n subjects.Names, o Options) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      n.Leases(),
+		Description: "wsbridge bridges: members and partition leases",
+		History:     1,
+		TTL:         max(time.Minute, 20*o.LeaseTTL),
+		Replicas:    o.Streams.Replicas,
+		Storage:     jetstream.FileStorage,
+	}
+}
+
+func (o *owner) poke() {
+	select {
+	case o.kick <- struct{}{}:
+	default:
+	}
+}
+
+// watch records every change of the bucket with the local time it was seen.
+func (o *owner) watch(w jetstream.KeyWatcher, synced chan<- struct{}) {
+	defer o.b.wg.Done()
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-o.b.bgCtx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				if synced != nil {
+					close(synced)
+					synced = nil
+				}
+				continue
+			}
+			gone := e.Operation() != jetstream.KeyValuePut
+			o.mu.Lock()
+			prev, known := o.seen[e.Key()]
+			o.seen[e.Key()] = seenKey{rev: e.Revision(), value: string(e.Value()), gone: gone, at: time.Now()}
+			o.mu.Unlock()
+			// A release, or a member that appears or leaves: look again
+			// now rather than at the next tick. Not on renewals, which
+			// every bridge makes every tick.
+			member := strings.HasPrefix(e.Key(), "m.")
+			if gone && !prev.gone || member && (!known || prev.gone) && !gone {
+				o.poke()
+			}
+		}
+	}
+}
+
+// run renews and rebalances every LeaseTTL/4 and whenever the bucket shows
+// a release or a member change, until the bridge's background context ends.
+func (o *owner) run(first chan<- struct{}) {
+	defer o.b.wg.Done()
+	t := time.NewTicker(o.ttl / 4)
+	defer t.Stop()
+	for {
+		o.round()
+		if first != nil {
+			close(first)
+			first = nil
+		}
+		select {
+		case <-o.b.bgCtx.Done():
+			return
+		case <-t.C:
+		case <-o.kick:
+		}
+	}
+}
+
+// round is one pass: heartbeat, renew, take, give.
+func (o *owner) round() {
+	b := o.b
+	ctx, cancel := context.WithTimeout(b.bgCtx, o.ttl/2)
+	defer cancel()
+	o.mu.Lock()
+	leaving := o.leaving
+	o.mu.Unlock()
+	if !leaving {
+		if _, err := o.kv.Put(ctx, memberKey(o.id), []byte(time.Now().UTC().Format(time.RFC3339))); err == nil {
+			o.mu.Lock()
+			o.lastOK = time.Now()
+			o.mu.Unlock()
+		} else if ctx.Err() == nil {
+			b.log.Debug("heartbeat failed", "err", err)
+		}
+	}
+	o.renew(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	desired := o.assign(leaving)
+	before, _ := o.status()
+	defer func() {
+		if after, _ := o.status(); after != before {
+			b.log.Info("partitions", "owned", after, "of", o.count)
+		}
+	}()
+	for p := 0; p < o.count; p++ {
+		o.mu.Lock()
+		l := o.owned[p]
+		o.mu.Unlock()
+		switch {
+		case desired[p] && l == nil:
+			o.take(ctx, p)
+		case !desired[p] && l != nil && !l.leaving:
+			o.give(p, l, true, "rebalance")
+		}
+	}
+}
+
+// renew rewrites every held lease. One that another bridge took is dropped
+// at once; one that cannot be confirmed before its fence is dropped too
+// (its pushes are already withheld), as is one whose ack failed.
+func (o *owner) renew(ctx context.Context) {
+	o.mu.Lock()
+	held := make(map[int]*lease, len(o.owned))
+	for p, l := range o.owned {
+		if !l.released {
+			held[p] = l
+		}
+	}
+	o.mu.Unlock()
+	for p, l := range held {
+		if l.part.broken.Load() {
+			o.give(p, l, false, "ack not confirmed")
+			continue
+		}
+		sent := o.b.since()
+		rev, err := o.kv.Update(ctx, leaseKey(p), []byte(o.id), l.rev)
+		o.mu.Lock()
+		switch {
+		case err == nil:
+			l.rev = rev
+			o.seen[leaseKey(p)] = seenKey{rev: rev, value: o.id, at: time.Now()}
+			o.mu.Unlock()
+			l.part.fence.Store(sent + int64(o.ttl)*3/4)
+			continue
+		case isConflict(err):
+			o.mu.Unlock()
+			o.give(p, l, false, "lease taken by another bridge")
+			continue
+		}
+		o.mu.Unlock()
+		if o.b.since() >= l.part.fence.Load() {
+			o.give(p, l, false, "lease not renewed in time: "+err.Error())
+		}
+	}
+}
+
+// isConflict reports a compare-and-set that lost: the key changed since.
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)
+}
+
+// assign returns the partitions this bridge should work: those whose
+// rendezvous hash is highest for this bridge among the members alive.
+func (o *owner) assign(leaving bool) []bool {
+	now := time.Now()
+	o.mu.Lock()
+	members := []string{}
+	if !leaving {
+		members = append(members, o.id)
+	}
+	for k, s := range o.seen {
+		id, ok := strings.CutPrefix(k, "m.")
+		if !ok || id == o.id || s.gone || now.Sub(s.at) >= o.ttl {
+			continue
+		}
+		members = append(members, id)
+	}
+	o.mu.Unlock()
+	out := make([]bool, o.count)
+	if leaving {
+		return out
+	}
+	for p := range out {
+		out[p] = rendezvous(p, members) == o.id
+	}
+	return out
+}
+
+// rendezvous is the member with the highest hash of (member, partition).
+func rendezvous(p int, members []string) string {
+	var best string
+	var bestH uint64
+	for _, m := range members {
+		// SHA-256, not FNV: FNV of names that differ in a few bytes,
+		// followed by the same partition bytes, orders the same way for
+		// most partitions, and one member would win nearly all.
+		sum := sha256.Sum256([]byte(m + "/" + strconv.Itoa(p)))
+		if v := binary.BigEndian.Uint64(sum[:8]); best == "" || v > bestH || v == bestH && m > best {
+			best, bestH = m, v
+		}
+	}
+	return best
+}
+
+// take acquires partition p's lease if it is free (never held, released)
+// or expired on this bridge's clock, and starts working it.
+func (o *owner) take(ctx context.Context, p int) {
+	key := leaseKey(p)
+	o.mu.Lock()
+	s, known := o.seen[key]
+	o.mu.Unlock()
+	clean := !known || s.gone
+	sent := o.b.since()
+	var rev uint64
+	var err error
+	switch {
+	case clean:
+		rev, err = o.kv.Create(ctx, key, []byte(o.id))
+	case time.Since(s.at) >= o.ttl:
+		rev, err = o.kv.Update(ctx, key, []byte(o.id), s.rev)
+	default:
+		return // held by a live bridge, which hands it off when it sees us
+	}
+	if err != nil {
+		if !isConflict(err) && ctx.Err() == nil {
+			o.b.log.Debug("lease not taken", "partition", p, "err", err)
+		}
+		return
+	}
+	pt := newPart(o.b, p)
+	pt.fence.Store(sent + int64(o.ttl)*3/4)
+	o.mu.Lock()
+	o.owned[p] = &lease{rev: rev, part: pt}
+	o.seen[key] = seenKey{rev: rev, value: o.id, at: time.Now()}
+	n := len(o.owned)
+	o.mu.Unlock()
+	o.b.pm.Owned.Set(float64(n))
+	o.b.pm.Rebalances.Inc()
+	o.b.addPart(pt)
+	prev := "free"
+	if !clean {
+		prev = "expired lease of " + s.value
+	}
+	o.leaves.Add(1)
+	go func() {
+		defer o.leaves.Done()
+		o.start(pt, clean, prev)
+	}()
+}
+
+// start begins consuming a partition just taken. After an expired lease
+// with messages still held by the previous owner, it first waits those out.
+func (o *owner) start(pt *part, clean bool, prev string) {
+	b := o.b
+	begin := time.Now()
+	waited := time.Duration(0)
+	// Messages still held by the previous owner (-1: unknown).
+	pending := -1
+	ictx, icancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+	if cons, err := b.js.Consumer(ictx, b.names.StreamOut(), b.names.PartitionConsumer(pt.n)); err == nil {
+		if ci, err := cons.Info(ictx); err == nil {
+			pending = ci.NumAckPending
+		}
+	}
+	icancel()
+	if !clean && pending != 0 {
+		// The previous owner's messages expire within AckWait of its
+		// fence; then the server delivers them before anything newer.
+		select {
+		case <-time.After(b.opts.AckWait + 250*time.Millisecond):
+		case <-pt.quit:
+			return
+		case <-b.bgCtx.Done():
+			return
+		}
+		waited = time.Since(begin)
+	}
+	if pending > 0 {
+		pt.collectFirst(pending, b.opts.AckWait+2*time.Second)
+	}
+	if pt.stopping.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.bgCtx, 10*time.Second)
+	defer cancel()
+	if err := pt.consume(ctx); err != nil {
+		b.log.Error("partition not started", "partition", pt.n, "err", err)
+		pt.broken.Store(true)
+		o.poke()
+		return
+	}
+	lv := slog.LevelDebug
+	if waited > 0 {
+		lv = slog.LevelInfo
+	}
+	b.log.Log(context.Background(), lv, "partition taken", "partition", pt.n, "from", prev, "waited", waited.Round(time.Millisecond))
+}
+
+// give stops working partition p: handoff NAKs what it holds and deletes
+// the lease for the next owner; otherwise (lost or unconfirmed) it lets
+// everything go and leaves the lease to expire.
+func (o *owner) give(p int, l *lease, handoff bool, why string) {
+	o.mu.Lock()
+	if l.leaving {
+		o.mu.Unlock()
+		return
+	}
+	l.leaving = true
+	o.mu.Unlock()
+	o.b.pm.Rebalances.Inc()
+	if handoff {
+		o.b.log.Debug("handing partition off", "partition", p, "why", why)
+	} else {
+		o.b.log.Warn("partition dropped", "partition", p, "why", why)
+	}
+	o.leaves.Add(1)
+	go func() {
+		defer o.leaves.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), o.b.opts.ShutdownTimeout)
+		l.part.stop(ctx, handoff)
+		cancel()
+		o.b.removePart(l.part)
+		o.mu.Lock()
+		l.released = true
+		o.mu.Unlock()
+		if handoff {
+			o.release(p, l)
+		}
+		o.mu.Lock()
+		delete(o.owned, p)
+		n := len(o.owned)
+		o.mu.Unlock()
+		o.b.pm.Owned.Set(float64(n))
+		o.poke()
+	}()
+}
+
+// release deletes the lease of a partition handed off, if it is still
+// ours: the next owner may start at once. A renewal in flight may change
+// the revision under it, so a mismatch is retried with the latest.
+func (o *owner) release(p int, l *lease) {
+	var err error
+	for try := 0; try < 3; try++ {
+		o.mu.Lock()
+		rev := l.rev
+		o.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = o.kv.Delete(ctx, leaseKey(p), jetstream.LastRevision(rev))
+		cancel()
+		if err == nil || !isConflict(err) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		o.b.log.Warn("lease not released; it expires", "partition", p, "err", err)
+	}
+}
+
+// leave hands every partition off and removes this bridge's member key; it
+// returns when done or when ctx ends.
+func (o *owner) leave(ctx context.Context) error {
+	o.mu.Lock()
+	o.leaving = true
+	o.mu.Unlock()
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_ = o.kv.Delete(dctx, memberKey(o.id))
+	cancel()
+	o.poke()
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		o.mu.Lock()
+		n := len(o.owned)
+		o.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stop: %d partitions not handed off; their leases expire", n)
+		case <-t.C:
+		}
+	}
+}
+
+// ownedCount is the number of partitions held, and whether the last
+// heartbeat is recent.
+func (o *owner) status() (owned int, heartbeatAge time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.lastOK.IsZero() {
+		return len(o.owned), -1
+	}
+	return len(o.owned), time.Since(o.lastOK)
+}

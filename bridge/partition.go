@@ -1,0 +1,415 @@
+package bridge
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// part is one outbound partition while this bridge holds its lease: its
+// consumer, the messages it holds and the lanes of its connections, under
+// its own lock. Every connection belongs to exactly one partition, so lanes
+// never span two.
+type part struct {
+	b    *Bridge
+	n    int
+	cons jetstream.Consumer
+	cc   jetstream.ConsumeContext
+
+	// fence is the end of the lease as this bridge can vouch for it, in
+	// nanoseconds since b.epoch (monotonic): no push starts after it, and
+	// pushes in flight are cut at it (see ownership.go).
+	fence atomic.Int64
+	// stopping is set once the partition is being handed off or dropped;
+	// dropped means without NAKs (the lease may be someone else's).
+	stopping atomic.Bool
+	dropped  atomic.Bool
+	// broken is set when an ack could not be confirmed: the partition
+	// must be dropped, not renewed (see ackConfirmed).
+	broken atomic.Bool
+
+	mu    sync.Mutex
+	lanes map[string]*lane
+	held  map[uint64]*delivery
+	// giveBack collects the messages to NAK at a hand-off; gaveBack is set
+	// once they were.
+	giveBack []jetstream.Msg
+	gaveBack bool
+	// settled* remember recently acknowledged sequences (limits.go).
+	settledSet  map[uint64]struct{}
+	settledRing []uint64
+	settledNext int
+	quit        chan struct{} // closed when stop begins: lanes waiting for a retry wake up
+	quitOnce    sync.Once
+
+	// What the previous owner left (see collect): the number of messages
+	// still to collect and those collected, handled in stream order once
+	// all came. Guarded by rmu, which handle holds while it hands them on.
+	rmu     sync.Mutex
+	collect int
+	early   []jetstream.Msg
+}
+
+func newPart(b *Bridge, n int) *part {
+	return &part{b: b, n: n, lanes: map[string]*lane{}, held: map[uint64]*delivery{}, quit: make(chan struct{})}
+}
+
+// valid reports whether a push may start now.
+func (p *part) valid() bool {
+	return !p.stopping.Load() && p.b.since() < p.fence.Load()
+}
+
+// deadline is the fence as a wall-clock deadline for a push context.
+func (p *part) deadline() time.Time {
+	return p.b.epoch.Add(time.Duration(p.fence.Load()))
+}
+
+func (p *part) consumer() jetstream.Consumer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cons
+}
+
+func (p *part) heldCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.held)
+}
+
+// consume starts pulling the partition's messages.
+func (p *part) consume(ctx context.Context) error {
+	b := p.b
+	cons, err := b.js.Consumer(ctx, b.names.StreamOut(), b.names.PartitionConsumer(p.n))
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", b.names.PartitionConsumer(p.n), err)
+	}
+	cc, err := cons.Consume(p.handle,
+		// Bounded in bytes, not messages: 1000 messages of 1 MB would be
+		// a gigabyte buffered (see pullBytes); this partition's share of
+		// the held-bytes budget. The count is bounded by MaxAckPending
+		// at the server.
+		jetstream.PullMaxBytes(pullBytes(b.opts.MaxHeldBytes/int64(b.opts.Partitions), b.nc.MaxPayload())),
+		jetstream.PullExpiry(pullExpiry),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if p.stopping.Load() || b.stopping.Load() {
+				return
+			}
+			b.log.Log(context.Background(), consumeErrLevel(err), "consume", "partition", p.n, "err", err)
+		}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", b.names.PartitionConsumer(p.n), err)
+	}
+	p.mu.Lock()
+	p.cons, p.cc = cons, cc
+	p.mu.Unlock()
+	return nil
+}
+
+// collectFirst makes the partition collect the first n messages it is
+// delivered and handle them in stream order, or what came of them after
+// wait. Those are what the previous owner held (the server delivers them
+// before anything newer), redelivered in the order their ack deadlines ran
+// out, which is not always stream order: a message the previous owner held
+// past a late extension was redelivered to it and got a later deadline.
+func (p *part) collectFirst(n int, wait time.Duration) {
+	p.rmu.Lock()
+	p.collect = n
+	p.rmu.Unlock()
+	go func() {
+		select {
+		case <-time.After(wait):
+		case <-p.quit:
+		}
+		p.rmu.Lock()
+		defer p.rmu.Unlock()
+		if p.collect > 0 {
+			p.b.log.Warn("partition: fewer messages came back than the previous owner held; going on", "partition", p.n, "missing", p.collect)
+			p.flush()
+		}
+	}()
+}
+
+// flush hands the collected messages on in stream order; under rmu.
+func (p *part) flush() {
+	msgs := p.early
+	p.early, p.collect = nil, 0
+	slices.SortFunc(msgs, func(x, y jetstream.Msg) int { return cmp.Compare(streamSeq(x), streamSeq(y)) })
+	for _, m := range msgs {
+		p.handleOne(m)
+	}
+}
+
+// handle receives each message of the partition (one goroutine, in delivery
+// order) and queues its pushes.
+func (p *part) handle(m jetstream.Msg) {
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
+	if p.collect > 0 {
+		p.early = append(p.early, m)
+		if len(p.early) >= p.collect {
+			p.flush()
+		}
+		return
+	}
+	p.handleOne(m)
+}
+
+func (p *part) handleOne(m jetstream.Msg) {
+	b := p.b
+	meta, metaErr := m.Metadata()
+	size := heldSize(m)
+	b.waitRoom(p, size)
+	// The stopping check and the insert into held are one critical section
+	// (stop sets stopping under p.mu too): otherwise stop's wait could see
+	// nothing held between them and finish while this message is queued
+	// with no worker left to settle it.
+	p.mu.Lock()
+	if p.stopping.Load() {
+		defer b.release(size)
+		switch {
+		case p.dropped.Load():
+			// Not ours any more: let it expire rather than NAK it ahead
+			// of what the new owner holds.
+		case !p.gaveBack:
+			p.giveBack = append(p.giveBack, m)
+		default:
+			_ = m.Nak()
+		}
+		p.mu.Unlock()
+		return
+	}
+	if metaErr != nil {
+		p.mu.Unlock()
+		b.release(size)
+		// Not a JetStream message: nothing to ack, nothing to redeliver.
+		b.log.Error("outbound message without metadata", "err", metaErr)
+		return
+	}
+	d := &delivery{msg: m, part: p, seq: meta.Sequence.Stream, stamp: meta.Timestamp, touched: time.Now(),
+		redelivered: meta.NumDelivered > 1}
+	if _, dup := p.held[d.seq]; dup {
+		// Redelivered while still held (the ack wait ran out under a long
+		// push); the held copy will be acked.
+		p.mu.Unlock()
+		b.release(size)
+		return
+	}
+	if meta.NumDelivered > 1 && p.settledLocked(d.seq) {
+		// A copy of a message already pushed and acknowledged (see
+		// settledLocked): acknowledge it again, push nothing.
+		p.mu.Unlock()
+		b.release(size)
+		_ = m.Ack()
+		return
+	}
+	p.held[d.seq] = d
+	d.size = size
+	p.mu.Unlock()
+
+	st, perr := b.names.ParseStored(m.Subject())
+	d.orig = st.Original
+	subj, binary, err := parseOutbound(b.names, st.Original, m.Headers(), m.Data())
+	if perr != nil && subj.Dir == subjects.Out {
+		subj, err = subjects.Subject{}, perr
+	}
+	if subj.Dir != subjects.Out {
+		if st.Partition < 0 && p.n != 0 {
+			// A malformed subject every partition reads (P.out.X):
+			// partition 0 dead-letters it, the others only let go.
+			d.remaining.Store(1)
+			b.settle(d)
+			return
+		}
+		b.reject(d, subjects.KindInvalid, "", Invalid, err, 0)
+		return
+	}
+	d.kind = subj.Kind
+	if (subj.Kind == subjects.KindSend || subj.Kind == subjects.KindClose) && st.Partition != p.n {
+		b.reject(d, subj.Kind, subj.Token, Invalid,
+			fmt.Errorf("%w: stored in partition %d, read by partition %d", subjects.ErrBadSubject, st.Partition, p.n), 0)
+		return
+	}
+	if meta.NumDelivered > uint64(b.opts.MaxDeliver) {
+		b.reject(d, subj.Kind, subj.Token, OverDelivered,
+			fmt.Errorf("delivered %d times without an outcome (max deliver %d)", meta.NumDelivered, b.opts.MaxDeliver), int(meta.NumDelivered))
+		return
+	}
+	if err != nil {
+		b.reject(d, subj.Kind, subj.Token, Invalid, err, 0)
+		return
+	}
+	d.body, d.binary = m.Data(), binary
+	if subj.Kind == subjects.KindSend || subj.Kind == subjects.KindClose {
+		// The common case: one item, carried by the delivery itself.
+		d.remaining.Store(1)
+		d.one = item{d: d, token: subj.Token, close: subj.Kind == subjects.KindClose}
+		b.enqueue(&d.one)
+		return
+	}
+	// Every partition reads the fan-out; each pushes it to its own
+	// connections, so a target gets it once, in its lane's order. The
+	// partitions of this bridge share one expansion (fanout.go).
+	tokens := b.fanouts.tokens(d.seq, p.n, b.opts.Partitions, len(b.ownedParts()), func() []string {
+		exclude := parseExclude(m.Headers().Get(subjects.HeaderExclude))
+		switch subj.Kind {
+		case subjects.KindGroup:
+			return b.idx.group(subj.Name, exclude)
+		case subjects.KindUser:
+			return b.idx.user(subj.Name, exclude)
+		}
+		return b.idx.all(exclude)
+	})
+	d.fanout = true
+	if len(tokens) == 0 {
+		d.remaining.Store(1)
+		b.settle(d)
+		return
+	}
+	d.remaining.Store(int64(len(tokens)))
+	d.shareTail()
+	for _, t := range tokens {
+		b.enqueue(&item{d: d, token: t})
+	}
+}
+
+// stop ends the partition's work. A hand-off lets in-flight pushes finish
+// within ctx and NAKs every message not pushed, in stream order, so the next
+// owner gets them first; a drop (the lease is lost or unconfirmed) abandons
+// them without a word, and they come back to the next owner after the ack
+// wait, which it waits out. It reports whether everything held was settled.
+func (p *part) stop(ctx context.Context, handoff bool) bool {
+	b := p.b
+	p.mu.Lock()
+	if !handoff {
+		p.dropped.Store(true)
+	}
+	p.stopping.Store(true)
+	cc := p.cc
+	p.mu.Unlock()
+	p.quitOnce.Do(func() { close(p.quit) })
+	if cc != nil {
+		if handoff {
+			// Drain: no more pulls; buffered messages reach handle, which
+			// keeps them to NAK in order at the end.
+			cc.Drain()
+		} else {
+			cc.Stop()
+		}
+	}
+	// Workers abandon the lanes they pick up; in-flight pushes finish.
+	drained := p.waitHeld(ctx)
+	if !drained {
+		b.log.Warn("partition stop: in-flight pushes still running", "partition", p.n, "held", p.heldCount())
+	}
+	if cc != nil {
+		select {
+		case <-cc.Closed():
+		case <-time.After(2 * time.Second):
+			cc.Stop()
+		}
+	}
+	if !handoff {
+		p.mu.Lock()
+		p.giveBack, p.gaveBack = nil, true
+		p.mu.Unlock()
+		return drained
+	}
+	if p.giveBackCount() > 0 {
+		// The server keeps this instance's pull requests until they expire
+		// and, while it has any, a NAKed message it pops for one goes to
+		// the back of its redelivery queue: wait them out so the NAKs
+		// below are redelivered in stream order.
+		select {
+		case <-time.After(pullExpiry + 250*time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+	if n := p.giveBackAll(); n > 0 {
+		b.log.Debug("handed messages back to JetStream", "partition", p.n, "count", n)
+	}
+	return drained
+}
+
+// waitHeld waits until no message is held or ctx ends; it reports whether
+// everything was settled.
+func (p *part) waitHeld(ctx context.Context) bool {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if p.heldCount() == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return p.heldCount() == 0
+		case <-t.C:
+		}
+	}
+}
+
+// giveBackAll NAKs the messages abandoned while handing off, in stream
+// order. JetStream redelivers NAKed messages in the order of the NAKs, and
+// they are abandoned out of order (buffered messages reach the handler
+// before the lanes holding earlier ones are abandoned), so NAKing as they
+// come would let a later message to a connection overtake an earlier one.
+func (p *part) giveBackAll() int {
+	p.mu.Lock()
+	msgs := p.giveBack
+	p.giveBack = nil
+	p.gaveBack = true
+	p.mu.Unlock()
+	slices.SortFunc(msgs, func(x, y jetstream.Msg) int { return cmp.Compare(streamSeq(x), streamSeq(y)) })
+	for _, m := range msgs {
+		_ = m.Nak()
+	}
+	return len(msgs)
+}
+
+func (p *part) giveBackCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.giveBack)
+}
+
+// extendHeld extends the ack deadline of the messages the partition holds
+// when any needs it: every one, in stream order, so that if this bridge
+// dies they expire together and are redelivered in publish order.
+// Extending only the stale ones would give a later message an earlier
+// deadline than a message extended just before it. Nothing is extended
+// once the lease is unconfirmed: the next owner counts on the messages
+// expiring within the ack wait.
+func (p *part) extendHeld(now time.Time, every time.Duration, buf []*delivery) []*delivery {
+	if !p.valid() {
+		return buf
+	}
+	all := buf[:0]
+	stale := false
+	p.mu.Lock()
+	for _, d := range p.held {
+		stale = stale || now.Sub(d.touched) >= every
+		all = append(all, d)
+	}
+	if stale {
+		for _, d := range all {
+			d.touched = now
+		}
+	}
+	p.mu.Unlock()
+	if !stale {
+		return all
+	}
+	slices.SortFunc(all, func(x, y *delivery) int { return cmp.Compare(x.seq, y.seq) })
+	for _, d := range all {
+		_ = d.msg.InProgress()
+	}
+	clear(all) // drop references to finished deliveries
+	return all
+}

@@ -1,0 +1,154 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"runtime/debug"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// bigRegistry is the index size from which the memory used to load it is
+// handed back to the OS at once (see watch).
+const bigRegistry = 10000
+
+// watch keeps the index current from the registry bucket.
+func (b *Bridge) watch(w jetstream.KeyWatcher) {
+	defer b.wg.Done()
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-b.bgCtx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				if b.synced.CompareAndSwap(false, true) {
+					if b.idx.size() >= bigRegistry {
+						// Loading a large registry passes every record
+						// through the heap once (100,000 records: the
+						// heap peaks near 80 MB for a 20 MB index); give
+						// those pages back now rather than over minutes
+						// of background scavenging.
+						debug.FreeOSMemory()
+					}
+					close(b.syncedCh)
+				}
+				b.m.RegistryConnections.Set(float64(b.idx.size()))
+				continue
+			}
+			switch e.Operation() {
+			case jetstream.KeyValuePut:
+				if _, err := subjects.ConnID(e.Key()); err != nil {
+					// Not written by wsbridge: a fan-out would build
+					// subjects from it. Left out, and said once.
+					b.log.Warn("registry key is not a connection token; not indexed", "err", err)
+					continue
+				}
+				b.idx.putAt(e.Key(), e.Value(), e.Created())
+			case jetstream.KeyValueDelete:
+				b.idx.remove(e.Key())
+			case jetstream.KeyValuePurge:
+				// The registry's TTL expiry shows as a purge marker (the
+				// bridge and the functions delete, never purge). So does
+				// the age-out of a delete marker, for a connection that
+				// already left: only a record the index still held has
+				// expired. Every instance sees it; the Nats-Msg-Id makes
+				// WS_IN store one event.
+				if b.idx.remove(e.Key()) && b.synced.Load() {
+					ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired)
+					cancel()
+					if err != nil {
+						b.log.Warn("expired disconnect not published", "token", e.Key(), "err", err)
+					}
+				}
+			}
+			if b.synced.Load() {
+				b.m.RegistryConnections.Set(float64(b.idx.size()))
+			}
+		}
+	}
+}
+
+// refreshQueue bounds the tokens waiting for a registry refresh; more are
+// dropped (the next push to them asks again).
+const refreshQueue = 1024
+
+// registryTTL is the registry TTL the options ask for, with the default of
+// subjects.StreamOptions.
+func registryTTL(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 24 * time.Hour
+	}
+	return d
+}
+
+// maybeRefresh queues a refresh of token's registry record when a push to
+// it just succeeded and the record was written more than half the TTL ago:
+// a connection that keeps receiving stays registered, while nothing else
+// rewrites its record. Off the push path: one goroutine does the KV round
+// trips, with at most one refresh queued or in flight per token.
+func (b *Bridge) maybeRefresh(token string, now time.Time) {
+	written, ok := b.idx.written(token)
+	if !ok || written.IsZero() || now.Sub(written) < b.regTTL/2 {
+		return
+	}
+	b.refreshMu.Lock()
+	defer b.refreshMu.Unlock()
+	if _, busy := b.refreshing[token]; busy {
+		return
+	}
+	select {
+	case b.refreshCh <- token:
+		b.refreshing[token] = struct{}{}
+	default: // full: a later push asks again
+	}
+}
+
+// refresher rewrites the records maybeRefresh queues.
+func (b *Bridge) refresher() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.bgCtx.Done():
+			return
+		case token := <-b.refreshCh:
+			b.refresh(token)
+			b.refreshMu.Lock()
+			delete(b.refreshing, token)
+			b.refreshMu.Unlock()
+		}
+	}
+}
+
+// refresh rewrites token's record unchanged, which restarts its TTL. The
+// update names the revision read, so a delete or update made meanwhile (a
+// disconnect, a group change, another instance's refresh) wins.
+func (b *Bridge) refresh(token string) {
+	ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+	defer cancel()
+	e, err := b.kv.Get(ctx, token)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
+			b.log.Debug("registry refresh: read failed", "token", token, "err", err)
+		}
+		return
+	}
+	if time.Since(e.Created()) < b.regTTL/2 {
+		b.idx.touch(token, e.Created()) // rewritten meanwhile
+		return
+	}
+	if _, err := b.kv.Update(ctx, token, e.Value(), e.Revision()); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+			b.log.Debug("registry refresh failed", "token", token, "err", err)
+		}
+		return
+	}
+	b.idx.touch(token, time.Now())
+}

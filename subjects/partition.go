@@ -1,0 +1,127 @@
+package subjects
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Partitioned outbound layout.
+//
+// Publishers keep publishing P.out.send.T, P.out.close.T, P.out.broadcast,
+// P.out.group.G and P.out.user.U. The outbound stream rewrites, on input, a
+// subject of two tokens after P.out into P.out.<kind>.<n>.<name>, where n is
+// Partition(name, count) computed by the server's {{partition}} function
+// (FNV-1a 32 of the token, modulo the count). Every subject of one connection
+// therefore lands in one partition, which one bridge works at a time, while
+// broadcast, group and user commands are read by every partition's consumer
+// (each pushes them to its own connections), in stream order with the direct
+// sends.
+
+// DefaultPartitions is the default number of outbound partitions: room for
+// many bridges without re-partitioning.
+const DefaultPartitions = 32
+
+// MaxPartitions bounds the partition count: each partition is a consumer
+// every bridge watches, with its own pulls and lease.
+const MaxPartitions = 256
+
+// Partition is the partition of a connection token (or group or user name)
+// among count partitions: FNV-1a 32 of the token modulo count, the server's
+// {{partition(count, …)}} subject-transform function, so the bridge and the
+// stream agree.
+func Partition(token string, count int) int {
+	if count <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(token))
+	return int(h.Sum32() % uint32(count))
+}
+
+// OutTransform is the outbound stream's subject transform for count
+// partitions: P.out.K.X becomes P.out.K.<partition of X>.X.
+func (n Names) OutTransform(count int) *jetstream.SubjectTransformConfig {
+	return &jetstream.SubjectTransformConfig{
+		Source:      n.join(string(Out), "*", "*"),
+		Destination: n.join(string(Out), "{{wildcard(1)}}", fmt.Sprintf("{{partition(%d,2)}}", count), "{{wildcard(2)}}"),
+	}
+}
+
+// OutSubjects are the subjects the partitioned outbound stream captures:
+// P.out.X (broadcast, and malformed one-token commands the bridge
+// dead-letters), P.out.X.Y (the per-connection, group and user commands,
+// rewritten by OutTransform) and P.out.X.Y.Z.> (malformed, dead-lettered).
+// Not P.out.X.Y.Z: that is the stored, partitioned form, which a publisher
+// must not be able to forge.
+func (n Names) OutSubjects() []string {
+	return []string{n.join(string(Out), "*"), n.join(string(Out), "*", "*"), n.join(string(Out), "*", "*", "*", ">")}
+}
+
+// PartitionFilters are the filter subjects of partition p's consumer: every
+// command stored in partition p, and every broadcast, group and user command
+// (each partition pushes those to its own connections). Partition 0 also
+// takes the malformed subjects of four or more tokens after P.out, so that
+// nothing the stream stores is left without a consumer.
+func (n Names) PartitionFilters(p int) []string {
+	f := []string{
+		n.join(string(Out), "*"),
+		n.join(string(Out), "*", strconv.Itoa(p), "*"),
+		n.join(string(Out), string(KindGroup), "*", "*"),
+		n.join(string(Out), string(KindUser), "*", "*"),
+	}
+	if p == 0 {
+		f = append(f, n.join(string(Out), "*", "*", "*", ">"))
+	}
+	return f
+}
+
+// PartitionConsumer is the durable consumer of outbound partition p
+// (WS_BRIDGE_7).
+func (n Names) PartitionConsumer(p int) string { return n.Consumer() + "_" + strconv.Itoa(p) }
+
+// Leases is the KV bucket in which bridges announce themselves and hold the
+// leases of the partitions they work (WS_BRIDGES).
+func (n Names) Leases() string { return n.upper + "_BRIDGES" }
+
+// Stored is an outbound command as the partitioned stream stores it.
+type Stored struct {
+	Subject
+	// Partition is the partition the stream stored it in; -1 for a
+	// broadcast, which every partition reads.
+	Partition int
+	// Original is the subject the publisher used.
+	Original string
+}
+
+// ParseStored parses a subject of the partitioned outbound stream. It
+// returns the original subject (as best it can) also with the error, for
+// dead letters.
+func (n Names) ParseStored(subject string) (Stored, error) {
+	st := Stored{Partition: -1, Original: subject}
+	rest, ok := strings.CutPrefix(subject, n.prefix+"."+string(Out)+".")
+	if !ok {
+		return st, fmt.Errorf("%w %q: not an outbound subject", ErrBadSubject, clip(subject))
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) == 3 {
+		st.Original = n.join(string(Out), parts[0], parts[2])
+		p, err := strconv.Atoi(parts[1])
+		if err != nil || p < 0 || strconv.Itoa(p) != parts[1] {
+			return st, fmt.Errorf("%w %q: no partition number", ErrBadSubject, clip(subject))
+		}
+		st.Partition = p
+	}
+	s, err := n.Parse(st.Original)
+	if err != nil {
+		return st, err
+	}
+	if s.Dir != Out {
+		return st, fmt.Errorf("%w %q: not an outbound subject", ErrBadSubject, clip(subject))
+	}
+	st.Subject = s
+	return st, nil
+}
