@@ -9,11 +9,11 @@ import (
 	"log/slog"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wsbridge/wsbridge/bridge"
 	"github.com/wsbridge/wsbridge/internal/embedded"
 	"github.com/wsbridge/wsbridge/internal/logging"
+	"github.com/wsbridge/wsbridge/metrics"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -115,8 +115,8 @@ func runBridgeDaemon(ctx context.Context, c bridgeConfig, log *slog.Logger) erro
 		log.Info("connected to NATS", "url", subjects.RedactURL(nc.ConnectedUrl()))
 	}
 	defer nc.Close()
-	reg := prometheus.NewRegistry()
-	b, err := bridge.New(c.opts, bridge.Deps{Conn: nc, Logger: log, Registry: reg})
+	reg := metrics.NewProcessRegistry()
+	b, err := bridge.New(c.opts, bridge.Deps{Conn: nc, Logger: log, Registerer: reg, Gatherer: reg})
 	if err != nil {
 		return err
 	}

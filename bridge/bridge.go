@@ -42,7 +42,8 @@ type Bridge struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	log    *slog.Logger
-	reg    *prometheus.Registry
+	reg    prometheus.Registerer
+	gather prometheus.Gatherer
 	m      *metrics.Metrics
 	pushes pushCounters
 	pusher *pusher
@@ -119,9 +120,13 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	reg := deps.Registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
+	reg, gatherer := deps.Registerer, deps.Gatherer
+	switch {
+	case reg == nil && gatherer == nil:
+		own := prometheus.NewRegistry()
+		reg, gatherer = own, own
+	case reg == nil || gatherer == nil:
+		return nil, errors.New("bridge: Deps.Registerer and Deps.Gatherer go together (both nil: a registry of the bridge's own)")
 	}
 	hc := deps.HTTPClient
 	if hc == nil {
@@ -144,6 +149,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		js:     js,
 		log:    log.With("component", "bridge"),
 		reg:    reg,
+		gather: gatherer,
 		m:      m,
 		pushes: newPushCounters(m),
 		pusher: p,
@@ -171,8 +177,8 @@ func New(o Options, deps Deps) (*Bridge, error) {
 // Metrics returns the bridge's instruments.
 func (b *Bridge) Metrics() *metrics.Metrics { return b.m }
 
-// Registry returns the registry /metrics serves.
-func (b *Bridge) Registry() *prometheus.Registry { return b.reg }
+// Gatherer returns what /metrics serves.
+func (b *Bridge) Gatherer() prometheus.Gatherer { return b.gather }
 
 // Names returns the subject names under the bridge's prefix.
 func (b *Bridge) Names() subjects.Names { return b.names }

@@ -466,7 +466,7 @@ func TestOpsEndpointsAndMetricsLint(t *testing.T) {
 	waitFor(t, "inbound counted", 10*time.Second, func() bool {
 		return testutil.ToFloat64(b.Metrics().InboundEvents.WithLabelValues("message")) >= 1
 	})
-	problems, err := testutil.GatherAndLint(b.Registry())
+	problems, err := testutil.GatherAndLint(b.Gatherer())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +491,7 @@ func TestOpsEndpointsAndMetricsLint(t *testing.T) {
 	}
 	code, body := get("/metrics")
 	for _, name := range []string{"wsbridge_pushes_total", "wsbridge_push_duration_seconds_bucket", "wsbridge_delivery_lag_seconds_count",
-		"wsbridge_dead_letters_total", "wsbridge_nats_connected 1", "wsbridge_consumer_pending", "go_goroutines", "process_resident_memory_bytes"} {
+		"wsbridge_dead_letters_total", "wsbridge_nats_connected 1", "wsbridge_consumer_pending"} {
 		if !strings.Contains(body, name) {
 			t.Errorf("/metrics (%d) lacks %s", code, name)
 		}
@@ -549,5 +549,51 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	if got := redactPushURL("https://user:pw@set-1.apigateway.tencentyun.com/api-secret?x=1"); got != "https://set-1.apigateway.tencentyun.com" {
 		t.Errorf("redactPushURL = %q", got)
+	}
+}
+
+// TestMetricsOnTheOwnersRegistry: the bridge registers its own instruments
+// on the Registerer it is given and serves its Gatherer; the Go and process
+// collectors are the owner's.
+func TestMetricsOnTheOwnersRegistry(t *testing.T) {
+	e := newEnv(t, nil)
+	own := e.start(nil)
+	mfs, err := own.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if !strings.HasPrefix(mf.GetName(), "wsbridge_") {
+			t.Errorf("the bridge's own registry serves %s, want only wsbridge_*", mf.GetName())
+		}
+	}
+
+	reg := metrics.NewProcessRegistry()
+	b, err := New(Options{PushURL: e.tg.srv.URL, HTTPAddr: "127.0.0.1:0"}, Deps{Conn: e.nc, Registerer: reg, Gatherer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Stop(context.Background())
+	resp, err := http.Get("http://" + b.HTTPAddr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "wsbridge_pushes_total"} {
+		if !strings.Contains(string(body), name) {
+			t.Errorf("/metrics on the owner's registry lacks %s", name)
+		}
+	}
+
+	for _, d := range []Deps{{Conn: e.nc, Registerer: reg}, {Conn: e.nc, Gatherer: reg}} {
+		if _, err := New(Options{PushURL: e.tg.srv.URL}, d); err == nil || !strings.Contains(err.Error(), "go together") {
+			t.Errorf("New with one of Registerer, Gatherer: %v, want an error", err)
+		}
 	}
 }

@@ -14,7 +14,7 @@ import (
 // /readyz (it can do its work now: see Ready).
 func (b *Bridge) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(b.reg, promhttp.HandlerOpts{Registry: b.reg}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(b.gather, promhttp.HandlerOpts{Registry: b.reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := b.Healthy(); err != nil {
 			http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)

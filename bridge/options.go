@@ -91,9 +91,12 @@ type Deps struct {
 	Conn *nats.Conn
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
-	// Registry receives the metrics and is served on /metrics; nil creates
-	// a private one.
-	Registry *prometheus.Registry
+	// Registerer receives the bridge's metrics (only its own instruments:
+	// the Go and process collectors are the registry owner's to add) and
+	// Gatherer is what /metrics serves; both nil give the bridge a
+	// registry of its own.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
 	// HTTPClient pushes to the gateway; nil builds a keep-alive client
 	// sized by Concurrency and PushTimeout.
 	HTTPClient *http.Client

@@ -8,7 +8,6 @@ package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Namespace prefixes every metric name.
@@ -82,8 +81,9 @@ type Metrics struct {
 	NATSReconnects prometheus.Counter
 }
 
-// New builds the instruments and registers them, with the Go and process
-// collectors, on reg. It panics if reg already holds any of them, like
+// New builds the instruments and registers them, and nothing else, on reg:
+// the Go and process collectors are added by whoever owns the registry
+// (NewProcessRegistry). It panics if reg already holds any of them, like
 // prometheus.MustRegister: that is a programming error.
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
@@ -162,8 +162,6 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Pushes, m.PushDuration, m.DeliveryLag, m.Retries, m.DeadLetters,
 		m.InFlight, m.ConsumerPending, m.AckPending, m.HeldBytes, m.DeadLetterFailures, m.RegistryConnections,
 		m.InboundEvents, m.NATSConnected, m.NATSReconnects,
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
 }

@@ -407,7 +407,7 @@ func childBridge(args []string) int {
 	}
 	defer b.Stop(ctx)
 	for {
-		mfs, _ := b.Registry().Gather()
+		mfs, _ := b.Gatherer().Gather()
 		size := 0.0
 		for _, mf := range mfs {
 			if mf.GetName() == "wsbridge_registry_connections" {

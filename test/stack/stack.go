@@ -170,8 +170,8 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		bo := o.BridgeOptions
 		bo.Prefix = o.Prefix
 		bo.PushURL = s.PushURL()
-		s.Registry = prometheus.NewRegistry()
-		b, err := bridge.New(bo, bridge.Deps{Conn: s.Conn, Logger: s.log, Registry: s.Registry})
+		s.Registry = metrics.NewProcessRegistry()
+		b, err := bridge.New(bo, bridge.Deps{Conn: s.Conn, Logger: s.log, Registerer: s.Registry, Gatherer: s.Registry})
 		if err != nil {
 			return nil, err
 		}
