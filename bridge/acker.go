@@ -31,9 +31,6 @@ type pendingAck struct {
 	cb       func(error)
 }
 
-// errAckTimeout is an acknowledgement the server did not confirm in time.
-var errAckTimeout = errors.New("ack not confirmed within " + ackTimeout.String())
-
 func newAcker(nc *nats.Conn) (*acker, error) {
 	a := &acker{nc: nc, prefix: nc.NewInbox() + ".", wait: map[string]pendingAck{}, quit: make(chan struct{}), done: make(chan struct{})}
 	sub, err := nc.Subscribe(a.prefix+"*", a.reply)

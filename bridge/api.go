@@ -23,9 +23,6 @@ const maxList = 1000
 // apiConcurrency bounds the API requests served at once.
 const apiConcurrency = 16
 
-// errNotFound is the API's answer for an unknown token.
-var errNotFound = subjects.ErrNotFound
-
 func (b *Bridge) serveAPI() error {
 	routes := []struct {
 		subject string
@@ -134,7 +131,7 @@ func (b *Bridge) apiConnList(ctx context.Context, data []byte) (any, error) {
 	default:
 		tokens = b.idx.all(nil)
 	}
-	reply := connListReply{Total: len(tokens), Connections: []json.RawMessage{}}
+	reply := subjects.ConnListReply{Total: len(tokens), Connections: []subjects.ConnectEvent{}}
 	budget := listBudget(b.nc.MaxPayload())
 	size := 0
 	for _, t := range tokens {
@@ -162,18 +159,9 @@ func (b *Bridge) apiConnList(ctx context.Context, data []byte) (any, error) {
 			break
 		}
 		size += len(raw) + 1 // and a comma
-		reply.Connections = append(reply.Connections, raw)
+		reply.Connections = append(reply.Connections, ev)
 	}
 	return reply, nil
-}
-
-// connListReply is subjects.ConnListReply plus Truncated: the answer left
-// matching records out, because of the limit (at most maxList) or to fit in
-// a NATS message. Total counts every match.
-type connListReply struct {
-	Connections []json.RawMessage `json:"connections"`
-	Total       int               `json:"total"`
-	Truncated   bool              `json:"truncated,omitempty"`
 }
 
 // listBudget is how many bytes of records a conn.list answer may carry

@@ -30,9 +30,6 @@ import (
 // a hand-off waits them out before it NAKs (see part.stop).
 const pullExpiry = time.Second
 
-// ErrStopped is returned by Start on a bridge that was stopped.
-var ErrStopped = errors.New("bridge stopped")
-
 // Bridge consumes the outbound stream and turns each command into reverse
 // pushes to the gateway. Build one with New, then Run it (or Start and Stop).
 type Bridge struct {
@@ -106,7 +103,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		return nil, fmt.Errorf("bridge options: %w", err)
 	}
 	if deps.Conn == nil {
-		return nil, errors.New("bridge: a NATS connection is required")
+		return nil, ErrNoConn
 	}
 	names, err := subjects.New(o.Prefix)
 	if err != nil {
@@ -214,7 +211,7 @@ func (b *Bridge) Start(ctx context.Context) error {
 		return ErrStopped
 	}
 	if !b.started.CompareAndSwap(false, true) {
-		return errors.New("bridge already started")
+		return ErrAlreadyStarted
 	}
 	b.log.Info("starting", "prefix", b.names.Prefix(), "push", redactPushURL(b.opts.PushURL),
 		"concurrency", b.opts.Concurrency, "max_attempts", b.opts.MaxAttempts, "push_rate", b.opts.PushRate)

@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -65,9 +64,6 @@ type Outcome struct {
 	ErrNo  int   // the gateway's errNo, when its answer parsed
 	Err    error // why the push did not succeed; nil for OK
 }
-
-// errBadAnswer reports a 200 whose body is not the gateway's JSON answer.
-var errBadAnswer = errors.New("gateway answered 200 without a JSON errNo")
 
 // Classify maps an HTTP status, the parsed errNo of a 200 answer and a
 // transport error to an Outcome. parseErr is the error of decoding a 200

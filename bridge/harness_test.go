@@ -319,3 +319,41 @@ func (e *env) outPending() (uint64, error) {
 	}
 	return n, nil
 }
+
+// disconnectsOf returns the reasons of the disconnect events c saw for token.
+func (e *env) disconnectsOf(c *collector, token string) []string {
+	var out []string
+	for _, m := range c.all() {
+		if m.Subject != e.names.Disconnect(token) {
+			continue
+		}
+		var ev subjects.DisconnectEvent
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			e.t.Fatalf("disconnect body %q: %v", m.Data, err)
+		}
+		out = append(out, ev.Reason)
+	}
+	return out
+}
+
+// flushCollector publishes a marker on the disconnect subject of a token no
+// test uses and waits until c saw it: everything the bridge published
+// before (and got a JetStream ack for) has reached c by then.
+func (e *env) flushCollector(c *collector) {
+	e.t.Helper()
+	marker := subjects.Token("marker-" + e.t.Name())
+	before := len(e.disconnectsOf(c, marker))
+	if err := e.nc.Publish(e.names.Disconnect(marker), []byte(`{"reason":"marker"}`)); err != nil {
+		e.t.Fatal(err)
+	}
+	waitFor(e.t, "the marker", 10*time.Second, func() bool { return len(e.disconnectsOf(c, marker)) > before })
+}
+
+func (e *env) kv() jetstream.KeyValue {
+	e.t.Helper()
+	kv, err := e.js.KeyValue(context.Background(), e.names.Bucket())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return kv
+}

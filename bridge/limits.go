@@ -132,11 +132,6 @@ func consumeErrLevel(err error) slog.Level {
 	return slog.LevelWarn
 }
 
-// ErrNATSClosed is returned by Run when the NATS connection closed for
-// good: nothing can bring it back, so the process should exit and be
-// restarted by its supervisor.
-var ErrNATSClosed = errors.New("nats connection closed for good")
-
 // Healthy reports whether the process can still work at all: nil unless its
 // NATS connection is closed for good (a disconnected connection reconnects
 // and only makes it not ready).

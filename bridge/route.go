@@ -15,11 +15,6 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
-// errInstanceLost reports a push for a connection whose self-hosted edge
-// instance (`wsbridge gateway`) is no longer live: the connection is gone,
-// announced with reason lost (as the surviving instances announce it).
-var errInstanceLost = errors.New("gateway instance is not live")
-
 // routeCacheTTL is how long a looked-up instance's push URL is used before
 // it is looked up again. A dead instance's record ages out of the bucket
 // (its TTL); pushes to it meanwhile fail as transient and are retried, and

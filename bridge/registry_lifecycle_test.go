@@ -1,0 +1,118 @@
+package bridge
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// Tests of a registry record's end: which disconnect the bridge announces
+// (expired, gone), once, and how a record in use is kept.
+
+// A deleted record's delete marker ages out after the TTL and the
+// server replaces it with a MaxAge marker (a purge to the watcher); that
+// connection already left and must not be announced as expired.
+func TestDeleteMarkerAgeOutNotAnnouncedExpired(t *testing.T) {
+	e := newEnv(t, nil)
+	disc := e.collect(e.names.InboundKind(subjects.KindDisconnect))
+	const ttl = time.Second
+	e.start(func(o *Options) { o.Streams.RegistryTTL = ttl })
+	left, stays := "left-conn==", "stays-conn=="
+	e.register(left)
+	deleted := time.Now()
+	if err := e.kv().Delete(context.Background(), subjects.Token(left)); err != nil {
+		t.Fatal(err)
+	}
+	// Registered after the delete: its record ages out after the delete
+	// marker, so its expired event (positive control) comes after any the
+	// deleted one would get.
+	e.register(stays)
+	waitFor(t, "the control's expired disconnect", 30*time.Second, func() bool {
+		return len(e.disconnectsOf(disc, subjects.Token(stays))) > 0
+	})
+	if d := 2*ttl + 500*time.Millisecond - time.Since(deleted); d > 0 {
+		time.Sleep(d) // more than two TTLs after the delete, whatever the server's timer
+	}
+	e.flushCollector(disc)
+	if got := e.disconnectsOf(disc, subjects.Token(stays)); len(got) != 1 || got[0] != subjects.ReasonExpired {
+		t.Errorf("control connection: disconnects %v, want [expired]", got)
+	}
+	if got := e.disconnectsOf(disc, subjects.Token(left)); len(got) != 0 {
+		t.Errorf("deleted connection: disconnects %v, want none", got)
+	}
+}
+
+// Several messages queued for a connection the gateway reports gone
+// are each dead-lettered, but the connection is announced gone once.
+func TestGoneAnnouncedOncePerConnection(t *testing.T) {
+	e := newEnv(t, func(p push, attempt int) (int, int) {
+		if p.ConnID == "gone-many" {
+			return http.StatusNotFound, 404
+		}
+		return http.StatusOK, 0
+	})
+	tok := subjects.Token("gone-many")
+	e.register("gone-many")
+	dlq := e.collect(e.names.DeadLetters())
+	disc := e.collect(e.names.InboundKind(subjects.KindDisconnect))
+	for i := 0; i < 5; i++ {
+		e.publish(e.names.Send(tok), []byte("queued"))
+	}
+	e.start(nil)
+	waitFor(t, "five dead letters", 20*time.Second, func() bool { return dlq.len() >= 5 })
+	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	e.flushCollector(disc)
+	if n := dlq.len(); n != 5 {
+		t.Errorf("%d dead letters, want 5", n)
+	}
+	if got := e.disconnectsOf(disc, tok); len(got) != 1 || got[0] != subjects.ReasonGone {
+		t.Errorf("disconnects %v, want exactly one gone", got)
+	}
+	if e.kvHas(tok) {
+		t.Error("registry still holds the gone connection")
+	}
+}
+
+// A connection that keeps receiving pushes stays registered past
+// the TTL; one that receives nothing expires.
+func TestActiveConnectionRefreshed(t *testing.T) {
+	e := newEnv(t, nil)
+	disc := e.collect(e.names.InboundKind(subjects.KindDisconnect))
+	const ttl = 2 * time.Second
+	b := e.start(func(o *Options) { o.Streams.RegistryTTL = ttl })
+	active, idle := "active-conn", "idle-conn"
+	e.register(active, idle)
+	waitFor(t, "both indexed", 10*time.Second, func() bool { return b.idx.size() == 2 })
+	begin := time.Now()
+	for time.Since(begin) < 3*ttl+time.Second {
+		e.publish(e.names.Send(subjects.Token(active)), []byte("tick"))
+		time.Sleep(300 * time.Millisecond)
+	}
+	waitFor(t, "the idle connection's expired disconnect", 30*time.Second, func() bool {
+		return len(e.disconnectsOf(disc, subjects.Token(idle))) > 0
+	})
+	e.publish(e.names.Broadcast(), []byte("still there?"))
+	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	e.flushCollector(disc)
+	var got int
+	for _, p := range e.tg.of(active) {
+		if p.Data == "still there?" {
+			got++
+		}
+	}
+	if got != 1 {
+		t.Errorf("broadcast reached the active connection %d times, want 1", got)
+	}
+	if d := e.disconnectsOf(disc, subjects.Token(active)); len(d) != 0 {
+		t.Errorf("active connection: disconnects %v, want none", d)
+	}
+	if !e.kvHas(subjects.Token(active)) {
+		t.Error("active connection's record expired")
+	}
+	for _, p := range e.tg.of(idle) {
+		t.Errorf("idle connection got %+v after expiring", p)
+	}
+}
