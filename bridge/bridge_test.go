@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -595,5 +596,25 @@ func TestMetricsOnTheOwnersRegistry(t *testing.T) {
 		if _, err := New(Options{PushURL: e.tg.srv.URL}, d); err == nil || !strings.Contains(err.Error(), "go together") {
 			t.Errorf("New with one of Registerer, Gatherer: %v, want an error", err)
 		}
+	}
+}
+
+// TestLifecycleErrors: the bridge's misuse answers are its sentinels.
+func TestLifecycleErrors(t *testing.T) {
+	e := newEnv(t, nil)
+	if _, err := New(Options{PushURL: e.tg.srv.URL}, Deps{}); !errors.Is(err, ErrNoConn) {
+		t.Errorf("New without a connection: %v, want ErrNoConn", err)
+	}
+	b := e.start(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); !errors.Is(err, ErrAlreadyStarted) {
+		t.Errorf("second Start: %v, want ErrAlreadyStarted", err)
+	}
+	if err := b.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); !errors.Is(err, ErrStopped) {
+		t.Errorf("Start after Stop: %v, want ErrStopped", err)
 	}
 }
