@@ -570,16 +570,7 @@ func TestMetricsOnTheOwnersRegistry(t *testing.T) {
 	}
 
 	reg := metrics.NewProcessRegistry()
-	b, err := New(Options{PushURL: e.tg.srv.URL, HTTPAddr: "127.0.0.1:0"}, Deps{Conn: e.nc, Registerer: reg, Gatherer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Stop(context.Background())
+	b := startBridge(t, Options{PushURL: e.tg.srv.URL, HTTPAddr: "127.0.0.1:0"}, Deps{Conn: e.nc, Registerer: reg, Gatherer: reg})
 	resp, err := http.Get("http://" + b.HTTPAddr().String() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
