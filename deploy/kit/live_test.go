@@ -188,6 +188,16 @@ func operatorSeries(t *testing.T) map[string][]string {
 	return series
 }
 
+// allServed reports whether every wanted series is in served.
+func allServed(series map[string][]string, served map[string]bool, want func(string) bool) bool {
+	for name := range series {
+		if want(name) && !served[name] {
+			return false
+		}
+	}
+	return true
+}
+
 func checkServed(t *testing.T, series map[string][]string, served map[string]bool, want func(string) bool) {
 	t.Helper()
 	var checked []string
@@ -220,10 +230,18 @@ func TestOperatorSeriesServed(t *testing.T) {
 	opsAddr := bridge.waitLog(t, "the ops address", regexp.MustCompile(`serving ops endpoints".*? addr=(\S+)`))
 
 	t.Run("bridge", func(t *testing.T) {
-		served := bridge.scrapeNames(t, "http://"+opsAddr+"/metrics")
-		checkServed(t, series, served, func(n string) bool {
-			return n != "up" && !strings.HasPrefix(n, "wsbridge_gateway_")
-		})
+		want := func(n string) bool { return n != "up" && !strings.HasPrefix(n, "wsbridge_gateway_") }
+		// Per-partition series appear once the bridge holds its leases
+		// and has sampled them: scrape until every series is there (or a
+		// generous deadline passes, then report what is missing).
+		var served map[string]bool
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+			served = bridge.scrapeNames(t, "http://"+opsAddr+"/metrics")
+			if allServed(series, served, want) || time.Now().After(deadline) {
+				break
+			}
+		}
+		checkServed(t, series, served, want)
 	})
 	t.Run("gateway", func(t *testing.T) {
 		httpAddr := freeAddr(t)
