@@ -128,9 +128,16 @@ func TestBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(t.Context())
-	if err != nil {
-		t.Fatal(err)
+	// A core subscriber can see a message before the stream has stored
+	// it: give the stream a moment to catch up, then count.
+	var info *jetstream.StreamInfo
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if info, err = st.Info(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs >= 3 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if info.State.Msgs != 3 {
 		t.Errorf("%s holds %d messages, want 3 (welcome, echo, broadcast)", names.StreamOut(), info.State.Msgs)
