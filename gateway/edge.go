@@ -172,11 +172,30 @@ func (e *edge) loop(known map[string]bool) {
 				continue
 			}
 			if time.Since(upSince) < 2*e.ttl {
+				// No absence is believed yet, but every instance seen
+				// live now is one to watch: one that advertised itself
+				// after this one started, and died before the grace
+				// period ended, would otherwise never be known.
+				known = e.observe(known)
 				continue
 			}
 			known = e.check(known)
 		}
 	}
+}
+
+// observe adds the instances live now to known, sweeping nothing.
+func (e *edge) observe(known map[string]bool) map[string]bool {
+	ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
+	defer cancel()
+	live, err := e.live(ctx)
+	if err != nil {
+		return known
+	}
+	for inst := range live {
+		known[inst] = true
+	}
+	return known
 }
 
 // check sweeps when an instance in known has been missing from the live

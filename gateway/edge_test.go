@@ -104,6 +104,63 @@ func TestEdgeStartSweepsEarlierLife(t *testing.T) {
 	})
 }
 
+// TestEdgeSweepsInstanceBornAfterIt: an instance that advertises itself
+// after this one started and dies before this one's grace period is over
+// is still noticed, and its connections announced lost. (This one used to
+// know only the instances live at its start: whichever of two instances
+// started second never swept the first.)
+func TestEdgeSweepsInstanceBornAfterIt(t *testing.T) {
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	names := subjects.MustNew("ws")
+	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	discs := make(chan *nats.Msg, 16)
+	sub, err := nc.ChanSubscribe(names.InboundKind(subjects.KindDisconnect), discs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	startEdge(t, s.ClientURL(), "edge-b") // instance TTL 1s: a grace period of 2s
+	var inst jetstream.KeyValue
+	waitFor(t, "edge-b to advertise itself", func() bool {
+		var err error
+		if inst, err = js.KeyValue(ctx, names.GatewayBucket()); err != nil {
+			return false
+		}
+		_, err = inst.Get(ctx, "edge-b")
+		return err == nil
+	})
+	reg, _ := js.KeyValue(ctx, names.Bucket())
+	token := subjects.Token(subjects.NewEdgeConnID("edge-late"))
+	// edge-late advertises itself once, holding one connection, and dies
+	// (stops refreshing, as a SIGKILLed instance does): its record ages
+	// out after the TTL, before edge-b's grace period is over.
+	if _, err := inst.Put(ctx, "edge-late", []byte(`{"id":"edge-late","pushUrl":"http://127.0.0.1:1/push"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Put(ctx, token, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-discs:
+		var d subjects.DisconnectEvent
+		_ = json.Unmarshal(m.Data, &d)
+		if d.Token != token || d.Reason != subjects.ReasonLost {
+			t.Errorf("disconnect %+v, want %s lost", d, token)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("edge-late's connection was never announced lost")
+	}
+	waitFor(t, "edge-late's record to go", func() bool {
+		_, err := reg.Get(ctx, token)
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	})
+}
+
 // TestReadyz: ready while NATS is connected and the functions answer; not
 // once NATS is gone; /healthz regardless.
 func TestReadyz(t *testing.T) {
