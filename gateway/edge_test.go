@@ -24,6 +24,18 @@ import (
 	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
+// disconnects subscribes to every disconnect event, for the test's life.
+func disconnects(t *testing.T, nc *nats.Conn, names subjects.Names) <-chan *nats.Msg {
+	t.Helper()
+	ch := make(chan *nats.Msg, 16)
+	sub, err := nc.ChanSubscribe(names.InboundKind(subjects.KindDisconnect), ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return ch
+}
+
 // TestEdgeStartSweepsEarlierLife: an instance restarting under its old id
 // (a host that rebooted) announces the records its earlier life left as
 // lost, once each, and so those of instances that vanished while none ran;
@@ -60,12 +72,7 @@ func TestEdgeStartSweepsEarlierLife(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	discs := make(chan *nats.Msg, 16)
-	sub, err := nc.ChanSubscribe(names.InboundKind(subjects.KindDisconnect), discs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	discs := disconnects(t, nc, names)
 
 	serveAll(t, func(o *Options) { o.NATS, o.InstanceID, o.PushURL = nc, "edge-x", "http://127.0.0.1:1/push" })
 
@@ -118,12 +125,7 @@ func TestEdgeSweepsInstanceBornAfterIt(t *testing.T) {
 	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	discs := make(chan *nats.Msg, 16)
-	sub, err := nc.ChanSubscribe(names.InboundKind(subjects.KindDisconnect), discs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	discs := disconnects(t, nc, names)
 	startEdge(t, s.ClientURL(), "edge-b") // instance TTL 1s: a grace period of 2s
 	var inst jetstream.KeyValue
 	waitFor(t, "edge-b to advertise itself", func() bool {
@@ -300,13 +302,8 @@ func TestEdgeSurvivesNATSOutage(t *testing.T) {
 	}
 	t.Cleanup(func() { s2.Shutdown(); s2.WaitForShutdown() })
 
-	discs := make(chan *nats.Msg, 4)
 	waitFor(t, "the test's connection back", nc.IsConnected)
-	sub, err := nc.ChanSubscribe(names.InboundKind(subjects.KindDisconnect), discs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	discs := disconnects(t, nc, names)
 	waitFor(t, "both instances advertised again", func() bool {
 		_, ea := inst.Get(context.Background(), "edge-a")
 		_, eb := inst.Get(context.Background(), "edge-b")
