@@ -12,13 +12,6 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
-// maxConnIDLen bounds secConnectionID. Gateway ids are a few dozen bytes;
-// the id travels as a NATS header value and, base64url encoded, as a subject
-// token and KV key, so an absurd one is refused rather than carried (the
-// contract's limit, which keeps every subject built from it well inside
-// the server's max_control_line).
-const maxConnIDLen = subjects.MaxConnIDLen
-
 // The seed's answers to malformed registration events, kept verbatim.
 var (
 	errNoRequestContext = &rejectError{code: CodeNoRequestContext, msg: "not found request context"}
@@ -68,19 +61,14 @@ func splitList(s, seps string) []string {
 	return out
 }
 
-// checkConnID validates secConnectionID for use as a header value and token.
+// checkConnID validates secConnectionID for use as a header value and token
+// (the contract's limits, subjects.CheckConnID).
 func checkConnID(id string) error {
 	if id == "" {
 		return fmt.Errorf("%w: missing websocket.secConnectionID", ErrBadEvent)
 	}
-	if len(id) > maxConnIDLen {
-		return fmt.Errorf("%w: websocket.secConnectionID is %d bytes, more than %d", ErrBadEvent, len(id), maxConnIDLen)
-	}
-	for i := 0; i < len(id); i++ {
-		// A control byte would corrupt the Ws-Connection-Id header line.
-		if c := id[i]; c < ' ' || c == 0x7f {
-			return fmt.Errorf("%w: websocket.secConnectionID holds control byte %#x", ErrBadEvent, c)
-		}
+	if err := subjects.CheckConnID(id); err != nil {
+		return fmt.Errorf("%w: websocket.secConnectionID: %v", ErrBadEvent, err)
 	}
 	return nil
 }

@@ -140,7 +140,7 @@ func TestParseConnect(t *testing.T) {
 		{name: "request context not an object", payload: `{"requestContext":"x","websocket":{"secConnectionID":"a"}}`, wantCode: 101, wantMsg: "invalid request context"},
 		{name: "missing id", payload: `{"requestContext":{},"websocket":{"action":"connecting"}}`, wantCode: 400, wantMsg: "secConnectionID"},
 		{name: "control byte in id", payload: `{"requestContext":{},"websocket":{"secConnectionID":"a\r\nX: y"}}`, wantCode: 400, wantMsg: "control byte"},
-		{name: "long id", payload: `{"requestContext":{},"websocket":{"secConnectionID":"` + strings.Repeat("a", maxConnIDLen+1) + `"}}`, wantCode: 400, wantMsg: "more than"},
+		{name: "long id", payload: `{"requestContext":{},"websocket":{"secConnectionID":"` + strings.Repeat("a", subjects.MaxConnIDLen+1) + `"}}`, wantCode: 400, wantMsg: "more than"},
 		{name: "wrong action", payload: `{"requestContext":{},"websocket":{"action":"closing","secConnectionID":"a"}}`, wantCode: 400, wantMsg: `action "closing"`},
 	}
 	for _, tt := range tests {

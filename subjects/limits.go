@@ -48,7 +48,7 @@ func CheckConnID(id string) error {
 		return fmt.Errorf("%w: empty connection id", ErrBadToken)
 	}
 	if len(id) > MaxConnIDLen {
-		return fmt.Errorf("%w: connection id of %d bytes, limit %d", ErrBadToken, len(id), MaxConnIDLen)
+		return fmt.Errorf("%w: connection id of %d bytes, more than the limit %d", ErrBadToken, len(id), MaxConnIDLen)
 	}
 	for i := 0; i < len(id); i++ {
 		if c := id[i]; c < ' ' || c == 0x7f {
