@@ -221,7 +221,7 @@ func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, erro
 			return nil, fmt.Errorf("encode record: %w", err)
 		}
 		if _, err := b.kv.Update(ctx, req.Token, value, e.Revision()); err != nil {
-			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+			if isConflict(err) {
 				continue
 			}
 			return nil, fmt.Errorf("registry update: %w", err)
@@ -229,6 +229,11 @@ func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, erro
 		return json.RawMessage(value), nil
 	}
 	return nil, errors.New("registry update: too many concurrent writers, try again")
+}
+
+// isConflict reports a compare-and-set that lost: the key changed since.
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)
 }
 
 func isWrongSequence(err error) bool {

@@ -57,7 +57,7 @@ func (b *Bridge) setClosing(token, reason string) {
 		}
 		if _, err := b.kv.Update(ctx, token, value, e.Revision()); err == nil {
 			return
-		} else if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+		} else if !isConflict(err) {
 			b.log.Warn("registry: close mark not written", "token", token, "err", err)
 			return
 		}

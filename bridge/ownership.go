@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -258,11 +257,6 @@ func (o *owner) renew(ctx context.Context) {
 			o.give(p, l, false, "lease not renewed in time: "+err.Error())
 		}
 	}
-}
-
-// isConflict reports a compare-and-set that lost: the key changed since.
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)
 }
 
 // assign returns the partitions this bridge should work: those whose

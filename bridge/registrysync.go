@@ -145,7 +145,7 @@ func (b *Bridge) refresh(token string) {
 		return
 	}
 	if _, err := b.kv.Update(ctx, token, e.Value(), e.Revision()); err != nil {
-		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongSequence(err) {
+		if !isConflict(err) {
 			b.log.Debug("registry refresh failed", "token", token, "err", err)
 		}
 		return
