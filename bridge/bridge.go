@@ -329,6 +329,14 @@ func (b *Bridge) ownedParts() []*part {
 	return out
 }
 
+// ownedCount is how many partitions this bridge works now (ownedParts
+// without building and sorting the list: it is asked for every fan-out).
+func (b *Bridge) ownedCount() int {
+	b.pmu.Lock()
+	defer b.pmu.Unlock()
+	return len(b.parts)
+}
+
 // ID is this instance's name in the partition leases.
 func (b *Bridge) ID() string { return b.id }
 

@@ -257,7 +257,7 @@ func (p *part) handleOne(m jetstream.Msg) {
 	// Every partition reads the fan-out; each pushes it to its own
 	// connections, so a target gets it once, in its lane's order. The
 	// partitions of this bridge share one expansion (fanout.go).
-	tokens := b.fanouts.tokens(d.seq, p.n, b.opts.Partitions, len(b.ownedParts()), func() []string {
+	tokens := b.fanouts.tokens(d.seq, p.n, b.opts.Partitions, b.ownedCount(), func() []string {
 		exclude := parseExclude(m.Headers().Get(subjects.HeaderExclude))
 		switch subj.Kind {
 		case subjects.KindGroup:
