@@ -176,10 +176,11 @@ func (g *Gateway) pingQuiet(now int64) {
 			defer cancel()
 			// Only a missing pong counts: any other error means the
 			// connection is ending anyway.
-			if err := c.ws.Ping(ctx); errors.Is(err, context.DeadlineExceeded) && !c.closing.Load() {
+			// Like conn.close, but without a handshake the client is
+			// not answering: the first closer's reason stands.
+			if err := c.ws.Ping(ctx); errors.Is(err, context.DeadlineExceeded) && c.closing.CompareAndSwap(false, true) {
 				g.log.Debug("closing connection: no pong", "conn", c.id, "err", err)
 				c.why.Store(reasonIndex(discPing))
-				c.closing.Store(true)
 				_ = c.ws.CloseNow()
 			}
 		}()
