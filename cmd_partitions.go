@@ -108,8 +108,8 @@ func partitionRows(ctx context.Context, js jetstream.JetStream, n subjects.Names
 		r := partitionRow{Partition: p, Owner: owners[p]}
 		cons, err := js.Consumer(ctx, n.StreamOut(), n.PartitionConsumer(p))
 		if err == nil {
-			var info *jetstream.ConsumerInfo
-			if info, err = cons.Info(ctx); err == nil {
+			// js.Consumer has just fetched the consumer's info.
+			if info := cons.CachedInfo(); info != nil {
 				r.Backlog, r.Held = info.NumPending, info.NumAckPending
 				if r.Backlog+uint64(r.Held) > 0 {
 					// The partition's oldest stored message: acked direct
