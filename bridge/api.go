@@ -233,12 +233,7 @@ func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, erro
 
 // isConflict reports a compare-and-set that lost: the key changed since.
 func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err)
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return errors.Is(err, jetstream.ErrKeyExists) || subjects.IsWrongLastSequence(err)
 }
 
 // applyGroups adds change to cur, or removes it, as sets: the result holds

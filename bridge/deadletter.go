@@ -159,14 +159,3 @@ func (b *Bridge) forget(token, reason string) {
 		b.log.Debug("connection already forgotten", "token", token, "reason", reason)
 	}
 }
-
-func (b *Bridge) publishDisconnect(ctx context.Context, token, reason string) error {
-	m, err := b.names.DisconnectMsg(token, reason, time.Now())
-	if err != nil {
-		return err
-	}
-	if _, err := b.js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("publish %s: %w", m.Subject, err)
-	}
-	return nil
-}

@@ -62,7 +62,7 @@ func (b *Bridge) watch(w jetstream.KeyWatcher) {
 				// WS_IN store one event.
 				if b.idx.remove(e.Key()) && b.synced.Load() {
 					ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-					err := b.publishDisconnect(ctx, e.Key(), subjects.ReasonExpired)
+					err := b.names.PublishDisconnect(ctx, b.js, e.Key(), subjects.ReasonExpired, time.Now())
 					cancel()
 					if err != nil {
 						b.log.Warn("expired disconnect not published", "token", e.Key(), "err", err)

@@ -47,6 +47,20 @@ func (n Names) DisconnectMsg(token, reason string, at time.Time) (*nats.Msg, err
 	return m, nil
 }
 
+// PublishDisconnect publishes token's disconnect event (DisconnectMsg).
+// Forget is the way to announce a connection's end; this is for an end
+// whose record is already gone (it aged out of the registry).
+func (n Names) PublishDisconnect(ctx context.Context, js jetstream.JetStream, token, reason string, at time.Time) error {
+	m, err := n.DisconnectMsg(token, reason, at)
+	if err != nil {
+		return err
+	}
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish %s: %w", m.Subject, err)
+	}
+	return nil
+}
+
 // maxForgetTries bounds the read-delete rounds of Forget when writers race.
 const maxForgetTries = 5
 
@@ -68,7 +82,7 @@ func (n Names) Forget(ctx context.Context, js jetstream.JetStream, kv jetstream.
 			return "", fmt.Errorf("registry get %s: %w", token, err)
 		}
 		if err := kv.Delete(ctx, token, jetstream.LastRevision(e.Revision())); err != nil {
-			if isWrongLastSequence(err) {
+			if IsWrongLastSequence(err) {
 				continue // changed meanwhile: read again
 			}
 			return "", fmt.Errorf("registry delete %s: %w", token, err)
@@ -76,12 +90,8 @@ func (n Names) Forget(ctx context.Context, js jetstream.JetStream, kv jetstream.
 		if mark := closingMark(e.Value()); mark != "" {
 			reason = mark
 		}
-		m, err := n.DisconnectMsg(token, reason, now)
-		if err != nil {
+		if err := n.PublishDisconnect(ctx, js, token, reason, now); err != nil {
 			return "", err
-		}
-		if _, err := js.PublishMsg(ctx, m); err != nil {
-			return "", fmt.Errorf("publish %s: %w", m.Subject, err)
 		}
 		return reason, nil
 	}
@@ -100,7 +110,9 @@ func closingMark(value []byte) string {
 	return rec.Closing
 }
 
-func isWrongLastSequence(err error) bool {
+// IsWrongLastSequence reports a write conditional on a revision (or last
+// sequence) that lost: the key or subject changed since.
+func IsWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
