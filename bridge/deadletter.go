@@ -16,10 +16,11 @@ import (
 func (b *Bridge) reject(d *delivery, kind subjects.Kind, token string, class Class, cause error, attempts int) {
 	d.remaining.Store(1)
 	reason := Decide(Outcome{Class: class, Err: cause}, attempts, b.policy, 0).Reason
-	err := b.deadLetter(d, kind, token, reason, Outcome{Err: cause}, attempts)
+	o := Outcome{Err: cause}
+	err := b.deadLetter(d, kind, token, reason, o, attempts, false)
 	if err != nil && !transientPublishErr(err) {
 		// Refused, not unavailable: the metadata alone, or the log line.
-		if err = b.deadLetterAs(d, kind, token, reason, Outcome{Err: cause}, attempts, true); err != nil && !transientPublishErr(err) {
+		if err = b.deadLetter(d, kind, token, reason, o, attempts, true); err != nil && !transientPublishErr(err) {
 			b.log.Error("dead letter refused; lost", "seq", d.seq, "kind", kind, "reason", reason,
 				"subject", clipString(d.msg.Subject(), 256), "cause", cause, "err", err)
 			err = nil
@@ -51,7 +52,7 @@ type pendingDL struct {
 // to JetStream as usual.
 func (b *Bridge) finish(it *item) (attemptResult, time.Duration) {
 	p := it.dl
-	if err := b.deadLetterAs(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts, p.minimal); err != nil {
+	if err := b.deadLetter(it.d, it.d.kind, it.token, p.reason, p.o, p.attempts, p.minimal); err != nil {
 		p.tries++
 		if !transientPublishErr(err) {
 			// Retrying gives the same answer. Keep the metadata only
@@ -90,14 +91,11 @@ func (b *Bridge) dlDone(it *item, p *pendingDL) (attemptResult, time.Duration) {
 // stream with why it failed, and waits for the stream's ack. The original
 // Nats-Msg-Id is replaced: a fan-out's dead letters share it and would be
 // de-duplicated into one; the new id de-duplicates redeliveries instead.
-func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int) error {
-	return b.deadLetterAs(d, kind, token, reason, o, attempts, false)
-}
-
-// deadLetterAs is deadLetter; minimal keeps only the Ws-* metadata and
-// connection id, without the original body and headers.
-func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int, minimal bool) error {
-	if _, err := subjects.ConnID(token); token != "" && err != nil {
+// minimal keeps only the Ws-* metadata and connection id, without the
+// original body and headers.
+func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason string, o Outcome, attempts int, minimal bool) error {
+	id, err := subjects.ConnID(token)
+	if err != nil {
 		token = "" // never a subject from a bad token: P.dlq.<kind>
 	}
 	h := nats.Header{}
@@ -112,9 +110,7 @@ func (b *Bridge) deadLetterAs(d *delivery, kind subjects.Kind, token, reason str
 	h.Set(subjects.HeaderReason, reason)
 	h.Set(subjects.HeaderMsgID, "dlq-"+strconv.FormatUint(d.seq, 10)+"-"+token)
 	if token != "" {
-		if id, err := subjects.ConnID(token); err == nil {
-			h.Set(subjects.HeaderConnID, id)
-		}
+		h.Set(subjects.HeaderConnID, id)
 	}
 	subj := b.names.DeadLetter(kind, token)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
