@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/wsbridge/wsbridge/subjects"
 )
@@ -30,9 +29,7 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 }
 
 // envName maps a flag name to its environment variable: nats-url -> WSBRIDGE_NATS_URL.
-func envName(flagName string) string {
-	return subjects.EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+func envName(flagName string) string { return subjects.EnvName(flagName) }
 
 // parseFlags parses args; then every flag not given on the command line takes
 // its environment variable, when set. Command-line flags win over the

@@ -1,10 +1,9 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"net"
-	"syscall"
+
+	"github.com/wsbridge/wsbridge/gateway"
 )
 
 // listenAddr is a listen address and the flag that sets it.
@@ -22,11 +21,7 @@ func checkListen(addrs ...listenAddr) error {
 		}
 		ln, err := net.Listen("tcp", a.addr)
 		if err != nil {
-			why := "cannot listen"
-			if errors.Is(err, syscall.EADDRINUSE) {
-				why = "address already in use (is another wsbridge running?)"
-			}
-			return fmt.Errorf("%s %s: %s; choose another with --%s or %s (%v)", a.flag, a.addr, why, a.flag, envName(a.flag), err)
+			return gateway.ListenError(a.flag, a.addr, err)
 		}
 		ln.Close()
 	}

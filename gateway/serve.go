@@ -33,6 +33,17 @@ func (l *Listeners) Close() {
 	}
 }
 
+// ListenError says why addr, set by the flag (a name without dashes),
+// could not be listened on, and which flag and environment variable choose
+// another: every command that listens reports it alike.
+func ListenError(flag, addr string, err error) error {
+	why := "cannot listen"
+	if errors.Is(err, syscall.EADDRINUSE) {
+		why = "address already in use (is another wsbridge running?)"
+	}
+	return fmt.Errorf("--%s %s: %s; choose another with --%s or %s (%w)", flag, addr, why, flag, subjects.EnvName(flag), err)
+}
+
 // Listen binds Addr, PushAddr and HTTPAddr (those set) before anything else
 // starts, so an address in use fails at once, naming the address and its
 // flag. On error nothing stays bound.
@@ -43,19 +54,14 @@ func Listen(ctx context.Context, o Options) (*Listeners, error) {
 	for _, a := range []struct {
 		flag, addr string
 		dst        *net.Listener
-	}{{"--addr", o.Addr, &ls.WS}, {"--push-addr", o.PushAddr, &ls.Push}, {"--http-addr", o.HTTPAddr, &ls.HTTP}} {
+	}{{"addr", o.Addr, &ls.WS}, {"push-addr", o.PushAddr, &ls.Push}, {"http-addr", o.HTTPAddr, &ls.HTTP}} {
 		if a.addr == "" {
 			continue
 		}
 		ln, err := lc.Listen(ctx, "tcp", a.addr)
 		if err != nil {
 			ls.Close()
-			why := "cannot listen"
-			if errors.Is(err, syscall.EADDRINUSE) {
-				why = "address already in use (is another wsbridge running?)"
-			}
-			env := subjects.EnvPrefix + strings.ToUpper(strings.ReplaceAll(strings.TrimPrefix(a.flag, "--"), "-", "_"))
-			return nil, fmt.Errorf("gateway: %s %s: %s; choose another with %s or %s (%w)", a.flag, a.addr, why, a.flag, env, err)
+			return nil, fmt.Errorf("gateway: %w", ListenError(a.flag, a.addr, err))
 		}
 		*a.dst = ln
 	}

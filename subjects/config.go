@@ -15,6 +15,12 @@ import (
 // WSBRIDGE_NATS_URL, and the functions read the same variables.
 const EnvPrefix = "WSBRIDGE_"
 
+// EnvName is the environment variable of a flag name: nats-url ->
+// WSBRIDGE_NATS_URL.
+func EnvName(flagName string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
 // Env returns the value of configuration name (NATS_URL, PREFIX, …) from
 // getenv, reading EnvPrefix+name. A nil getenv means os.Getenv.
 func Env(getenv func(string) string, name string) string {
