@@ -102,23 +102,13 @@ func StartFunctions(ctx context.Context, o FunctionsOptions) (_ *Functions, err 
 // environment: the variables of SPEC §4.
 func functionEnv(o functions.Options) []string {
 	p := subjects.EnvPrefix
-	env := []string{
-		p + "NATS_URL=" + o.NATS.URL,
-		p + "PREFIX=" + o.Prefix,
-		p + "AUTH=" + string(o.Auth),
-		p + "AUTH_TIMEOUT=" + o.AuthTimeout.String(),
-	}
-	for name, v := range map[string]string{
-		"NATS_CREDS": o.NATS.Creds, "NATS_NKEY": o.NATS.NKey, "NATS_TOKEN": o.NATS.Token,
-		"NATS_USER": o.NATS.User, "NATS_PASSWORD": o.NATS.Password, "NATS_TLS_CA": o.NATS.TLSCA,
-		"NATS_TLS_CERT": o.NATS.TLSCert, "NATS_TLS_KEY": o.NATS.TLSKey,
-	} {
-		if v != "" {
-			env = append(env, p+name+"="+v)
-		}
-	}
+	env := append(o.NATS.Environ(),
+		p+functions.EnvPrefix+"="+o.Prefix,
+		p+functions.EnvAuth+"="+string(o.Auth),
+		p+functions.EnvAuthTimeout+"="+o.AuthTimeout.String(),
+	)
 	if o.MaxMessageSize > 0 {
-		env = append(env, fmt.Sprintf("%sMAX_MESSAGE_SIZE=%d", p, o.MaxMessageSize))
+		env = append(env, fmt.Sprintf("%s%s=%d", p, functions.EnvMaxMessageSize, o.MaxMessageSize))
 	}
 	return env
 }

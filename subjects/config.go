@@ -60,6 +60,23 @@ func ConnOptionsFromEnv(getenv func(string) string) ConnOptions {
 	}
 }
 
+// Environ is o as the environment ConnOptionsFromEnv reads (NAME=value,
+// each name with EnvPrefix): the URL always, the others when set. Name is
+// not configuration and is left out.
+func (o ConnOptions) Environ() []string {
+	env := []string{EnvPrefix + "NATS_URL=" + o.URL}
+	for _, v := range []struct{ name, value string }{
+		{"NATS_CREDS", o.Creds}, {"NATS_NKEY", o.NKey}, {"NATS_TOKEN", o.Token},
+		{"NATS_USER", o.User}, {"NATS_PASSWORD", o.Password}, {"NATS_TLS_CA", o.TLSCA},
+		{"NATS_TLS_CERT", o.TLSCert}, {"NATS_TLS_KEY", o.TLSKey},
+	} {
+		if v.value != "" {
+			env = append(env, EnvPrefix+v.name+"="+v.value)
+		}
+	}
+	return env
+}
+
 // Validate reports settings that cannot work together.
 func (o ConnOptions) Validate() error {
 	var errs []error

@@ -124,3 +124,20 @@ func TestConnectErrorHidesPassword(t *testing.T) {
 		}
 	}
 }
+
+// TestConnOptionsEnviron: what Environ writes, ConnOptionsFromEnv reads back.
+func TestConnOptionsEnviron(t *testing.T) {
+	want := subjects.ConnOptions{URL: "nats://a:4222,nats://b:4222", Creds: "/c", NKey: "/n", Token: "t", User: "u",
+		Password: "p", TLSCA: "/ca", TLSCert: "/cert", TLSKey: "/key"}
+	env := map[string]string{}
+	for _, kv := range want.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	if got := subjects.ConnOptionsFromEnv(func(k string) string { return env[k] }); got != want {
+		t.Errorf("read back %+v, want %+v", got, want)
+	}
+	if got := (subjects.ConnOptions{URL: "nats://x"}).Environ(); len(got) != 1 || got[0] != subjects.EnvPrefix+"NATS_URL=nats://x" {
+		t.Errorf("Environ of a URL alone = %q", got)
+	}
+}
