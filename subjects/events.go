@@ -20,10 +20,11 @@ type ConnectEvent struct {
 	Groups         []string        `json:"groups"`
 	State          json.RawMessage `json:"state,omitempty"`
 	RequestContext json.RawMessage `json:"requestContext,omitempty"`
-	// Closing is set on the registry record, never in the event, by the
-	// bridge just before it pushes a close asked for on P.out.close.T: the
-	// disconnect reason the gateway's cleanup that follows must report
-	// ("closed"). See Names.DisconnectMsg.
+	// Closing is set on the registry record (never in the P.in.connect
+	// event; conn.get and conn.list show it) by the bridge just before it
+	// pushes a close asked for on P.out.close.T: the disconnect reason the
+	// gateway's cleanup that follows must report ("closed"). See
+	// Names.Forget.
 	Closing string `json:"closing,omitempty"`
 }
 
