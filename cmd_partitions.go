@@ -112,12 +112,22 @@ func partitionRows(ctx context.Context, js jetstream.JetStream, n subjects.Names
 			if info := cons.CachedInfo(); info != nil {
 				r.Backlog, r.Held = info.NumPending, info.NumAckPending
 				if r.Backlog+uint64(r.Held) > 0 {
-					// The partition's oldest stored message: acked direct
-					// sends are removed at once, so it is waiting.
-					m, gerr := st.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(n.PartitionFilters(p)[1]))
+					// The partition's oldest stored direct command: acked
+					// ones are removed at once, so it is waiting.
+					m, gerr := st.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(n.PartitionFilter(p)))
 					if gerr == nil {
 						r.LagMS = time.Since(m.Time).Milliseconds()
 					}
+				}
+			}
+		}
+		if err == nil {
+			// The fan-outs this partition has still to push.
+			var fcons jetstream.Consumer
+			if fcons, err = js.Consumer(ctx, n.StreamOut(), n.FanOutConsumer(p)); err == nil {
+				if info := fcons.CachedInfo(); info != nil {
+					r.Backlog += info.NumPending
+					r.Held += info.NumAckPending
 				}
 			}
 		}

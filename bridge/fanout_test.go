@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strconv"
@@ -40,6 +41,31 @@ func TestFanOutKeepsItsPlace(t *testing.T) {
 		}
 		return n == subjects.DefaultPartitions
 	})
+	want := publishInterleaved(e, ids)
+	total := 0
+	for _, w := range want {
+		total += len(w)
+	}
+	waitFor(t, "every push", 60*time.Second, func() bool { return len(mt.all()) >= total })
+	waitFor(t, "stream drained", 30*time.Second, e.streamEmpty)
+	got := map[string][]int{}
+	by := map[string]int{}
+	for _, p := range mt.all() {
+		got[p.conn] = append(got[p.conn], p.n)
+		by[p.bridge]++
+	}
+	for _, id := range ids {
+		if !slices.Equal(got[id], want[id]) {
+			t.Errorf("%s got %v\nwant %v", id, got[id], want[id])
+		}
+	}
+	t.Logf("%d pushes by bridge %v", total, by)
+}
+
+// publishInterleaved publishes 30 rounds of a send to each connection
+// followed by a broadcast (excluding m1), a group command (to "even") or
+// nothing, and returns what each connection must get, in order.
+func publishInterleaved(e *env, ids []string) map[string][]int {
 	want := map[string][]int{}
 	n := 0
 	for round := 0; round < 30; round++ {
@@ -66,22 +92,42 @@ func TestFanOutKeepsItsPlace(t *testing.T) {
 			}
 		}
 	}
+	return want
+}
+
+// The same, from a backlog: everything is stored before the one bridge
+// starts, so its partitions' direct and fan-out consumers deliver in
+// batches and the merge works from its watermarks, not one by one.
+func TestFanOutKeepsItsPlaceInABacklog(t *testing.T) {
+	e := newEnv(t, nil)
+	mt := newMultiTarget(t, 0)
+	var ids []string
+	for c := 0; c < 40; c++ {
+		ids = append(ids, fmt.Sprintf("m%d", c))
+	}
+	e.registerEvents(func(ev *subjects.ConnectEvent) {
+		if n, _ := strconv.Atoi(ev.ConnectionID[1:]); n%2 == 0 {
+			ev.Groups = []string{"even"}
+		}
+	}, ids...)
+	if err := subjects.Provision(context.Background(), e.js, e.names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := publishInterleaved(e, ids)
 	total := 0
 	for _, w := range want {
 		total += len(w)
 	}
+	startBridge(t, Options{PushURL: mt.srv.URL + "/a/api", Concurrency: 16}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)})
 	waitFor(t, "every push", 60*time.Second, func() bool { return len(mt.all()) >= total })
 	waitFor(t, "stream drained", 30*time.Second, e.streamEmpty)
 	got := map[string][]int{}
-	by := map[string]int{}
 	for _, p := range mt.all() {
 		got[p.conn] = append(got[p.conn], p.n)
-		by[p.bridge]++
 	}
 	for _, id := range ids {
 		if !slices.Equal(got[id], want[id]) {
 			t.Errorf("%s got %v\nwant %v", id, got[id], want[id])
 		}
 	}
-	t.Logf("%d pushes by bridge %v", total, by)
 }

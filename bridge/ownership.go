@@ -357,10 +357,21 @@ func (o *owner) start(pt *part, clean bool, prev string) {
 	// Messages still held by the previous owner (-1: unknown).
 	pending := -1
 	ictx, icancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-	if cons, err := b.js.Consumer(ictx, b.names.StreamOut(), b.names.PartitionConsumer(pt.n)); err == nil {
-		if ci, err := cons.Info(ictx); err == nil {
-			pending = ci.NumAckPending
+	for i, name := range []string{b.names.PartitionConsumer(pt.n), b.names.FanOutConsumer(pt.n)} {
+		cons, err := b.js.Consumer(ictx, b.names.StreamOut(), name)
+		if err != nil {
+			pending = -1
+			break
 		}
+		ci, err := cons.Info(ictx)
+		if err != nil {
+			pending = -1
+			break
+		}
+		if i == 0 {
+			pending = 0
+		}
+		pending += ci.NumAckPending
 	}
 	icancel()
 	if !clean && pending != 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,10 +20,13 @@ import (
 // its own lock. Every connection belongs to exactly one partition, so lanes
 // never span two.
 type part struct {
-	b    *Bridge
-	n    int
-	cons jetstream.Consumer
-	cc   jetstream.ConsumeContext
+	b *Bridge
+	n int
+	// cons and fcons are the partition's consumers of direct commands
+	// and of fan-outs; in pulls both.
+	cons  jetstream.Consumer
+	fcons jetstream.Consumer
+	in    *intake
 
 	// fence is the end of the lease as this bridge can vouch for it, in
 	// nanoseconds since b.epoch (monotonic): no push starts after it, and
@@ -72,10 +76,14 @@ func (p *part) deadline() time.Time {
 	return p.b.epoch.Add(time.Duration(p.fence.Load()))
 }
 
-func (p *part) consumer() jetstream.Consumer {
+// consumers returns the partition's consumers (nil before it consumes).
+func (p *part) consumers() []jetstream.Consumer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.cons
+	if p.cons == nil {
+		return nil
+	}
+	return []jetstream.Consumer{p.cons, p.fcons}
 }
 
 func (p *part) heldCount() int {
@@ -84,32 +92,50 @@ func (p *part) heldCount() int {
 	return len(p.held)
 }
 
-// consume starts pulling the partition's messages.
+// consume starts pulling the partition's messages: its two consumers,
+// merged in stream order (intake.go).
 func (p *part) consume(ctx context.Context) error {
 	b := p.b
-	cons, err := b.js.Consumer(ctx, b.names.StreamOut(), b.names.PartitionConsumer(p.n))
-	if err != nil {
-		return fmt.Errorf("consumer %s: %w", b.names.PartitionConsumer(p.n), err)
+	var cons [2]jetstream.Consumer
+	for i, name := range []string{b.names.PartitionConsumer(p.n), b.names.FanOutConsumer(p.n)} {
+		c, err := b.js.Consumer(ctx, b.names.StreamOut(), name)
+		if err != nil {
+			return fmt.Errorf("consumer %s: %w", name, err)
+		}
+		cons[i] = c
 	}
-	cc, err := cons.Consume(p.handle,
+	group, user := b.names.Group(""), b.names.User("")
+	in, err := newIntake(b.nc, b.names.StreamOut(), b.names.PartitionConsumer(p.n), b.names.FanOutConsumer(p.n),
 		// Bounded in bytes, not messages: 1000 messages of 1 MB would be
 		// a gigabyte buffered (see pullBytes); this partition's share of
 		// the held-bytes budget. The count is bounded by MaxAckPending
 		// at the server.
-		jetstream.PullMaxBytes(pullBytes(b.opts.MaxHeldBytes/int64(b.opts.Partitions), b.nc.MaxPayload())),
-		jetstream.PullExpiry(pullExpiry),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		pullBytes(b.opts.MaxHeldBytes/int64(b.opts.Partitions), b.nc.MaxPayload()),
+		p.handle,
+		func(subject string) bool {
+			return strings.HasPrefix(subject, group) || strings.HasPrefix(subject, user)
+		},
+		func(msg string, args ...any) {
 			if p.stopping.Load() || b.stopping.Load() {
 				return
 			}
-			b.log.Log(context.Background(), consumeErrLevel(err), "consume", "partition", p.n, "err", err)
-		}))
+			b.log.Debug(msg, append(args, "partition", p.n)...)
+		})
 	if err != nil {
-		return fmt.Errorf("consume %s: %w", b.names.PartitionConsumer(p.n), err)
+		return fmt.Errorf("pull partition %d: %w", p.n, err)
 	}
 	p.mu.Lock()
-	p.cons, p.cc = cons, cc
+	stopping := p.stopping.Load()
+	if !stopping {
+		p.cons, p.fcons, p.in = cons[0], cons[1], in
+	}
 	p.mu.Unlock()
+	if stopping {
+		// stop ran while the pulls were being set up and found nothing
+		// to stop: these must not go on pulling for a partition given up.
+		in.stop()
+		in.close()
+	}
 	return nil
 }
 
@@ -292,29 +318,21 @@ func (p *part) stop(ctx context.Context, handoff bool) bool {
 		p.dropped.Store(true)
 	}
 	p.stopping.Store(true)
-	cc := p.cc
+	in := p.in
 	p.mu.Unlock()
 	p.quitOnce.Do(func() { close(p.quit) })
-	if cc != nil {
-		if handoff {
-			// Drain: no more pulls; buffered messages reach handle, which
-			// keeps them to NAK in order at the end.
-			cc.Drain()
-		} else {
-			cc.Stop()
+	if in != nil {
+		// No more pulls; what was received reaches handle, which keeps
+		// it to NAK in order at the end. A drop lets go of it all.
+		in.stop()
+		if !handoff {
+			in.close()
 		}
 	}
 	// Workers abandon the lanes they pick up; in-flight pushes finish.
 	drained := p.waitHeld(ctx)
 	if !drained {
 		b.log.Warn("partition stop: in-flight pushes still running", "partition", p.n, "held", p.heldCount())
-	}
-	if cc != nil {
-		select {
-		case <-cc.Closed():
-		case <-time.After(2 * time.Second):
-			cc.Stop()
-		}
 	}
 	if !handoff {
 		p.mu.Lock()
@@ -331,6 +349,15 @@ func (p *part) stop(ctx context.Context, handoff bool) bool {
 		case <-time.After(pullExpiry + 250*time.Millisecond):
 		case <-ctx.Done():
 		}
+	}
+	if in != nil {
+		// Deliveries to the pulls still open (until they expire) come
+		// before the NAKs: those reach giveBack too.
+		deadline := time.Now().Add(pullExpiry + 250*time.Millisecond)
+		for in.pending() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		in.close()
 	}
 	if n := p.giveBackAll(); n > 0 {
 		b.log.Debug("handed messages back to JetStream", "partition", p.n, "count", n)

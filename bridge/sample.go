@@ -42,15 +42,25 @@ func (b *Bridge) sample() {
 			// held is this bridge's share.
 			var pending, ackPending uint64
 			for _, p := range b.ownedParts() {
-				cons := p.consumer()
+				cons := p.consumers()
 				if cons == nil {
 					continue
 				}
 				ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
-				if info, err := cons.Info(ctx); err == nil {
-					pending += info.NumPending
+				var backlog uint64
+				ok := true
+				for _, c := range cons {
+					info, err := c.Info(ctx)
+					if err != nil {
+						ok = false
+						break
+					}
+					backlog += info.NumPending
 					ackPending += uint64(info.NumAckPending)
-					b.pm.Backlog.WithLabelValues(strconv.Itoa(p.n)).Set(float64(info.NumPending))
+				}
+				if ok {
+					pending += backlog
+					b.pm.Backlog.WithLabelValues(strconv.Itoa(p.n)).Set(float64(backlog))
 				}
 				cancel()
 			}

@@ -61,15 +61,29 @@ func (n Names) OutSubjects() []string {
 	return []string{n.join(string(Out), "*"), n.join(string(Out), "*", "*"), n.join(string(Out), "*", "*", "*", ">")}
 }
 
-// PartitionFilters are the filter subjects of partition p's consumer: every
-// command stored in partition p, and every broadcast, group and user command
-// (each partition pushes those to its own connections). Partition 0 also
-// takes the malformed subjects of four or more tokens after P.out, so that
-// nothing the stream stores is left without a consumer.
-func (n Names) PartitionFilters(p int) []string {
+// PartitionFilter is the filter subject of partition p's consumer: every
+// command the stream stored in partition p (P.out.*.<p>.*). One filter
+// subject, so the server finds the partition's messages through its subject
+// index: a consumer with several filter subjects walks the stream message by
+// message for each subject it matches, which made a backlog drain cost
+// grow with the number of connections.
+//
+// The group and user commands stored in partition p match it too; the
+// partition's fan-out consumer is the one that pushes them, the bridge only
+// lets go of this copy.
+func (n Names) PartitionFilter(p int) string {
+	return n.join(string(Out), "*", strconv.Itoa(p), "*")
+}
+
+// FanOutFilters are the filter subjects of partition p's fan-out consumer:
+// every broadcast, group and user command (each partition pushes those to
+// its own connections). Partition 0's also takes the malformed subjects of
+// four or more tokens after P.out, so that nothing the stream stores is left
+// without a consumer. A partition's bridge reads both its consumers and
+// merges them in stream order (bridge/intake.go).
+func (n Names) FanOutFilters(p int) []string {
 	f := []string{
 		n.join(string(Out), "*"),
-		n.join(string(Out), "*", strconv.Itoa(p), "*"),
 		n.join(string(Out), string(KindGroup), "*", "*"),
 		n.join(string(Out), string(KindUser), "*", "*"),
 	}
@@ -78,6 +92,10 @@ func (n Names) PartitionFilters(p int) []string {
 	}
 	return f
 }
+
+// FanOutConsumer is the durable fan-out consumer of outbound partition p
+// (WS_BRIDGE_7_FANOUT).
+func (n Names) FanOutConsumer(p int) string { return n.PartitionConsumer(p) + "_FANOUT" }
 
 // PartitionConsumer is the durable consumer of outbound partition p
 // (WS_BRIDGE_7).

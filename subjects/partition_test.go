@@ -93,42 +93,57 @@ func TestPartitionedStream(t *testing.T) {
 		t.Fatalf("stream holds %d messages, want %d (an uninteresting subject was dropped?)", info.State.Msgs, want)
 	}
 	seen := map[string]int{}
+	copies := 0
 	for p := 0; p < parts; p++ {
-		cons, err := js.Consumer(ctx, n.StreamOut(), n.PartitionConsumer(p))
-		if err != nil {
-			t.Fatal(err)
-		}
-		batch, err := cons.Fetch(100, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
 		fanouts := 0
-		for m := range batch.Messages() {
-			st, err := n.ParseStored(m.Subject())
+		for _, name := range []string{n.PartitionConsumer(p), n.FanOutConsumer(p)} {
+			direct := name == n.PartitionConsumer(p)
+			cons, err := js.Consumer(ctx, n.StreamOut(), name)
 			if err != nil {
-				if p != 0 && m.Subject() != "ws.out.bogus" {
-					t.Errorf("partition %d got malformed %s (only partition 0 takes those)", p, m.Subject())
+				t.Fatal(err)
+			}
+			batch, err := cons.Fetch(100, jetstream.FetchMaxWait(time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for m := range batch.Messages() {
+				_ = m.Ack()
+				st, err := n.ParseStored(m.Subject())
+				if err != nil {
+					if direct || p != 0 && m.Subject() != "ws.out.bogus" {
+						t.Errorf("%s got malformed %s (only partition 0's fan-out consumer takes those)", name, m.Subject())
+					}
+					seen[st.Original]++
+					continue
+				}
+				switch {
+				case st.Kind == subjects.KindSend || st.Kind == subjects.KindClose:
+					if want := subjects.Partition(st.Token, parts); !direct || st.Partition != p || want != p {
+						t.Errorf("%s got %s: stored partition %d, Partition says %d", name, m.Subject(), st.Partition, want)
+					}
+					if st.Kind == subjects.KindSend && string(m.Data()) != st.Token {
+						t.Errorf("%s carries %q", m.Subject(), m.Data())
+					}
+				case direct:
+					// The copy of a group or user command stored in this
+					// partition, which the bridge lets go of.
+					if st.Partition != p || st.Kind == subjects.KindBroadcast {
+						t.Errorf("%s got %s", name, m.Subject())
+					}
+					copies++
+					continue
+				default:
+					fanouts++
 				}
 				seen[st.Original]++
-				continue
 			}
-			switch st.Kind {
-			case subjects.KindSend, subjects.KindClose:
-				if want := subjects.Partition(st.Token, parts); st.Partition != p || want != p {
-					t.Errorf("partition %d got %s: stored partition %d, Partition says %d", p, m.Subject(), st.Partition, want)
-				}
-				if st.Kind == subjects.KindSend && string(m.Data()) != st.Token {
-					t.Errorf("%s carries %q", m.Subject(), m.Data())
-				}
-			default:
-				fanouts++
-			}
-			seen[st.Original]++
-			_ = m.Ack()
 		}
 		if fanouts != 3 {
 			t.Errorf("partition %d saw %d fan-outs, want 3 (broadcast, group, user)", p, fanouts)
 		}
+	}
+	if copies != 2 {
+		t.Errorf("direct consumers saw %d group and user commands, want 2 (each in its own partition)", copies)
 	}
 	for _, tok := range tokens {
 		if seen[n.Send(tok)] != 1 {

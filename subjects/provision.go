@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -144,14 +145,43 @@ func Provision(ctx context.Context, js jetstream.JetStream, n Names, o StreamOpt
 			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 		}
 	}
+	// Two consumers per partition, a round trip each: eight at a time.
+	cfgs := make(chan jetstream.ConsumerConfig)
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for cfg := range cfgs {
+				if _, err := js.CreateOrUpdateConsumer(ctx, n.StreamOut(), cfg); err != nil {
+					errs <- fmt.Errorf("provision consumer %s on %s: %w", cfg.Durable, n.StreamOut(), err)
+					return
+				}
+			}
+		}()
+	}
+	var err error
+feed:
 	for p := 0; p < o.Partitions; p++ {
-		cfg := n.PartitionConsumerConfig(p, o)
-		if _, err := js.CreateOrUpdateConsumer(ctx, n.StreamOut(), cfg); err != nil {
-			return fmt.Errorf("provision consumer %s on %s: %w", cfg.Durable, n.StreamOut(), err)
+		for _, cfg := range []jetstream.ConsumerConfig{n.PartitionConsumerConfig(p, o), n.FanOutConsumerConfig(p, o)} {
+			select {
+			case cfgs <- cfg:
+			case err = <-errs:
+				break feed
+			}
 		}
 	}
+	close(cfgs)
+	wg.Wait()
+	if err == nil && len(errs) > 0 {
+		err = <-errs
+	}
+	if err != nil {
+		return err
+	}
 	cfg := n.BucketConfig(o)
-	_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	_, err = js.CreateOrUpdateKeyValue(ctx, cfg)
 	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
 		// Servers before 2.11 keep no expiry markers: the registry works
 		// the same, but expiries go unannounced.
@@ -165,17 +195,34 @@ func Provision(ctx context.Context, js jetstream.JetStream, n Names, o StreamOpt
 }
 
 // PartitionConsumerConfig is the configuration of partition p's durable
-// consumer on the outbound stream.
+// consumer of direct commands on the outbound stream.
 func (n Names) PartitionConsumerConfig(p int, o StreamOptions) jetstream.ConsumerConfig {
 	o = o.withDefaults()
+	c := partitionConsumerConfig(o)
+	c.Durable = n.PartitionConsumer(p)
+	c.Description = fmt.Sprintf("wsbridge outbound partition %d of %d: sends and closes, worked by one bridge at a time", p, o.Partitions)
+	c.FilterSubject = n.PartitionFilter(p)
+	return c
+}
+
+// FanOutConsumerConfig is the configuration of partition p's durable
+// consumer of fan-outs (broadcast, group, user) on the outbound stream.
+func (n Names) FanOutConsumerConfig(p int, o StreamOptions) jetstream.ConsumerConfig {
+	o = o.withDefaults()
+	c := partitionConsumerConfig(o)
+	c.Durable = n.FanOutConsumer(p)
+	c.Description = fmt.Sprintf("wsbridge outbound partition %d of %d: fan-outs, worked with the partition's sends", p, o.Partitions)
+	c.FilterSubjects = n.FanOutFilters(p)
+	return c
+}
+
+// partitionConsumerConfig is what both consumers of a partition share.
+func partitionConsumerConfig(o StreamOptions) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:        n.PartitionConsumer(p),
-		Description:    fmt.Sprintf("wsbridge outbound partition %d of %d, worked by one bridge at a time", p, o.Partitions),
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        o.AckWait,
-		MaxAckPending:  o.MaxAckPending,
-		FilterSubjects: n.PartitionFilters(p),
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       o.AckWait,
+		MaxAckPending: o.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
 		// Unlimited at the server: the bridge counts deliveries itself and
 		// dead-letters, because a server-side MaxDeliver leaves the message
 		// in the stream with only an advisory as trace.
@@ -219,9 +266,20 @@ func convertOut(ctx context.Context, js jetstream.JetStream, n Names, o StreamOp
 	}
 	old := n.OutPartitions(info.Config)
 	if info.Config.Retention == jetstream.InterestPolicy && old == o.Partitions {
-		return nil
-	}
-	if msgs := info.State.Msgs; msgs > 0 {
+		// The first partitioned layout had one consumer per partition,
+		// with several filter subjects; this one has two.
+		_, err := st.Consumer(ctx, n.FanOutConsumer(0))
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("provision stream %s: %w", n.StreamOut(), err)
+		}
+		if msgs := info.State.Msgs; msgs > 0 {
+			return fmt.Errorf("%w: %s holds %d messages for the single partition consumers of the previous release; let its bridges drain it (until `nats stream info %s` shows 0 messages, with publishers paused), then start this one, which converts the empty stream",
+				ErrOldLayout, n.StreamOut(), msgs, n.StreamOut())
+		}
+	} else if msgs := info.State.Msgs; msgs > 0 {
 		if old == 0 {
 			return fmt.Errorf("%w: %s holds %d messages for consumer %s; let a bridge of the previous version drain it (until `nats stream info %s` shows 0 messages, with publishers paused), then start this one, which converts the empty stream",
 				ErrOldLayout, n.StreamOut(), msgs, n.Consumer(), n.StreamOut())

@@ -1,0 +1,125 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// intakeRun reads partition 0 of a 4-partition stream through an intake and
+// records the stream sequences it hands on, acknowledging each.
+type intakeRun struct {
+	mu   sync.Mutex
+	seqs []uint64
+	subj map[uint64]string
+}
+
+func (r *intakeRun) deliver(m jetstream.Msg) {
+	r.mu.Lock()
+	r.seqs = append(r.seqs, streamSeq(m))
+	r.subj[streamSeq(m)] = m.Subject()
+	r.mu.Unlock()
+	_ = m.Ack()
+}
+
+func (r *intakeRun) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seqs)
+}
+
+// TestIntakeMergesInStreamOrder publishes direct sends, broadcasts, group
+// and user commands at random, first as a backlog and then while the
+// intake runs, in bursts: the intake of partition 0 hands on exactly the
+// sends stored in partition 0 and every fan-out, each once, in strictly
+// increasing stream order, and lets go of the group and user copies stored
+// in partition 0.
+func TestIntakeMergesInStreamOrder(t *testing.T) {
+	e := newEnv(t, nil)
+	const parts = 4
+	ctx := context.Background()
+	if err := e.js.DeleteStream(ctx, e.names.StreamOut()); err != nil {
+		t.Fatal(err)
+	}
+	if err := subjects.Provision(ctx, e.js, e.names, subjects.StreamOptions{Partitions: parts}); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := 0
+	publish := func(n int) {
+		for i := 0; i < n; i++ {
+			var subj string
+			switch k := rng.IntN(20); {
+			case k == 0:
+				subj = e.names.Broadcast()
+			case k == 1:
+				subj = e.names.Group(fmt.Sprintf("g%d", rng.IntN(8)))
+			case k == 2:
+				subj = e.names.User(fmt.Sprintf("u%d", rng.IntN(8)))
+			default:
+				tok := subjects.Token(fmt.Sprintf("c%d", rng.IntN(200)))
+				subj = e.names.Send(tok)
+				if subjects.Partition(tok, parts) != 0 {
+					e.publish(subj, []byte("x"))
+					continue
+				}
+			}
+			want++
+			e.publish(subj, []byte("x"))
+		}
+	}
+	publish(3000)
+
+	run := &intakeRun{subj: map[uint64]string{}}
+	var letGo sync.Map
+	group, user := e.names.Group(""), e.names.User("")
+	in, err := newIntake(e.nc, e.names.StreamOut(), e.names.PartitionConsumer(0), e.names.FanOutConsumer(0), 1<<20, run.deliver,
+		func(s string) bool {
+			if strings.HasPrefix(s, group) || strings.HasPrefix(s, user) {
+				letGo.Store(s, true)
+				return true
+			}
+			return false
+		}, func(string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.stop(); in.close() })
+	waitFor(t, "the backlog handed on", 30*time.Second, func() bool { return run.count() >= want })
+	for burst := 0; burst < 40; burst++ {
+		publish(rng.IntN(100))
+		time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
+	}
+	waitFor(t, "every message handed on", 30*time.Second, func() bool { return run.count() >= want })
+	time.Sleep(200 * time.Millisecond) // anything more would be a duplicate
+
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	if len(run.seqs) != want {
+		t.Errorf("handed on %d messages, want %d", len(run.seqs), want)
+	}
+	for i := 1; i < len(run.seqs); i++ {
+		if run.seqs[i] <= run.seqs[i-1] {
+			t.Fatalf("hand-on %d: sequence %d (%s) after %d (%s)", i, run.seqs[i], run.subj[run.seqs[i]], run.seqs[i-1], run.subj[run.seqs[i-1]])
+		}
+	}
+	for _, s := range run.subj {
+		if st, err := e.names.ParseStored(s); err == nil && (st.Kind == subjects.KindSend) && st.Partition != 0 {
+			t.Errorf("handed on %s, stored in partition %d", s, st.Partition)
+		}
+	}
+	copies := 0
+	letGo.Range(func(any, any) bool { copies++; return true })
+	if copies == 0 {
+		t.Errorf("no group or user copy stored in partition 0 was let go of")
+	}
+	t.Logf("%d messages handed on in stream order, %d distinct group/user subjects let go of", len(run.seqs), copies)
+}
