@@ -341,20 +341,29 @@ func (in *intake) sendLocked(src int, noWait bool) {
 	}
 }
 
-// tick forgets pulls that got no answer in time and opens those a pause
-// held back.
+// tick forgets pulls that got no answer in time, or were sent before a
+// reconnect, and opens those a pause held back.
 func (in *intake) tick() {
 	defer close(in.done)
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	reconnects := in.nc.Stats().Reconnects
 	for {
 		select {
 		case <-in.quit:
 			return
 		case now := <-t.C:
+			reconnected := false
+			if r := in.nc.Stats().Reconnects; r != reconnects {
+				reconnects, reconnected = r, true
+			}
 			in.mu.Lock()
 			for id, r := range in.reqs {
 				switch {
+				case reconnected:
+					// The server forgot the pulls of the old connection.
+					in.src[r.src].more = true
+					in.doneLocked(id, r)
 				case now.After(r.deadline):
 					in.logf("pull unanswered; asking again", "consumer", in.src[r.src].consumer)
 					in.src[r.src].more = true
