@@ -207,17 +207,28 @@ func (o *owner) round() {
 			b.log.Info("partitions", "owned", after, "of", o.count)
 		}
 	}()
+	// Takes are a round trip each: eight at a time (a bridge starting
+	// alone takes every partition).
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
 	for p := 0; p < o.count; p++ {
 		o.mu.Lock()
 		l := o.owned[p]
 		o.mu.Unlock()
 		switch {
 		case desired[p] && l == nil:
-			o.take(ctx, p)
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				o.take(ctx, p)
+				<-sem
+			}()
 		case !desired[p] && l != nil && !l.leaving:
 			o.give(p, l, true, "rebalance")
 		}
 	}
+	wg.Wait()
 }
 
 // renew rewrites every held lease. One that another bridge took is dropped
