@@ -60,8 +60,11 @@ type Bridge struct {
 	// Partitioned work (see ownership.go, partition.go): this instance's
 	// id in the leases, the base of monotonic fence times, the lease
 	// keeper and the partitions held.
-	id      string
-	epoch   time.Time
+	id    string
+	epoch time.Time
+	// outLast is the outbound stream's last sequence as last read
+	// (readOutLast), for the partitions' probes.
+	outLast atomic.Uint64
 	own     *owner
 	acks    *acker
 	pm      *metrics.Partitions
@@ -280,10 +283,11 @@ func (b *Bridge) Start(ctx context.Context) error {
 		b.wg.Add(1)
 		go b.worker()
 	}
-	b.wg.Add(3)
+	b.wg.Add(4)
 	go b.keepAlive()
 	go b.sample()
 	go b.refresher()
+	go b.readOutLast()
 	first := make(chan struct{})
 	b.wg.Add(1)
 	go b.own.run(first)

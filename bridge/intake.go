@@ -27,26 +27,31 @@ import (
 // Merging two consumers needs to know, before handing on message s of one,
 // that no message of the other with a smaller sequence is still to come. A
 // watermark per consumer says up to where everything it has is received:
-//   - a first delivery of sequence s: a consumer delivers new messages in
-//     stream order, after the redeliveries it has, so everything before s
-//     came before it (redeliveries move no watermark);
-//   - a no-wait pull answered "404 No Messages" that was sent when the
-//     highest sequence received was m: the server answers so only when the
-//     consumer has nothing left to deliver, and every message up to m was
-//     stored before the pull was sent. Its answers come on one subscription,
-//     in the order the consumer sent them, so whatever it delivered before
-//     the 404 is already here.
+//   - a first delivery of sequence s: a consumer reads the stream in order
+//     and delivers its redeliveries first, so everything of it before s came
+//     before (redeliveries move no watermark);
+//   - a probe: a message lookup (STREAM.MSG.GET, next_by_subj) per filter
+//     subject of the consumer, from just past its watermark, sent when every
+//     message up to m was stored: m is the highest sequence received, or the
+//     stream's last sequence as the bridge last read it, if higher. The
+//     lookups read the store itself: if they find nothing, or only something
+//     after m, the watermark moves to m; if they find x, to x-1, and x is
+//     delivered in time. In a drain the stream's last sequence lets one
+//     probe cover the whole backlog.
+//
+// The pull's own "404 No Messages" is no such proof: the server answers it
+// from a count of pending messages that it updates after storing, on another
+// goroutine, so a message stored just before can be missing from it.
 //
 // A message goes on once both watermarks reach it. Each consumer has at most
-// one no-wait pull and one long poll (batch 1, to wake up when idle) open;
-// a message arriving while the other consumer's watermark is behind sends
-// that consumer a no-wait pull. In a drain the watermarks move with the
-// deliveries; when messages come one by one, each waits for one round trip
-// to the other consumer.
+// one no-wait pull and one long poll (batch 1, to wake up when idle) open, and
+// at most one probe; a message held back by the other consumer's watermark
+// sends that consumer a probe. In a drain the deliveries move the watermarks
+// along; when messages come one by one, each waits for one round trip.
 //
 // The pulls are the JetStream pull protocol written out, not the client's
-// Consume: the watermark needs the 404 of one pull to follow, on the same
-// subscription, everything the consumer sent before it.
+// Consume: the answers to the pulls and the probes all come on one
+// subscription, handled on one goroutine, in the order they came.
 
 const (
 	srcDirect = iota
@@ -69,25 +74,39 @@ type pullReq struct {
 	noWait   bool
 	batch    int
 	got      int
-	mark     uint64 // highest sequence received when it was sent
 	deadline time.Time
 	active   time.Time // last delivery
 }
 
 type pullSource struct {
 	consumer string
-	subject  string // $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>
-	nowait   string // id of the open no-wait pull, "" if none
-	long     string // id of the open long poll, "" if none
-	more     bool   // the consumer may have more: pull again
-	clear    uint64 // every message up to clear has been received
+	filters  []string // the consumer's filter subjects, for probes
+	probe    *probe   // the open probe, nil if none
+	subject  string   // $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>
+	nowait   string   // id of the open no-wait pull, "" if none
+	long     string   // id of the open long poll, "" if none
+	more     bool     // the consumer may have more: pull again
+	clear    uint64   // every message up to clear has been received
 	notAfter time.Time
 	open     []string        // ids of the open pulls, oldest first
 	queue    []jetstream.Msg // received, not handed on, in stream order
 }
 
+// probe is one round of lookups for a consumer's watermark (one per filter
+// subject).
+type probe struct {
+	src      int
+	mark     uint64 // every message up to it was stored before the lookups
+	waiting  int
+	found    uint64 // lowest sequence found past the watermark
+	failed   bool
+	deadline time.Time
+}
+
 type intake struct {
 	nc       *nats.Conn
+	msgGet   string // $JS.API.STREAM.MSG.GET.<stream>
+	lastSeq  func() uint64
 	maxBytes int
 	deliver  func(jetstream.Msg)
 	// letGo says whether a direct message is a copy of a fan-out (a group
@@ -102,6 +121,7 @@ type intake struct {
 	mu      sync.Mutex
 	src     [2]pullSource
 	reqs    map[string]*pullReq
+	probes  map[string]*probe
 	next    uint64
 	maxRecv uint64
 	stopped bool
@@ -112,20 +132,33 @@ type intake struct {
 	done chan struct{}
 }
 
-func newIntake(nc *nats.Conn, stream, direct, fanout string, maxBytes int, deliver func(jetstream.Msg), letGo func(string) bool, logf func(string, ...any)) (*intake, error) {
+// intakeSource is one consumer of a partition, as the intake reads it.
+type intakeSource struct {
+	Consumer string
+	Filters  []string
+	// Delivered is the consumer's stream position when the intake starts
+	// (ConsumerInfo.Delivered.Stream): everything up to it was delivered
+	// before, and what is still held comes back as redeliveries.
+	Delivered uint64
+}
+
+func newIntake(nc *nats.Conn, stream string, direct, fanout intakeSource, lastSeq func() uint64, maxBytes int, deliver func(jetstream.Msg), letGo func(string) bool, logf func(string, ...any)) (*intake, error) {
 	in := &intake{
 		nc: nc, maxBytes: maxBytes, deliver: deliver, letGo: letGo, logf: logf,
-		inbox: nc.NewInbox(), reqs: map[string]*pullReq{},
+		msgGet: "$JS.API.STREAM.MSG.GET." + stream, lastSeq: lastSeq,
+		inbox: nc.NewInbox(), reqs: map[string]*pullReq{}, probes: map[string]*probe{},
 		quit: make(chan struct{}), done: make(chan struct{}),
 	}
-	in.src[srcDirect] = pullSource{consumer: direct, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + direct, more: true}
-	in.src[srcFanOut] = pullSource{consumer: fanout, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + fanout, more: true}
+	for i, src := range []intakeSource{direct, fanout} {
+		in.src[i] = pullSource{consumer: src.Consumer, filters: src.Filters, clear: src.Delivered, more: true,
+			subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + src.Consumer}
+	}
 	sub, err := nc.Subscribe(in.inbox+".*", in.receive)
 	if err != nil {
 		return nil, err
 	}
-	// Never drop: a dropped delivery behind a 404 would move a watermark
-	// past a message not received.
+	// Never drop: a dropped delivery would leave a message received by no
+	// one until its ack wait runs out, behind newer ones.
 	_ = sub.SetPendingLimits(-1, -1)
 	in.sub = sub
 	in.mu.Lock()
@@ -138,13 +171,15 @@ func newIntake(nc *nats.Conn, stream, direct, fanout string, maxBytes int, deliv
 // receive handles every answer to the pulls, in the order they came.
 func (in *intake) receive(m *nats.Msg) {
 	in.mu.Lock()
-	if status := m.Header.Get("Status"); status != "" && len(m.Data) == 0 {
-		// Statuses come on the pull's own subject; deliveries keep the
-		// subject they were stored under.
-		if id, ok := strings.CutPrefix(m.Subject, in.inbox+"."); ok {
-			in.statusLocked(id, in.reqs[id], status, m.Header.Get("Description"))
-		}
-	} else {
+	// Statuses and probe answers come on the request's own subject;
+	// deliveries keep the subject they were stored under.
+	id, own := strings.CutPrefix(m.Subject, in.inbox+".")
+	switch {
+	case own && in.probes[id] != nil:
+		in.probedLocked(id, m.Data)
+	case own && m.Header.Get("Status") != "" && len(m.Data) == 0:
+		in.statusLocked(id, in.reqs[id], m.Header.Get("Status"), m.Header.Get("Description"))
+	case !own:
 		in.messageLocked(m)
 	}
 	out := in.releaseLocked()
@@ -189,8 +224,7 @@ func (in *intake) statusLocked(id string, r *pullReq, status, desc string) {
 	switch status {
 	case "100": // idle heartbeat
 		return
-	case "404": // no-wait: the consumer has nothing left to deliver
-		s.clear = max(s.clear, r.mark)
+	case "404": // no-wait: nothing more to deliver for now
 		s.more = false
 	case "408":
 		if r.noWait {
@@ -295,17 +329,96 @@ func (in *intake) pullLocked() {
 	now := time.Now()
 	for i := range in.src {
 		s, o := &in.src[i], &in.src[1-i]
+		if len(o.queue) > 0 && streamSeq(o.queue[0]) > s.clear && s.probe == nil && !now.Before(s.notAfter) {
+			in.probeLocked(i)
+		}
 		if s.nowait != "" || now.Before(s.notAfter) {
 			continue
 		}
-		blocking := len(o.queue) > 0 && streamSeq(o.queue[0]) > s.clear
-		if s.more || blocking {
+		if s.more {
 			in.sendLocked(i, true)
 			continue
 		}
 		if s.long == "" {
 			in.sendLocked(i, false)
 		}
+	}
+}
+
+type msgGetRequest struct {
+	Seq        uint64 `json:"seq"`
+	NextBySubj string `json:"next_by_subj"`
+}
+
+// probeLocked looks the stream up for a message of source src past its
+// watermark, one lookup per filter subject. Every message up to the mark
+// was stored before the lookups: the highest sequence received, or the
+// stream's last sequence as last read (lastSeq), if higher.
+func (in *intake) probeLocked(src int) {
+	s := &in.src[src]
+	pr := &probe{src: src, mark: max(in.maxRecv, in.lastSeq()), found: ^uint64(0), deadline: time.Now().Add(pullTimeout)}
+	if pr.mark <= s.clear {
+		return // nothing stored past the watermark that could be held back
+	}
+	for _, f := range s.filters {
+		in.next++
+		id := "g" + strconv.FormatUint(in.next, 36)
+		body, _ := json.Marshal(msgGetRequest{Seq: s.clear + 1, NextBySubj: f})
+		if err := in.nc.PublishRequest(in.msgGet, in.inbox+"."+id, body); err != nil {
+			pr.failed = true
+			break
+		}
+		in.probes[id] = pr
+		pr.waiting++
+	}
+	if pr.waiting > 0 {
+		s.probe = pr
+	}
+	if pr.failed {
+		s.notAfter = time.Now().Add(250 * time.Millisecond)
+	}
+}
+
+type msgGetResponse struct {
+	Message *struct {
+		Sequence uint64 `json:"seq"`
+	} `json:"message"`
+	Error *struct {
+		Code        int    `json:"code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+// probedLocked takes one answer of a probe; with the last, it moves the
+// watermark.
+func (in *intake) probedLocked(id string, data []byte) {
+	pr := in.probes[id]
+	delete(in.probes, id)
+	s := &in.src[pr.src]
+	var r msgGetResponse
+	switch err := json.Unmarshal(data, &r); {
+	case err != nil:
+		pr.failed = true
+	case r.Message != nil:
+		pr.found = min(pr.found, r.Message.Sequence)
+	case r.Error != nil && r.Error.Code == 404: // nothing past the watermark
+	default:
+		pr.failed = true
+		if r.Error != nil {
+			in.logf("probe refused", "consumer", in.src[pr.src].consumer, "code", r.Error.Code, "description", r.Error.Description)
+		}
+	}
+	pr.waiting--
+	if pr.waiting > 0 || s.probe != pr {
+		return
+	}
+	s.probe = nil
+	if pr.failed {
+		s.notAfter = time.Now().Add(250 * time.Millisecond)
+		return
+	}
+	if pr.found > 0 {
+		s.clear = max(s.clear, min(pr.mark, pr.found-1))
 	}
 }
 
@@ -331,7 +444,7 @@ func (in *intake) sendLocked(src int, noWait bool) {
 		s.notAfter = time.Now().Add(250 * time.Millisecond)
 		return
 	}
-	in.reqs[id] = &pullReq{src: src, noWait: noWait, batch: req.Batch, mark: in.maxRecv, deadline: deadline}
+	in.reqs[id] = &pullReq{src: src, noWait: noWait, batch: req.Batch, deadline: deadline}
 	s.open = append(s.open, id)
 	if noWait {
 		s.nowait = id
@@ -373,6 +486,16 @@ func (in *intake) tick() {
 					// without a status: it delivered, then went quiet.
 					in.src[r.src].more = true
 					in.doneLocked(id, r)
+				}
+			}
+			for i := range in.src {
+				if pr := in.src[i].probe; pr != nil && (reconnected || now.After(pr.deadline)) {
+					in.src[i].probe = nil // its late answers are ignored
+				}
+			}
+			for id, pr := range in.probes {
+				if in.src[pr.src].probe != pr {
+					delete(in.probes, id)
 				}
 			}
 			in.pullLocked()
@@ -464,4 +587,36 @@ func (p *pulled) DoubleAck(ctx context.Context) error {
 	}
 	_, err := p.nc.RequestWithContext(ctx, p.m.Reply, []byte("+ACK"))
 	return err
+}
+
+// outLastEvery is how often the bridge reads the outbound stream's last
+// sequence for the partitions' probes.
+const outLastEvery = 100 * time.Millisecond
+
+// readOutLast keeps b.outLast, the outbound stream's last sequence, fresh:
+// a probe sent after reading it knows every message up to it was stored.
+func (b *Bridge) readOutLast() {
+	defer b.wg.Done()
+	subject := "$JS.API.STREAM.INFO." + b.names.StreamOut()
+	t := time.NewTicker(outLastEvery)
+	defer t.Stop()
+	for {
+		if b.ownedCount() > 0 {
+			if m, err := b.nc.Request(subject, nil, time.Second); err == nil {
+				var r struct {
+					State *struct {
+						LastSeq uint64 `json:"last_seq"`
+					} `json:"state"`
+				}
+				if json.Unmarshal(m.Data, &r) == nil && r.State != nil {
+					b.outLast.Store(max(b.outLast.Load(), r.State.LastSeq))
+				}
+			}
+		}
+		select {
+		case <-b.quit:
+			return
+		case <-t.C:
+		}
+	}
 }

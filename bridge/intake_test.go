@@ -81,7 +81,10 @@ func TestIntakeMergesInStreamOrder(t *testing.T) {
 	run := &intakeRun{subj: map[uint64]string{}}
 	var letGo sync.Map
 	group, user := e.names.Group(""), e.names.User("")
-	in, err := newIntake(e.nc, e.names.StreamOut(), e.names.PartitionConsumer(0), e.names.FanOutConsumer(0), 1<<20, run.deliver,
+	in, err := newIntake(e.nc, e.names.StreamOut(),
+		intakeSource{Consumer: e.names.PartitionConsumer(0), Filters: []string{e.names.PartitionFilter(0)}},
+		intakeSource{Consumer: e.names.FanOutConsumer(0), Filters: e.names.FanOutFilters(0)},
+		func() uint64 { return 0 }, 1<<20, run.deliver,
 		func(s string) bool {
 			if strings.HasPrefix(s, group) || strings.HasPrefix(s, user) {
 				letGo.Store(s, true)

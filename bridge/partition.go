@@ -97,15 +97,23 @@ func (p *part) heldCount() int {
 func (p *part) consume(ctx context.Context) error {
 	b := p.b
 	var cons [2]jetstream.Consumer
-	for i, name := range []string{b.names.PartitionConsumer(p.n), b.names.FanOutConsumer(p.n)} {
-		c, err := b.js.Consumer(ctx, b.names.StreamOut(), name)
+	srcs := [2]intakeSource{
+		{Consumer: b.names.PartitionConsumer(p.n), Filters: []string{b.names.PartitionFilter(p.n)}},
+		{Consumer: b.names.FanOutConsumer(p.n), Filters: b.names.FanOutFilters(p.n)},
+	}
+	for i := range srcs {
+		// js.Consumer fetches the consumer's info: where it stands.
+		c, err := b.js.Consumer(ctx, b.names.StreamOut(), srcs[i].Consumer)
 		if err != nil {
-			return fmt.Errorf("consumer %s: %w", name, err)
+			return fmt.Errorf("consumer %s: %w", srcs[i].Consumer, err)
+		}
+		if info := c.CachedInfo(); info != nil {
+			srcs[i].Delivered = info.Delivered.Stream
 		}
 		cons[i] = c
 	}
 	group, user := b.names.Group(""), b.names.User("")
-	in, err := newIntake(b.nc, b.names.StreamOut(), b.names.PartitionConsumer(p.n), b.names.FanOutConsumer(p.n),
+	in, err := newIntake(b.nc, b.names.StreamOut(), srcs[0], srcs[1], b.outLast.Load,
 		// Bounded in bytes, not messages: 1000 messages of 1 MB would be
 		// a gigabyte buffered (see pullBytes); this partition's share of
 		// the held-bytes budget. The count is bounded by MaxAckPending
