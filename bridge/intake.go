@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -87,9 +88,16 @@ type pullSource struct {
 	long     string   // id of the open long poll, "" if none
 	more     bool     // the consumer may have more: pull again
 	clear    uint64   // every message up to clear has been received
-	notAfter time.Time
-	open     []string        // ids of the open pulls, oldest first
-	queue    []jetstream.Msg // received, not handed on, in stream order
+	// collect is the number of redeliveries still expected of what a
+	// previous owner held; until they came (or collectUntil passed) the
+	// watermark stays at the ack floor. delivered is where the consumer
+	// stood when the intake started, the watermark once they came.
+	collect      int
+	delivered    uint64
+	collectUntil time.Time
+	notAfter     time.Time
+	open         []string        // ids of the open pulls, oldest first
+	queue        []jetstream.Msg // received, not handed on, in stream order
 }
 
 // probe is one round of lookups for a consumer's watermark (one per filter
@@ -113,7 +121,7 @@ type intake struct {
 	// or user command stored in this partition), which only the fan-out
 	// consumer pushes.
 	letGo func(subject string) bool
-	logf  func(msg string, args ...any)
+	log   func(level slog.Level, msg string, args ...any)
 
 	inbox string
 	sub   *nats.Subscription
@@ -125,7 +133,7 @@ type intake struct {
 	next    uint64
 	maxRecv uint64
 	stopped bool
-	// dmu serializes hand-ons, which happen outside mu.
+	// dmu serializes hand-ons (flush), which happen outside mu.
 	dmu sync.Mutex
 
 	quit chan struct{}
@@ -138,13 +146,19 @@ type intakeSource struct {
 	Filters  []string
 	// Delivered is the consumer's stream position when the intake starts
 	// (ConsumerInfo.Delivered.Stream): everything up to it was delivered
-	// before, and what is still held comes back as redeliveries.
-	Delivered uint64
+	// before. Held messages (NumAckPending) above AckFloor were a previous
+	// owner's: the server redelivers them before anything newer, and they
+	// are waited for, up to CollectWait, before the watermark passes
+	// them.
+	Delivered   uint64
+	AckFloor    uint64
+	Held        int
+	CollectWait time.Duration
 }
 
-func newIntake(nc *nats.Conn, stream string, direct, fanout intakeSource, lastSeq func() uint64, maxBytes int, deliver func(jetstream.Msg), letGo func(string) bool, logf func(string, ...any)) (*intake, error) {
+func newIntake(nc *nats.Conn, stream string, direct, fanout intakeSource, lastSeq func() uint64, maxBytes int, deliver func(jetstream.Msg), letGo func(string) bool, log func(slog.Level, string, ...any)) (*intake, error) {
 	in := &intake{
-		nc: nc, maxBytes: maxBytes, deliver: deliver, letGo: letGo, logf: logf,
+		nc: nc, maxBytes: maxBytes, deliver: deliver, letGo: letGo, log: log,
 		msgGet: "$JS.API.STREAM.MSG.GET." + stream, lastSeq: lastSeq,
 		inbox: nc.NewInbox(), reqs: map[string]*pullReq{}, probes: map[string]*probe{},
 		quit: make(chan struct{}), done: make(chan struct{}),
@@ -152,6 +166,11 @@ func newIntake(nc *nats.Conn, stream string, direct, fanout intakeSource, lastSe
 	for i, src := range []intakeSource{direct, fanout} {
 		in.src[i] = pullSource{consumer: src.Consumer, filters: src.Filters, clear: src.Delivered, more: true,
 			subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + src.Consumer}
+		if src.Held > 0 {
+			s := &in.src[i]
+			s.collect, s.delivered, s.clear = src.Held, src.Delivered, min(src.AckFloor, src.Delivered)
+			s.collectUntil = time.Now().Add(src.CollectWait)
+		}
 	}
 	sub, err := nc.Subscribe(in.inbox+".*", in.receive)
 	if err != nil {
@@ -182,18 +201,19 @@ func (in *intake) receive(m *nats.Msg) {
 	case !own:
 		in.messageLocked(m)
 	}
-	out := in.releaseLocked()
 	in.pullLocked()
 	in.mu.Unlock()
-	in.hand(out)
+	in.flush()
 }
 
-func (in *intake) hand(out []jetstream.Msg) {
-	if len(out) == 0 {
-		return
-	}
+// flush hands on what both watermarks passed. It takes them under dmu, so
+// that what one goroutine took before another is handed on before it.
+func (in *intake) flush() {
 	in.dmu.Lock()
 	defer in.dmu.Unlock()
+	in.mu.Lock()
+	out := in.releaseLocked()
+	in.mu.Unlock()
 	for _, m := range out {
 		in.deliver(m)
 	}
@@ -240,11 +260,11 @@ func (in *intake) statusLocked(id string, r *pullReq, status, desc string) {
 		s.more = true
 		if !strings.Contains(desc, "Batch Completed") && !strings.Contains(desc, "MaxBytes") {
 			s.notAfter = time.Now().Add(250 * time.Millisecond)
-			in.logf("pull refused", "consumer", s.consumer, "status", status, "description", desc)
+			in.log(slog.LevelDebug, "pull refused", "consumer", s.consumer, "status", status, "description", desc)
 		}
 	default:
 		s.notAfter = time.Now().Add(250 * time.Millisecond)
-		in.logf("pull refused", "consumer", s.consumer, "status", status, "description", desc)
+		in.log(slog.LevelDebug, "pull refused", "consumer", s.consumer, "status", status, "description", desc)
 	}
 	in.doneLocked(id, r)
 }
@@ -264,7 +284,17 @@ func (in *intake) messageLocked(m *nats.Msg) {
 	s := &in.src[src]
 	seq := meta.Sequence.Stream
 	in.maxRecv = max(in.maxRecv, seq)
-	if meta.NumDelivered == 1 {
+	switch {
+	case s.collect > 0:
+		// What a previous owner held comes back first; until it all
+		// came, nothing moves the watermark.
+		if meta.NumDelivered > 1 && seq <= s.delivered {
+			s.collect--
+			if s.collect == 0 {
+				s.clear = max(s.clear, s.delivered)
+			}
+		}
+	case meta.NumDelivered == 1:
 		s.clear = max(s.clear, seq)
 	}
 	// The consumer serves its pulls in the order they came: this one is
@@ -329,7 +359,12 @@ func (in *intake) pullLocked() {
 	now := time.Now()
 	for i := range in.src {
 		s, o := &in.src[i], &in.src[1-i]
-		if len(o.queue) > 0 && streamSeq(o.queue[0]) > s.clear && s.probe == nil && !now.Before(s.notAfter) {
+		if s.collect > 0 && now.After(s.collectUntil) {
+			in.log(slog.LevelWarn, "fewer messages came back than the previous owner held; going on", "consumer", s.consumer, "missing", s.collect)
+			s.collect = 0
+			s.clear = max(s.clear, s.delivered)
+		}
+		if len(o.queue) > 0 && streamSeq(o.queue[0]) > s.clear && s.collect == 0 && s.probe == nil && !now.Before(s.notAfter) {
 			in.probeLocked(i)
 		}
 		if s.nowait != "" || now.Before(s.notAfter) {
@@ -405,7 +440,7 @@ func (in *intake) probedLocked(id string, data []byte) {
 	default:
 		pr.failed = true
 		if r.Error != nil {
-			in.logf("probe refused", "consumer", in.src[pr.src].consumer, "code", r.Error.Code, "description", r.Error.Description)
+			in.log(slog.LevelDebug, "probe refused", "consumer", in.src[pr.src].consumer, "code", r.Error.Code, "description", r.Error.Description)
 		}
 	}
 	pr.waiting--
@@ -478,7 +513,7 @@ func (in *intake) tick() {
 					in.src[r.src].more = true
 					in.doneLocked(id, r)
 				case now.After(r.deadline):
-					in.logf("pull unanswered; asking again", "consumer", in.src[r.src].consumer)
+					in.log(slog.LevelDebug, "pull unanswered; asking again", "consumer", in.src[r.src].consumer)
 					in.src[r.src].more = true
 					in.doneLocked(id, r)
 				case r.noWait && r.got > 0 && now.Sub(r.active) > quietPull:
@@ -500,6 +535,7 @@ func (in *intake) tick() {
 			}
 			in.pullLocked()
 			in.mu.Unlock()
+			in.flush()
 		}
 	}
 }
@@ -515,11 +551,10 @@ func (in *intake) stop() {
 		return
 	}
 	in.stopped = true
-	out := in.releaseLocked()
 	in.mu.Unlock()
 	close(in.quit)
 	<-in.done
-	in.hand(out)
+	in.flush()
 }
 
 // pending reports the pulls still open.

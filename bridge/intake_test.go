@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -91,7 +92,7 @@ func TestIntakeMergesInStreamOrder(t *testing.T) {
 				return true
 			}
 			return false
-		}, func(string, ...any) {})
+		}, func(slog.Level, string, ...any) {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,4 +126,102 @@ func TestIntakeMergesInStreamOrder(t *testing.T) {
 		t.Errorf("no group or user copy stored in partition 0 was let go of")
 	}
 	t.Logf("%d messages handed on in stream order, %d distinct group/user subjects let go of", len(run.seqs), copies)
+}
+
+// TestIntakeCollectsWhatAPreviousOwnerHeld: one intake reads partition 0
+// and dies holding messages of both consumers unacknowledged; a second one
+// started after the ack wait, told what the consumers hold, hands on
+// exactly the rest, from the oldest held message, in stream order (new
+// messages of one consumer must not overtake the other's redeliveries).
+func TestIntakeCollectsWhatAPreviousOwnerHeld(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	if err := e.js.DeleteStream(ctx, e.names.StreamOut()); err != nil {
+		t.Fatal(err)
+	}
+	const ackWait = time.Second
+	if err := subjects.Provision(ctx, e.js, e.names, subjects.StreamOptions{Partitions: 4, AckWait: ackWait}); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	want := 0
+	for i := 0; i < 1500; i++ {
+		tok := subjects.Token(fmt.Sprintf("c%d", rng.IntN(200)))
+		subj := e.names.Send(tok)
+		if rng.IntN(10) == 0 {
+			subj = e.names.Broadcast()
+		}
+		if subj == e.names.Broadcast() || subjects.Partition(tok, 4) == 0 {
+			want++
+		}
+		e.publish(subj, []byte("x"))
+	}
+	sources := func() (d, f intakeSource) {
+		d = intakeSource{Consumer: e.names.PartitionConsumer(0), Filters: []string{e.names.PartitionFilter(0)}, CollectWait: 5 * time.Second}
+		f = intakeSource{Consumer: e.names.FanOutConsumer(0), Filters: e.names.FanOutFilters(0), CollectWait: 5 * time.Second}
+		for _, s := range []*intakeSource{&d, &f} {
+			c, err := e.js.Consumer(ctx, e.names.StreamOut(), s.Consumer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info := c.CachedInfo()
+			s.Delivered, s.AckFloor, s.Held = info.Delivered.Stream, info.AckFloor.Stream, info.NumAckPending
+		}
+		return d, f
+	}
+	// The first owner acknowledges its first 100 messages, then holds
+	// what it gets until it dies.
+	var mu sync.Mutex
+	var firstSeqs []uint64
+	d, f := sources()
+	first, err := newIntake(e.nc, e.names.StreamOut(), d, f, func() uint64 { return 0 }, 1<<20, func(m jetstream.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		firstSeqs = append(firstSeqs, streamSeq(m))
+		if len(firstSeqs) <= 100 {
+			_ = m.Ack()
+		}
+	}, func(string) bool { return false }, func(slog.Level, string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first owner to get 300 messages", 30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(firstSeqs) >= 300
+	})
+	first.stop()
+	first.close()
+	time.Sleep(ackWait + 250*time.Millisecond)
+
+	d, f = sources()
+	if d.Held+f.Held == 0 || f.Held == 0 {
+		t.Fatalf("the first owner held %d direct and %d fan-out messages; the test needs both", d.Held, f.Held)
+	}
+	run := &intakeRun{subj: map[uint64]string{}}
+	second, err := newIntake(e.nc, e.names.StreamOut(), d, f, func() uint64 { return 0 }, 1<<20, run.deliver,
+		func(string) bool { return false }, func(slog.Level, string, ...any) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { second.stop(); second.close() })
+	waitFor(t, "the rest handed on", 30*time.Second, func() bool { return run.count() >= want-100 })
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	oldest := firstSeqs[100]
+	mu.Unlock()
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	if len(run.seqs) != want-100 {
+		t.Errorf("the second owner handed on %d messages, want %d", len(run.seqs), want-100)
+	}
+	if run.seqs[0] != oldest {
+		t.Errorf("the second owner began with %d, want the oldest held, %d", run.seqs[0], oldest)
+	}
+	for i := 1; i < len(run.seqs); i++ {
+		if run.seqs[i] <= run.seqs[i-1] {
+			t.Fatalf("hand-on %d: sequence %d (%s) after %d (%s)", i, run.seqs[i], run.subj[run.seqs[i]], run.seqs[i-1], run.subj[run.seqs[i-1]])
+		}
+	}
+	t.Logf("held by the first owner: %d direct, %d fan-out; the second handed on %d in order", d.Held, f.Held, len(run.seqs))
 }

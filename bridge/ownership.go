@@ -369,12 +369,8 @@ func (o *owner) start(pt *part, clean bool, prev string) {
 	pending := -1
 	ictx, icancel := context.WithTimeout(b.bgCtx, 5*time.Second)
 	for i, name := range []string{b.names.PartitionConsumer(pt.n), b.names.FanOutConsumer(pt.n)} {
+		// js.Consumer fetches the consumer's info.
 		cons, err := b.js.Consumer(ictx, b.names.StreamOut(), name)
-		if err != nil {
-			pending = -1
-			break
-		}
-		ci, err := cons.Info(ictx)
 		if err != nil {
 			pending = -1
 			break
@@ -382,7 +378,7 @@ func (o *owner) start(pt *part, clean bool, prev string) {
 		if i == 0 {
 			pending = 0
 		}
-		pending += ci.NumAckPending
+		pending += cons.CachedInfo().NumAckPending
 	}
 	icancel()
 	if !clean && pending != 0 {
@@ -397,9 +393,8 @@ func (o *owner) start(pt *part, clean bool, prev string) {
 		}
 		waited = time.Since(begin)
 	}
-	if pending > 0 {
-		pt.collectFirst(pending, b.opts.AckWait+2*time.Second)
-	}
+	// The intake waits for what the previous owner held to come back
+	// before it hands on anything newer (intake.go).
 	if pt.stopping.Load() {
 		return
 	}

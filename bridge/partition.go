@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -53,13 +54,6 @@ type part struct {
 	settledNext int
 	quit        chan struct{} // closed when stop begins: lanes waiting for a retry wake up
 	quitOnce    sync.Once
-
-	// What the previous owner left (see collect): the number of messages
-	// still to collect and those collected, handled in stream order once
-	// all came. Guarded by rmu, which handle holds while it hands them on.
-	rmu     sync.Mutex
-	collect int
-	early   []jetstream.Msg
 }
 
 func newPart(b *Bridge, n int) *part {
@@ -108,7 +102,8 @@ func (p *part) consume(ctx context.Context) error {
 			return fmt.Errorf("consumer %s: %w", srcs[i].Consumer, err)
 		}
 		if info := c.CachedInfo(); info != nil {
-			srcs[i].Delivered = info.Delivered.Stream
+			srcs[i].Delivered, srcs[i].AckFloor, srcs[i].Held = info.Delivered.Stream, info.AckFloor.Stream, info.NumAckPending
+			srcs[i].CollectWait = b.opts.AckWait + 2*time.Second
 		}
 		cons[i] = c
 	}
@@ -123,11 +118,11 @@ func (p *part) consume(ctx context.Context) error {
 		func(subject string) bool {
 			return strings.HasPrefix(subject, group) || strings.HasPrefix(subject, user)
 		},
-		func(msg string, args ...any) {
+		func(level slog.Level, msg string, args ...any) {
 			if p.stopping.Load() || b.stopping.Load() {
 				return
 			}
-			b.log.Debug(msg, append(args, "partition", p.n)...)
+			b.log.Log(context.Background(), level, msg, append(args, "partition", p.n)...)
 		})
 	if err != nil {
 		return fmt.Errorf("pull partition %d: %w", p.n, err)
@@ -147,56 +142,11 @@ func (p *part) consume(ctx context.Context) error {
 	return nil
 }
 
-// collectFirst makes the partition collect the first n messages it is
-// delivered and handle them in stream order, or what came of them after
-// wait. Those are what the previous owner held (the server delivers them
-// before anything newer), redelivered in the order their ack deadlines ran
-// out, which is not always stream order: a message the previous owner held
-// past a late extension was redelivered to it and got a later deadline.
-func (p *part) collectFirst(n int, wait time.Duration) {
-	p.rmu.Lock()
-	p.collect = n
-	p.rmu.Unlock()
-	go func() {
-		select {
-		case <-time.After(wait):
-		case <-p.quit:
-		}
-		p.rmu.Lock()
-		defer p.rmu.Unlock()
-		if p.collect > 0 {
-			p.b.log.Warn("partition: fewer messages came back than the previous owner held; going on", "partition", p.n, "missing", p.collect)
-			p.flush()
-		}
-	}()
-}
-
-// flush hands the collected messages on in stream order; under rmu.
-func (p *part) flush() {
-	msgs := p.early
-	p.early, p.collect = nil, 0
-	slices.SortFunc(msgs, func(x, y jetstream.Msg) int { return cmp.Compare(streamSeq(x), streamSeq(y)) })
-	for _, m := range msgs {
-		p.handleOne(m)
-	}
-}
-
 // handle receives each message of the partition (one goroutine, in delivery
 // order) and queues its pushes.
+// handle receives each message of the partition, in stream order (the
+// intake merges its two consumers), and queues its pushes.
 func (p *part) handle(m jetstream.Msg) {
-	p.rmu.Lock()
-	defer p.rmu.Unlock()
-	if p.collect > 0 {
-		p.early = append(p.early, m)
-		if len(p.early) >= p.collect {
-			p.flush()
-		}
-		return
-	}
-	p.handleOne(m)
-}
-
-func (p *part) handleOne(m jetstream.Msg) {
 	b := p.b
 	meta, metaErr := m.Metadata()
 	size := heldSize(m)
