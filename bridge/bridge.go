@@ -65,6 +65,9 @@ type Bridge struct {
 	// outLast is the outbound stream's last sequence as last read
 	// (readOutLast), for the partitions' probes.
 	outLast atomic.Uint64
+	// outLog follows the outbound stream's log when it has one replica
+	// (outlog.go); nil otherwise.
+	outLog  *outLog
 	own     *owner
 	acks    *acker
 	pm      *metrics.Partitions
@@ -225,6 +228,15 @@ func (b *Bridge) Start(ctx context.Context) error {
 	}
 	if err := subjects.Provision(ctx, b.js, b.names, b.opts.Streams); err != nil {
 		return err
+	}
+	// The outbound stream's log orders with its consumers' deliveries only
+	// where they live beside it: a single replica (outlog.go).
+	if st, err := b.js.Stream(ctx, b.names.StreamOut()); err != nil {
+		return fmt.Errorf("outbound stream %s: %w", b.names.StreamOut(), err)
+	} else if cfg := st.CachedInfo().Config; cfg.Replicas <= 1 && cfg.RePublish != nil {
+		if b.outLog, err = newOutLog(b.nc, b.names); err != nil {
+			return fmt.Errorf("follow %s: %w", b.names.OutLog(), err)
+		}
 	}
 	kv, err := b.js.KeyValue(ctx, b.names.Bucket())
 	if err != nil {
@@ -417,6 +429,9 @@ func (b *Bridge) stop(ctx context.Context) error {
 	}
 	if b.acks != nil {
 		b.acks.stop()
+	}
+	if b.outLog != nil {
+		b.outLog.close()
 	}
 	close(b.quit)
 	b.wg.Wait()

@@ -112,11 +112,14 @@ type probe struct {
 }
 
 type intake struct {
-	nc       *nats.Conn
-	msgGet   string // $JS.API.STREAM.MSG.GET.<stream>
-	lastSeq  func() uint64
-	maxBytes int
-	deliver  func(jetstream.Msg)
+	nc      *nats.Conn
+	msgGet  string // $JS.API.STREAM.MSG.GET.<stream>
+	lastSeq func() uint64
+	// fanOutClear, when the stream's log is followed (outlog.go), says up
+	// to where no fan-out comes after a sequence; ok false when unknown.
+	fanOutClear func(from uint64) (uint64, bool)
+	maxBytes    int
+	deliver     func(jetstream.Msg)
 	// letGo says whether a direct message is a copy of a fan-out (a group
 	// or user command stored in this partition), which only the fan-out
 	// consumer pushes.
@@ -132,6 +135,7 @@ type intake struct {
 	probes  map[string]*probe
 	next    uint64
 	maxRecv uint64
+	fromLog int // times the log moved the fan-out watermark
 	stopped bool
 	// dmu serializes hand-ons (flush), which happen outside mu.
 	dmu sync.Mutex
@@ -156,10 +160,10 @@ type intakeSource struct {
 	CollectWait time.Duration
 }
 
-func newIntake(nc *nats.Conn, stream string, direct, fanout intakeSource, lastSeq func() uint64, maxBytes int, deliver func(jetstream.Msg), letGo func(string) bool, log func(slog.Level, string, ...any)) (*intake, error) {
+func newIntake(nc *nats.Conn, stream string, direct, fanout intakeSource, lastSeq func() uint64, fanOutClear func(uint64) (uint64, bool), maxBytes int, deliver func(jetstream.Msg), letGo func(string) bool, log func(slog.Level, string, ...any)) (*intake, error) {
 	in := &intake{
 		nc: nc, maxBytes: maxBytes, deliver: deliver, letGo: letGo, log: log,
-		msgGet: "$JS.API.STREAM.MSG.GET." + stream, lastSeq: lastSeq,
+		msgGet: "$JS.API.STREAM.MSG.GET." + stream, lastSeq: lastSeq, fanOutClear: fanOutClear,
 		inbox: nc.NewInbox(), reqs: map[string]*pullReq{}, probes: map[string]*probe{},
 		quit: make(chan struct{}), done: make(chan struct{}),
 	}
@@ -363,6 +367,19 @@ func (in *intake) pullLocked() {
 			in.log(slog.LevelWarn, "fewer messages came back than the previous owner held; going on", "consumer", s.consumer, "missing", s.collect)
 			s.collect = 0
 			s.clear = max(s.clear, s.delivered)
+		}
+		if len(o.queue) > 0 && streamSeq(o.queue[0]) > s.clear && s.collect == 0 && i == srcFanOut && in.fanOutClear != nil {
+			// The log may already say no fan-out comes before the
+			// direct message waiting; it is no fan-out itself.
+			if to, ok := in.fanOutClear(s.clear + 1); ok {
+				if head := streamSeq(o.queue[0]); to+1 >= head {
+					to = max(to, head)
+				}
+				if to > s.clear {
+					s.clear = to
+					in.fromLog++
+				}
+			}
 		}
 		if len(o.queue) > 0 && streamSeq(o.queue[0]) > s.clear && s.collect == 0 && s.probe == nil && !now.Before(s.notAfter) {
 			in.probeLocked(i)

@@ -21,6 +21,9 @@ type intakeRun struct {
 	mu   sync.Mutex
 	seqs []uint64
 	subj map[uint64]string
+	// slowFanOut delays the acknowledgement of fan-outs, so that their
+	// consumer (at its ack-pending limit) falls behind the direct one.
+	slowFanOut time.Duration
 }
 
 func (r *intakeRun) deliver(m jetstream.Msg) {
@@ -28,6 +31,10 @@ func (r *intakeRun) deliver(m jetstream.Msg) {
 	r.seqs = append(r.seqs, streamSeq(m))
 	r.subj[streamSeq(m)] = m.Subject()
 	r.mu.Unlock()
+	if meta, err := m.Metadata(); err == nil && r.slowFanOut > 0 && strings.HasSuffix(meta.Consumer, "_FANOUT") {
+		time.AfterFunc(r.slowFanOut, func() { _ = m.Ack() })
+		return
+	}
 	_ = m.Ack()
 }
 
@@ -43,14 +50,31 @@ func (r *intakeRun) count() int {
 // sends stored in partition 0 and every fan-out, each once, in strictly
 // increasing stream order, and lets go of the group and user copies stored
 // in partition 0.
+//
+// It runs with probes alone, and with the stream's log followed (the live
+// bursts are then merged from the log, the backlog from probes).
 func TestIntakeMergesInStreamOrder(t *testing.T) {
+	t.Run("probes", func(t *testing.T) { intakeMerge(t, false) })
+	t.Run("log", func(t *testing.T) { intakeMerge(t, true) })
+}
+
+func intakeMerge(t *testing.T, withLog bool) {
 	e := newEnv(t, nil)
 	const parts = 4
 	ctx := context.Background()
 	if err := e.js.DeleteStream(ctx, e.names.StreamOut()); err != nil {
 		t.Fatal(err)
 	}
-	if err := subjects.Provision(ctx, e.js, e.names, subjects.StreamOptions{Partitions: parts}); err != nil {
+	opts := subjects.StreamOptions{Partitions: parts}
+	if err := subjects.Provision(ctx, e.js, e.names, opts); err != nil {
+		t.Fatal(err)
+	}
+	// Two fan-outs held at most, acknowledged late (below): the fan-out
+	// consumer lags behind the direct one, as a fan-out to many
+	// connections would, and direct sends arrive before older fan-outs.
+	fcfg := e.names.FanOutConsumerConfig(0, opts)
+	fcfg.MaxAckPending = 2
+	if _, err := e.js.UpdateConsumer(ctx, e.names.StreamOut(), fcfg); err != nil {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -79,13 +103,23 @@ func TestIntakeMergesInStreamOrder(t *testing.T) {
 	}
 	publish(3000)
 
-	run := &intakeRun{subj: map[uint64]string{}}
+	var fanOutClear func(uint64) (uint64, bool)
+	var log *outLog
+	if withLog {
+		var err error
+		if log, err = newOutLog(e.nc, e.names); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(log.close)
+		fanOutClear = func(from uint64) (uint64, bool) { return log.clearTo(from, 0) }
+	}
+	run := &intakeRun{subj: map[uint64]string{}, slowFanOut: 5 * time.Millisecond}
 	var letGo sync.Map
 	group, user := e.names.Group(""), e.names.User("")
 	in, err := newIntake(e.nc, e.names.StreamOut(),
 		intakeSource{Consumer: e.names.PartitionConsumer(0), Filters: []string{e.names.PartitionFilter(0)}},
 		intakeSource{Consumer: e.names.FanOutConsumer(0), Filters: e.names.FanOutFilters(0)},
-		func() uint64 { return 0 }, 1<<20, run.deliver,
+		func() uint64 { return 0 }, fanOutClear, 1<<20, run.deliver,
 		func(s string) bool {
 			if strings.HasPrefix(s, group) || strings.HasPrefix(s, user) {
 				letGo.Store(s, true)
@@ -120,12 +154,18 @@ func TestIntakeMergesInStreamOrder(t *testing.T) {
 			t.Errorf("handed on %s, stored in partition %d", s, st.Partition)
 		}
 	}
+	in.mu.Lock()
+	fromLog := in.fromLog
+	in.mu.Unlock()
+	if withLog && fromLog == 0 {
+		t.Errorf("the log never moved the fan-out watermark")
+	}
 	copies := 0
 	letGo.Range(func(any, any) bool { copies++; return true })
 	if copies == 0 {
 		t.Errorf("no group or user copy stored in partition 0 was let go of")
 	}
-	t.Logf("%d messages handed on in stream order, %d distinct group/user subjects let go of", len(run.seqs), copies)
+	t.Logf("%d messages handed on in stream order, %d distinct group/user subjects let go of; the log moved the watermark %d times", len(run.seqs), copies, fromLog)
 }
 
 // TestIntakeCollectsWhatAPreviousOwnerHeld: one intake reads partition 0
@@ -174,7 +214,7 @@ func TestIntakeCollectsWhatAPreviousOwnerHeld(t *testing.T) {
 	var mu sync.Mutex
 	var firstSeqs []uint64
 	d, f := sources()
-	first, err := newIntake(e.nc, e.names.StreamOut(), d, f, func() uint64 { return 0 }, 1<<20, func(m jetstream.Msg) {
+	first, err := newIntake(e.nc, e.names.StreamOut(), d, f, func() uint64 { return 0 }, nil, 1<<20, func(m jetstream.Msg) {
 		mu.Lock()
 		defer mu.Unlock()
 		firstSeqs = append(firstSeqs, streamSeq(m))
@@ -199,7 +239,7 @@ func TestIntakeCollectsWhatAPreviousOwnerHeld(t *testing.T) {
 		t.Fatalf("the first owner held %d direct and %d fan-out messages; the test needs both", d.Held, f.Held)
 	}
 	run := &intakeRun{subj: map[uint64]string{}}
-	second, err := newIntake(e.nc, e.names.StreamOut(), d, f, func() uint64 { return 0 }, 1<<20, run.deliver,
+	second, err := newIntake(e.nc, e.names.StreamOut(), d, f, func() uint64 { return 0 }, nil, 1<<20, run.deliver,
 		func(string) bool { return false }, func(slog.Level, string, ...any) {})
 	if err != nil {
 		t.Fatal(err)

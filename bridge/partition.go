@@ -108,7 +108,11 @@ func (p *part) consume(ctx context.Context) error {
 		cons[i] = c
 	}
 	group, user := b.names.Group(""), b.names.User("")
-	in, err := newIntake(b.nc, b.names.StreamOut(), srcs[0], srcs[1], b.outLast.Load,
+	var fanOutClear func(uint64) (uint64, bool)
+	if b.outLog != nil {
+		fanOutClear = func(from uint64) (uint64, bool) { return b.outLog.clearTo(from, p.n) }
+	}
+	in, err := newIntake(b.nc, b.names.StreamOut(), srcs[0], srcs[1], b.outLast.Load, fanOutClear,
 		// Bounded in bytes, not messages: 1000 messages of 1 MB would be
 		// a gigabyte buffered (see pullBytes); this partition's share of
 		// the held-bytes budget. The count is bounded by MaxAckPending

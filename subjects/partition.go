@@ -93,6 +93,19 @@ func (n Names) FanOutFilters(p int) []string {
 	return f
 }
 
+// OutLog is where the outbound stream republishes the headers of every
+// message it stores, in stream order: P.outlog.<stored subject after
+// P.out>, headers Nats-Subject, Nats-Sequence and Nats-Last-Sequence. The
+// bridges follow it to merge a partition's two consumers without a round
+// trip (bridge/outlog.go). Nothing publishes there but the stream.
+func (n Names) OutLog() string { return n.join(string(Out)+"log", ">") }
+
+// OutLogRePublish is the outbound stream's republish directive that feeds
+// OutLog.
+func (n Names) OutLogRePublish() *jetstream.RePublish {
+	return &jetstream.RePublish{Source: n.join(string(Out), ">"), Destination: n.OutLog(), HeadersOnly: true}
+}
+
 // FanOutConsumer is the durable fan-out consumer of outbound partition p
 // (WS_BRIDGE_7_FANOUT).
 func (n Names) FanOutConsumer(p int) string { return n.PartitionConsumer(p) + "_FANOUT" }

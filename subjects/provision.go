@@ -87,6 +87,7 @@ func (n Names) StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 		// acked it, a fan-out once every partition did.
 		Retention:        jetstream.InterestPolicy,
 		SubjectTransform: n.OutTransform(o.Partitions),
+		RePublish:        n.OutLogRePublish(),
 		MaxAge:           o.OutMaxAge,
 		Duplicates:       o.DuplicateWindow,
 		Replicas:         o.Replicas,
