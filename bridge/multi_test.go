@@ -140,7 +140,7 @@ func startBridgeProc(t *testing.T, bin, natsURL, pushURL, name string, extra ...
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 		}
-		if t.Failed() {
+		if t.Failed() || os.Getenv("BRIDGE_TEST_PROC_OUT") != "" {
 			t.Logf("bridge %s output:\n%s", name, out)
 		}
 	})

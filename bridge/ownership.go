@@ -127,6 +127,7 @@ func (o *owner) poke() {
 func (o *owner) watch(w jetstream.KeyWatcher, synced chan<- struct{}) {
 	defer o.b.wg.Done()
 	defer func() { _ = w.Stop() }()
+	var snapshot []jetstream.KeyValueEntry
 	for {
 		select {
 		case <-o.b.bgCtx.Done():
@@ -137,20 +138,25 @@ func (o *owner) watch(w jetstream.KeyWatcher, synced chan<- struct{}) {
 			}
 			if e == nil {
 				if synced != nil {
+					o.forgetDeadMembers(snapshot)
+					snapshot = nil
 					close(synced)
 					synced = nil
 				}
 				continue
 			}
 			gone := e.Operation() != jetstream.KeyValuePut
+			member := strings.HasPrefix(e.Key(), "m.")
 			o.mu.Lock()
 			prev, known := o.seen[e.Key()]
 			o.seen[e.Key()] = seenKey{rev: e.Revision(), value: string(e.Value()), gone: gone, at: time.Now()}
+			if synced != nil {
+				snapshot = append(snapshot, e)
+			}
 			o.mu.Unlock()
 			// A release, or a member that appears or leaves: look again
 			// now rather than at the next tick. Not on renewals, which
 			// every bridge makes every tick.
-			member := strings.HasPrefix(e.Key(), "m.")
 			if gone && !prev.gone || member && (!known || prev.gone) && !gone {
 				o.poke()
 			}
@@ -311,6 +317,30 @@ func rendezvous(p int, members []string) string {
 		}
 	}
 	return best
+}
+
+// forgetDeadMembers marks dead the members of the bucket as found at start
+// whose key changed LeaseTTL or more before the newest change in it: a
+// member's key stays until the bucket's TTL after it died, and a bridge
+// starting would otherwise count it alive for a whole LeaseTTL, assigning
+// it partitions nobody takes. Both times are the server's, so no two
+// clocks are compared. (Leases keep the whole LeaseTTL on this bridge's
+// clock: that is the fence.)
+func (o *owner) forgetDeadMembers(snapshot []jetstream.KeyValueEntry) {
+	var newest time.Time
+	for _, e := range snapshot {
+		if e.Created().After(newest) {
+			newest = e.Created()
+		}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, e := range snapshot {
+		if s, ok := o.seen[e.Key()]; ok && strings.HasPrefix(e.Key(), "m.") && s.rev == e.Revision() && newest.Sub(e.Created()) >= o.ttl {
+			s.at = time.Time{}
+			o.seen[e.Key()] = s
+		}
+	}
 }
 
 // take acquires partition p's lease if it is free (never held, released)

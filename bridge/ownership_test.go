@@ -1,6 +1,10 @@
 package bridge
 
-import "testing"
+import (
+	"context"
+	"testing"
+	"time"
+)
 
 // TestRendezvousSpreads checks the assignment is balanced for similar
 // instance names (host-pid-random differ in a few bytes) and moves only the
@@ -39,4 +43,55 @@ func TestRendezvousSpreads(t *testing.T) {
 	if rendezvous(3, nil) != "" {
 		t.Errorf("no members: got an owner")
 	}
+}
+
+// TestStartIgnoresDeadMembers: a bridge's member key stays in WS_BRIDGES
+// for the bucket's TTL after it died. A bridge starting beside it counted
+// it alive for a whole lease TTL and left it its share, which nobody took
+// (TestBridgesKeepOrder saw 4 s without pushes after a SIGTERM while a
+// bridge joined). Keys that changed a lease TTL or more before the newest
+// one, on the server's clock, are dead from the start.
+func TestStartIgnoresDeadMembers(t *testing.T) {
+	e := newEnv(t, nil)
+	const ttl = 3 * time.Second
+	ctx := context.Background()
+	kv, err := e.js.CreateOrUpdateKeyValue(ctx, leaseBucketConfig(e.names, Options{LeaseTTL: ttl}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, memberKey("ghost"), []byte("died")); err != nil {
+		t.Fatal(err)
+	}
+	// A live member renews every ttl/4 while the ghost's key ages.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			_, _ = kv.Put(ctx, memberKey("alive"), []byte("renewed"))
+			select {
+			case <-stop:
+				return
+			case <-time.After(ttl / 4):
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	time.Sleep(ttl + ttl/4)
+
+	b := startBridge(t, Options{PushURL: e.tg.srv.URL, LeaseTTL: ttl}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)})
+	desired := b.own.assign(false)
+	for p, mine := range desired {
+		want := rendezvous(p, []string{b.id, "alive"}) == b.id
+		if mine != want {
+			t.Fatalf("partition %d: assigned to this bridge %v, want %v (the ghost counted as a member?)", p, mine, want)
+		}
+	}
+	withGhost := 0
+	for p := range desired {
+		if rendezvous(p, []string{b.id, "alive", "ghost"}) == "ghost" {
+			withGhost++
+		}
+	}
+	t.Logf("the dead member would have been left %d of %d partitions", withGhost, len(desired))
 }
