@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -31,6 +32,8 @@ type outLog struct {
 	names subjects.Names
 	sub   *nats.Subscription
 	ch    chan *nats.Msg
+	quit  chan struct{}
+	done  chan struct{}
 
 	mu          sync.Mutex
 	first, last uint64 // the log saw every sequence in [first, last]
@@ -41,7 +44,7 @@ type outLog struct {
 }
 
 func newOutLog(nc *nats.Conn, names subjects.Names) (*outLog, error) {
-	l := &outLog{names: names, ch: make(chan *nats.Msg, 1<<16)}
+	l := &outLog{names: names, ch: make(chan *nats.Msg, 1<<16), quit: make(chan struct{}), done: make(chan struct{})}
 	sub, err := nc.ChanSubscribe(names.OutLog(), l.ch)
 	if err != nil {
 		return nil, err
@@ -50,10 +53,34 @@ func newOutLog(nc *nats.Conn, names subjects.Names) (*outLog, error) {
 	// Nats-Last-Sequence.
 	_ = sub.SetPendingLimits(1<<16, 64<<20)
 	l.sub = sub
+	go l.keepDraining()
 	return l, nil
 }
 
-func (l *outLog) close() { _ = l.sub.Unsubscribe() }
+// keepDraining takes in what came even while no partition asks, so the
+// channel never fills. It drains under the lock, as clearTo does, so the
+// log takes the messages in the order they came.
+func (l *outLog) keepDraining() {
+	defer close(l.done)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.quit:
+			return
+		case <-t.C:
+			l.mu.Lock()
+			l.drainLocked()
+			l.mu.Unlock()
+		}
+	}
+}
+
+func (l *outLog) close() {
+	_ = l.sub.Unsubscribe()
+	close(l.quit)
+	<-l.done
+}
 
 // drainLocked takes in what came.
 func (l *outLog) drainLocked() {
