@@ -3,10 +3,10 @@ package bridge
 import (
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/wsbridge/wsbridge/subjects"
@@ -29,11 +29,13 @@ import (
 const outLogKeep = 1 << 16
 
 type outLog struct {
-	names subjects.Names
-	sub   *nats.Subscription
-	ch    chan *nats.Msg
-	quit  chan struct{}
-	done  chan struct{}
+	// every and zero are the fan-out consumers' filter subjects: those
+	// of every partition but 0 (all alike), and partition 0's.
+	every, zero []string
+	sub         *nats.Subscription
+	ch          chan *nats.Msg
+	quit        chan struct{}
+	done        chan struct{}
 
 	mu          sync.Mutex
 	first, last uint64 // the log saw every sequence in [first, last]
@@ -44,17 +46,22 @@ type outLog struct {
 }
 
 func newOutLog(nc *nats.Conn, names subjects.Names) (*outLog, error) {
-	l := &outLog{names: names, ch: make(chan *nats.Msg, 1<<16), quit: make(chan struct{}), done: make(chan struct{})}
+	l := newOutLogState(names)
 	sub, err := nc.ChanSubscribe(names.OutLog(), l.ch)
 	if err != nil {
 		return nil, err
 	}
-	// A full channel drops; the gap shows in the next message's
-	// Nats-Last-Sequence.
+	// A full channel drops; the gap shows in the next sequence.
 	_ = sub.SetPendingLimits(1<<16, 64<<20)
 	l.sub = sub
 	go l.keepDraining()
 	return l, nil
+}
+
+// newOutLogState is the log before it follows anything.
+func newOutLogState(names subjects.Names) *outLog {
+	return &outLog{every: names.FanOutFilters(1), zero: names.FanOutFilters(0),
+		ch: make(chan *nats.Msg, 1<<16), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
 // keepDraining takes in what came even while no partition asks, so the
@@ -120,20 +127,15 @@ func (l *outLog) addLocked(m *nats.Msg) {
 }
 
 // isFanOut reports whether a stored subject is read by the fan-out
-// consumers (subjects.Names.FanOutFilters), and whether by partition 0's
-// alone.
+// consumers, and whether by partition 0's alone.
 func (l *outLog) isFanOut(subject string) (fan, only0 bool) {
-	rest, ok := strings.CutPrefix(subject, l.names.Prefix()+"."+string(subjects.Out)+".")
-	if !ok {
-		return false, false
+	matches := func(filters []string) bool {
+		return slices.ContainsFunc(filters, func(f string) bool { return server.SubjectMatchesFilter(subject, f) })
 	}
-	switch n := strings.Count(rest, ".") + 1; {
-	case n == 1:
-		return true, false // broadcast (or a malformed one-token command)
-	case n == 3:
-		k, _, _ := strings.Cut(rest, ".")
-		return k == string(subjects.KindGroup) || k == string(subjects.KindUser), false
-	case n >= 4:
+	switch {
+	case matches(l.every):
+		return true, false
+	case matches(l.zero):
 		return true, true
 	}
 	return false, false

@@ -12,7 +12,7 @@ import (
 // TestOutLogCovers feeds the log what WS_OUT republishes and checks what
 // it claims: only what it saw without a gap, and every fan-out in it.
 func TestOutLogCovers(t *testing.T) {
-	l := &outLog{names: subjects.MustNew("ws"), ch: make(chan *nats.Msg, 16)}
+	l := newOutLogState(subjects.MustNew("ws"))
 	add := func(seq uint64, subject string) {
 		m := &nats.Msg{Header: nats.Header{}}
 		m.Header.Set("Nats-Sequence", strconv.FormatUint(seq, 10))
