@@ -398,19 +398,12 @@ func (o *owner) start(pt *part, clean bool, prev string) {
 	// Messages still held by the previous owner (-1: unknown).
 	pending := -1
 	ictx, icancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-	for i, name := range []string{b.names.PartitionConsumer(pt.n), b.names.FanOutConsumer(pt.n)} {
-		// js.Consumer fetches the consumer's info.
-		cons, err := b.js.Consumer(ictx, b.names.StreamOut(), name)
-		if err != nil {
-			pending = -1
-			break
-		}
-		if i == 0 {
-			pending = 0
-		}
-		pending += cons.CachedInfo().NumAckPending
-	}
+	cons, err := pt.lookup(ictx)
 	icancel()
+	fresh := err == nil
+	if fresh {
+		pending = held(cons)
+	}
 	if !clean && pending != 0 {
 		// The previous owner's messages expire within AckWait of its
 		// fence; then the server delivers them before anything newer.
@@ -422,15 +415,22 @@ func (o *owner) start(pt *part, clean bool, prev string) {
 			return
 		}
 		waited = time.Since(begin)
+		fresh = false // the consumers moved on meanwhile
 	}
 	// The intake waits for what the previous owner held to come back
 	// before it hands on anything newer (intake.go).
 	if pt.stopping.Load() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(b.bgCtx, 10*time.Second)
-	defer cancel()
-	if err := pt.consume(ctx); err != nil {
+	if !fresh {
+		ctx, cancel := context.WithTimeout(b.bgCtx, 10*time.Second)
+		cons, err = pt.lookup(ctx)
+		cancel()
+	}
+	if err == nil {
+		err = pt.consume(cons)
+	}
+	if err != nil {
 		b.log.Error("partition not started", "partition", pt.n, "err", err)
 		pt.broken.Store(true)
 		o.poke()

@@ -86,26 +86,43 @@ func (p *part) heldCount() int {
 	return len(p.held)
 }
 
-// consume starts pulling the partition's messages: its two consumers,
-// merged in stream order (intake.go).
-func (p *part) consume(ctx context.Context) error {
+// lookup fetches the partition's two consumers, direct and fan-out, with
+// their info: where each stands and what it holds.
+func (p *part) lookup(ctx context.Context) ([2]jetstream.Consumer, error) {
 	b := p.b
 	var cons [2]jetstream.Consumer
+	for i, name := range []string{b.names.PartitionConsumer(p.n), b.names.FanOutConsumer(p.n)} {
+		c, err := b.js.Consumer(ctx, b.names.StreamOut(), name)
+		if err != nil {
+			return cons, fmt.Errorf("consumer %s: %w", name, err)
+		}
+		cons[i] = c
+	}
+	return cons, nil
+}
+
+// held is the number of messages the consumers hold unacknowledged, as
+// their info looked up said.
+func held(cons [2]jetstream.Consumer) int {
+	n := 0
+	for _, c := range cons {
+		n += c.CachedInfo().NumAckPending
+	}
+	return n
+}
+
+// consume starts pulling the partition's messages from its consumers (as
+// lookup returned them), merged in stream order (intake.go).
+func (p *part) consume(cons [2]jetstream.Consumer) error {
+	b := p.b
 	srcs := [2]intakeSource{
 		{Consumer: b.names.PartitionConsumer(p.n), Filters: []string{b.names.PartitionFilter(p.n)}},
 		{Consumer: b.names.FanOutConsumer(p.n), Filters: b.names.FanOutFilters(p.n)},
 	}
-	for i := range srcs {
-		// js.Consumer fetches the consumer's info: where it stands.
-		c, err := b.js.Consumer(ctx, b.names.StreamOut(), srcs[i].Consumer)
-		if err != nil {
-			return fmt.Errorf("consumer %s: %w", srcs[i].Consumer, err)
-		}
-		if info := c.CachedInfo(); info != nil {
-			srcs[i].Delivered, srcs[i].AckFloor, srcs[i].Held = info.Delivered.Stream, info.AckFloor.Stream, info.NumAckPending
-			srcs[i].CollectWait = b.opts.AckWait + 2*time.Second
-		}
-		cons[i] = c
+	for i, c := range cons {
+		info := c.CachedInfo()
+		srcs[i].Delivered, srcs[i].AckFloor, srcs[i].Held = info.Delivered.Stream, info.AckFloor.Stream, info.NumAckPending
+		srcs[i].CollectWait = b.opts.AckWait + 2*time.Second
 	}
 	group, user := b.names.Group(""), b.names.User("")
 	var fanOutClear func(uint64) (uint64, bool)
@@ -146,8 +163,6 @@ func (p *part) consume(ctx context.Context) error {
 	return nil
 }
 
-// handle receives each message of the partition (one goroutine, in delivery
-// order) and queues its pushes.
 // handle receives each message of the partition, in stream order (the
 // intake merges its two consumers), and queues its pushes.
 func (p *part) handle(m jetstream.Msg) {
