@@ -317,19 +317,13 @@ func (p *part) stop(ctx context.Context, handoff bool) bool {
 		p.mu.Unlock()
 		return drained
 	}
-	if p.giveBackCount() > 0 {
-		// The server keeps this instance's pull requests until they expire
-		// and, while it has any, a NAKed message it pops for one goes to
-		// the back of its redelivery queue: wait them out so the NAKs
-		// below are redelivered in stream order.
-		select {
-		case <-time.After(pullExpiry + 250*time.Millisecond):
-		case <-ctx.Done():
-		}
-	}
 	if in != nil {
-		// Deliveries to the pulls still open (until they expire) come
-		// before the NAKs: those reach giveBack too.
+		// The server keeps this instance's pull requests until they are
+		// answered or expire (at most pullExpiry): deliveries to them come
+		// before the NAKs and reach giveBack too, and, while it has any, a
+		// NAKed message it pops for one goes to the back of its redelivery
+		// queue. Wait them out so the NAKs below are redelivered in stream
+		// order.
 		deadline := time.Now().Add(pullExpiry + 250*time.Millisecond)
 		for in.pending() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond)
@@ -375,12 +369,6 @@ func (p *part) giveBackAll() int {
 		_ = m.Nak()
 	}
 	return len(msgs)
-}
-
-func (p *part) giveBackCount() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.giveBack)
 }
 
 // extendHeld extends the ack deadline of the messages the partition holds
