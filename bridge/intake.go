@@ -84,8 +84,6 @@ type pullSource struct {
 	filters  []string // the consumer's filter subjects, for probes
 	probe    *probe   // the open probe, nil if none
 	subject  string   // $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>
-	nowait   string   // id of the open no-wait pull, "" if none
-	long     string   // id of the open long poll, "" if none
 	more     bool     // the consumer may have more: pull again
 	clear    uint64   // every message up to clear has been received
 	// collect is the number of redeliveries still expected of what a
@@ -232,12 +230,11 @@ func (in *intake) doneLocked(id string, r *pullReq) {
 	if i := slices.Index(s.open, id); i >= 0 {
 		s.open = slices.Delete(s.open, i, i+1)
 	}
-	if s.nowait == id {
-		s.nowait = ""
-	}
-	if s.long == id {
-		s.long = ""
-	}
+}
+
+// openLocked reports whether source s has a pull of that kind open.
+func (in *intake) openLocked(s *pullSource, noWait bool) bool {
+	return slices.ContainsFunc(s.open, func(id string) bool { return in.reqs[id].noWait == noWait })
 }
 
 func (in *intake) statusLocked(id string, r *pullReq, status, desc string) {
@@ -384,14 +381,14 @@ func (in *intake) pullLocked() {
 		if len(o.queue) > 0 && streamSeq(o.queue[0]) > s.clear && s.collect == 0 && s.probe == nil && !now.Before(s.notAfter) {
 			in.probeLocked(i)
 		}
-		if s.nowait != "" || now.Before(s.notAfter) {
+		if in.openLocked(s, true) || now.Before(s.notAfter) {
 			continue
 		}
 		if s.more {
 			in.sendLocked(i, true)
 			continue
 		}
-		if s.long == "" {
+		if !in.openLocked(s, false) {
 			in.sendLocked(i, false)
 		}
 	}
@@ -499,10 +496,7 @@ func (in *intake) sendLocked(src int, noWait bool) {
 	in.reqs[id] = &pullReq{src: src, noWait: noWait, batch: req.Batch, deadline: deadline}
 	s.open = append(s.open, id)
 	if noWait {
-		s.nowait = id
 		s.more = false
-	} else {
-		s.long = id
 	}
 }
 
