@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strconv"
 
@@ -118,18 +117,6 @@ func withoutRedirects(hc *http.Client) *http.Client {
 	c := *hc
 	c.CheckRedirect = noRedirects
 	return &c
-}
-
-// consumeErrLevel is the log level of an error the consumer reports. A
-// missed pull heartbeat is routine on a loaded machine: the heartbeat comes
-// every half pull expiry (1s) and is declared missed after two, so a
-// process descheduled for 2s misses one; the consumer then issues a new
-// pull by itself. It is logged at debug; everything else at warn.
-func consumeErrLevel(err error) slog.Level {
-	if errors.Is(err, jetstream.ErrNoHeartbeat) {
-		return slog.LevelDebug
-	}
-	return slog.LevelWarn
 }
 
 // Healthy reports whether the process can still work at all: nil unless its

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -467,20 +466,6 @@ func TestCloseMarkedBeforePushAndAnnouncedOnce(t *testing.T) {
 	var ev subjects.DisconnectEvent
 	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Reason != subjects.ReasonClosed || m.Header.Get(subjects.HeaderMsgID) != subjects.DisconnectMsgID(tok) {
 		t.Errorf("disconnect %s headers %v", m.Data, m.Header)
-	}
-}
-
-// Item 13: a late pull heartbeat on a loaded machine is routine (the
-// consumer pulls again by itself) and is not logged as a warning.
-func TestConsumeErrLevel(t *testing.T) {
-	if got := consumeErrLevel(jetstream.ErrNoHeartbeat); got != slog.LevelDebug {
-		t.Errorf("no heartbeat: %v, want debug", got)
-	}
-	if got := consumeErrLevel(fmt.Errorf("wrapped: %w", jetstream.ErrNoHeartbeat)); got != slog.LevelDebug {
-		t.Errorf("wrapped no heartbeat: %v, want debug", got)
-	}
-	if got := consumeErrLevel(jetstream.ErrConsumerDeleted); got != slog.LevelWarn {
-		t.Errorf("consumer deleted: %v, want warn", got)
 	}
 }
 
