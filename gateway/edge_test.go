@@ -24,6 +24,22 @@ import (
 	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
+// provisioned connects to s and provisions wsbridge's streams and buckets
+// under the prefix ws.
+func provisioned(t *testing.T, s *server.Server, opts ...nats.Option) (*nats.Conn, jetstream.JetStream, subjects.Names) {
+	t.Helper()
+	nc := natstest.Connect(t, s, opts...)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := subjects.MustNew("ws")
+	if err := subjects.Provision(context.Background(), js, names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return nc, js, names
+}
+
 // disconnects subscribes to every disconnect event, for the test's life.
 func disconnects(t *testing.T, nc *nats.Conn, names subjects.Names) <-chan *nats.Msg {
 	t.Helper()
@@ -42,13 +58,8 @@ func disconnects(t *testing.T, nc *nats.Conn, names subjects.Names) <-chan *nats
 // records of live instances and of API Gateway stay.
 func TestEdgeStartSweepsEarlierLife(t *testing.T) {
 	s := natstest.Start(t)
-	nc := natstest.Connect(t, s)
-	js, _ := jetstream.New(nc)
+	nc, js, names := provisioned(t, s)
 	ctx := context.Background()
-	names := subjects.MustNew("ws")
-	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	reg, _ := js.KeyValue(ctx, names.Bucket())
 	inst, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: names.GatewayBucket(), TTL: time.Minute})
 	if err != nil {
@@ -118,13 +129,8 @@ func TestEdgeStartSweepsEarlierLife(t *testing.T) {
 // started second never swept the first.)
 func TestEdgeSweepsInstanceBornAfterIt(t *testing.T) {
 	s := natstest.Start(t)
-	nc := natstest.Connect(t, s)
-	js, _ := jetstream.New(nc)
+	nc, js, names := provisioned(t, s)
 	ctx := context.Background()
-	names := subjects.MustNew("ws")
-	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	discs := disconnects(t, nc, names)
 	startEdge(t, s.ClientURL(), "edge-b") // instance TTL 1s: a grace period of 2s
 	var inst jetstream.KeyValue
@@ -167,11 +173,7 @@ func TestEdgeSweepsInstanceBornAfterIt(t *testing.T) {
 // once NATS is gone; /healthz regardless.
 func TestReadyz(t *testing.T) {
 	s := natstest.Start(t)
-	nc := natstest.Connect(t, s, nats.MaxReconnects(-1))
-	js, _ := jetstream.New(nc)
-	if err := subjects.Provision(context.Background(), js, subjects.MustNew("ws"), subjects.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	nc, _, _ := provisioned(t, s, nats.MaxReconnects(-1))
 	var fnDown atomic.Bool
 	srv := serveAll(t, func(o *Options) {
 		o.NATS, o.InstanceID, o.PushURL = nc, "edge-r", "http://127.0.0.1:1/push"
@@ -330,12 +332,7 @@ func TestEdgeSurvivesNATSOutage(t *testing.T) {
 // is not invoked (its end was announced).
 func TestEdgeReconcileClosesSweptConnections(t *testing.T) {
 	s := natstest.Start(t)
-	nc := natstest.Connect(t, s)
-	js, _ := jetstream.New(nc)
-	names := subjects.MustNew("ws")
-	if err := subjects.Provision(context.Background(), js, names, subjects.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, js, names := provisioned(t, s)
 	srv, _ := startEdge(t, s.ClientURL(), "edge-a")
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
