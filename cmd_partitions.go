@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -90,12 +88,12 @@ func partitionRows(ctx context.Context, js jetstream.JetStream, n subjects.Names
 			return nil, 0, fmt.Errorf("bucket %s: %w", n.Leases(), err)
 		}
 		for k := range keys.Keys() {
-			if strings.HasPrefix(k, "m.") {
+			if _, ok := subjects.MemberKeyID(k); ok {
 				members++
 				continue
 			}
-			p, err := strconv.Atoi(strings.TrimPrefix(k, "p."))
-			if err != nil {
+			p, ok := subjects.LeaseKeyPartition(k)
+			if !ok {
 				continue
 			}
 			if e, err := kv.Get(ctx, k); err == nil {

@@ -41,10 +41,6 @@ import (
 // held messages in stream order and deletes the lease, and the taker starts
 // at once.
 
-// leaseKey and memberKey name the keys of the WS_BRIDGES bucket.
-func leaseKey(p int) string      { return "p." + strconv.Itoa(p) }
-func memberKey(id string) string { return "m." + id }
-
 // instanceID names this bridge in the leases: host, pid and a random
 // suffix, since containers reuse both host names and pids.
 func instanceID() string {
@@ -146,7 +142,7 @@ func (o *owner) watch(w jetstream.KeyWatcher, synced chan<- struct{}) {
 				continue
 			}
 			gone := e.Operation() != jetstream.KeyValuePut
-			member := strings.HasPrefix(e.Key(), "m.")
+			_, member := subjects.MemberKeyID(e.Key())
 			o.mu.Lock()
 			prev, known := o.seen[e.Key()]
 			o.seen[e.Key()] = seenKey{rev: e.Revision(), value: string(e.Value()), gone: gone, at: time.Now()}
@@ -194,7 +190,7 @@ func (o *owner) round() {
 	leaving := o.leaving
 	o.mu.Unlock()
 	if !leaving {
-		if _, err := o.kv.Put(ctx, memberKey(o.id), []byte(time.Now().UTC().Format(time.RFC3339))); err == nil {
+		if _, err := o.kv.Put(ctx, subjects.MemberKey(o.id), []byte(time.Now().UTC().Format(time.RFC3339))); err == nil {
 			o.mu.Lock()
 			o.lastOK = time.Now()
 			o.mu.Unlock()
@@ -255,12 +251,12 @@ func (o *owner) renew(ctx context.Context) {
 			continue
 		}
 		sent := o.b.since()
-		rev, err := o.kv.Update(ctx, leaseKey(p), []byte(o.id), l.rev)
+		rev, err := o.kv.Update(ctx, subjects.LeaseKey(p), []byte(o.id), l.rev)
 		o.mu.Lock()
 		switch {
 		case err == nil:
 			l.rev = rev
-			o.seen[leaseKey(p)] = seenKey{rev: rev, value: o.id, at: time.Now()}
+			o.seen[subjects.LeaseKey(p)] = seenKey{rev: rev, value: o.id, at: time.Now()}
 			o.mu.Unlock()
 			l.part.fence.Store(sent + int64(o.ttl)*3/4)
 			continue
@@ -286,7 +282,7 @@ func (o *owner) assign(leaving bool) []bool {
 		members = append(members, o.id)
 	}
 	for k, s := range o.seen {
-		id, ok := strings.CutPrefix(k, "m.")
+		id, ok := subjects.MemberKeyID(k)
 		if !ok || id == o.id || s.gone || now.Sub(s.at) >= o.ttl {
 			continue
 		}
@@ -336,7 +332,8 @@ func (o *owner) forgetDeadMembers(snapshot []jetstream.KeyValueEntry) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, e := range snapshot {
-		if s, ok := o.seen[e.Key()]; ok && strings.HasPrefix(e.Key(), "m.") && s.rev == e.Revision() && newest.Sub(e.Created()) >= o.ttl {
+		_, member := subjects.MemberKeyID(e.Key())
+		if s, ok := o.seen[e.Key()]; ok && member && s.rev == e.Revision() && newest.Sub(e.Created()) >= o.ttl {
 			s.at = time.Time{}
 			o.seen[e.Key()] = s
 		}
@@ -346,7 +343,7 @@ func (o *owner) forgetDeadMembers(snapshot []jetstream.KeyValueEntry) {
 // take acquires partition p's lease if it is free (never held, released)
 // or expired on this bridge's clock, and starts working it.
 func (o *owner) take(ctx context.Context, p int) {
-	key := leaseKey(p)
+	key := subjects.LeaseKey(p)
 	o.mu.Lock()
 	s, known := o.seen[key]
 	o.mu.Unlock()
@@ -492,7 +489,7 @@ func (o *owner) release(p int, l *lease) {
 		rev := l.rev
 		o.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = o.kv.Delete(ctx, leaseKey(p), jetstream.LastRevision(rev))
+		err = o.kv.Delete(ctx, subjects.LeaseKey(p), jetstream.LastRevision(rev))
 		cancel()
 		if err == nil || !isConflict(err) {
 			break
@@ -511,7 +508,7 @@ func (o *owner) leave(ctx context.Context) error {
 	o.leaving = true
 	o.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	_ = o.kv.Delete(dctx, memberKey(o.id))
+	_ = o.kv.Delete(dctx, subjects.MemberKey(o.id))
 	cancel()
 	o.poke()
 	t := time.NewTicker(10 * time.Millisecond)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/wsbridge/wsbridge/subjects"
 )
 
 // TestRendezvousSpreads checks the assignment is balanced for similar
@@ -59,7 +61,7 @@ func TestStartIgnoresDeadMembers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(ctx, memberKey("ghost"), []byte("died")); err != nil {
+	if _, err := kv.Put(ctx, subjects.MemberKey("ghost"), []byte("died")); err != nil {
 		t.Fatal(err)
 	}
 	// A live member renews every ttl/4 while the ghost's key ages.
@@ -68,7 +70,7 @@ func TestStartIgnoresDeadMembers(t *testing.T) {
 	go func() {
 		defer close(done)
 		for {
-			_, _ = kv.Put(ctx, memberKey("alive"), []byte("renewed"))
+			_, _ = kv.Put(ctx, subjects.MemberKey("alive"), []byte("renewed"))
 			select {
 			case <-stop:
 				return

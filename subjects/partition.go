@@ -118,6 +118,28 @@ func (n Names) PartitionConsumer(p int) string { return n.Consumer() + "_" + str
 // leases of the partitions they work (WS_BRIDGES).
 func (n Names) Leases() string { return n.upper + "_BRIDGES" }
 
+// Keys of the Leases bucket: m.<id>, a bridge's membership (rewritten while
+// it lives), and p.<n>, the lease of partition n (its owner's id).
+
+// MemberKey is the key of bridge id's membership in the Leases bucket.
+func MemberKey(id string) string { return "m." + id }
+
+// MemberKeyID returns the bridge a Leases key is the membership of.
+func MemberKeyID(key string) (id string, ok bool) { return strings.CutPrefix(key, "m.") }
+
+// LeaseKey is the key of partition p's lease in the Leases bucket.
+func LeaseKey(p int) string { return "p." + strconv.Itoa(p) }
+
+// LeaseKeyPartition returns the partition a Leases key is the lease of.
+func LeaseKeyPartition(key string) (p int, ok bool) {
+	n, ok := strings.CutPrefix(key, "p.")
+	if !ok {
+		return 0, false
+	}
+	p, err := strconv.Atoi(n)
+	return p, err == nil && p >= 0
+}
+
 // Stored is an outbound command as the partitioned stream stores it.
 type Stored struct {
 	Subject

@@ -247,3 +247,20 @@ func TestProvisionConverts(t *testing.T) {
 		t.Errorf("Provision at MaxPartitions: %v", err)
 	}
 }
+
+func TestLeasesBucketKeys(t *testing.T) {
+	if p, ok := subjects.LeaseKeyPartition(subjects.LeaseKey(17)); !ok || p != 17 {
+		t.Errorf("lease key of 17 read back as %d, %v", p, ok)
+	}
+	if id, ok := subjects.MemberKeyID(subjects.MemberKey("vm-1-abc")); !ok || id != "vm-1-abc" {
+		t.Errorf("member key read back as %q, %v", id, ok)
+	}
+	for _, k := range []string{subjects.MemberKey("7"), "p.", "p.x", "p.-1", "7"} {
+		if p, ok := subjects.LeaseKeyPartition(k); ok {
+			t.Errorf("%q read as the lease of partition %d", k, p)
+		}
+	}
+	if _, ok := subjects.MemberKeyID(subjects.LeaseKey(3)); ok {
+		t.Errorf("a lease key read as a member key")
+	}
+}
