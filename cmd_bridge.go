@@ -26,6 +26,7 @@ type bridgeConfig struct {
 	natsListen string
 	logFormat  string
 	logLevel   string
+	ignored    []string // flags of earlier releases that were set
 }
 
 func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
@@ -45,16 +46,24 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	fs.IntVar(&o.MaxAttempts, "max-attempts", bridge.DefaultMaxAttempts, "push attempts before a transient failure is dead-lettered")
 	fs.DurationVar(&o.BackoffBase, "retry-backoff", bridge.DefaultBackoffBase, "delay after the first transient failure (doubles each attempt)")
 	fs.DurationVar(&o.BackoffMax, "retry-backoff-max", bridge.DefaultBackoffMax, "maximum delay between attempts")
-	fs.IntVar(&o.MaxDeliver, "max-deliver", bridge.DefaultMaxDeliver, "dead-letter a message JetStream delivered this many times without an outcome")
-	fs.DurationVar(&o.AckWait, "ack-wait", bridge.DefaultAckWait, "how long a message held by a bridge that died or was cut off waits before the partition's next owner gets it")
 	fs.IntVar(&o.Partitions, "partitions", bridge.DefaultPartitions, "outbound partitions, the same on every bridge of a stream (changing it needs an empty stream)")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", bridge.DefaultLeaseTTL, "lifetime of a partition lease without renewal: a dead or cut-off bridge's partitions move after it")
-	fs.IntVar(&o.MaxAckPending, "max-ack-pending", bridge.DefaultMaxAckPending, "messages held unacknowledged by all bridges at most")
-	fs.Int64Var(&o.MaxHeldBytes, "max-held-bytes", bridge.DefaultMaxHeldBytes, "bytes of messages held at once by this bridge (bodies and push bodies); past it no new message is taken until pushes settle")
+	fs.Int64Var(&o.MaxHeldBytes, "max-held-bytes", bridge.DefaultMaxHeldBytes, "bytes of commands held at once by this bridge (bodies and push bodies), shared by its partitions; a partition past its share stops taking and reads the log again once it drained")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", bridge.DefaultShutdownTimeout, "time in-flight pushes get to finish on SIGINT/SIGTERM")
 	fs.IntVar(&o.Streams.Replicas, "replicas", 1, "replicas of the streams and bucket (3 on a cluster)")
 	fs.DurationVar(&o.Streams.RegistryTTL, "registry-ttl", 0, "TTL of registry records, the safety net for lost disconnects (0: 24h)")
 	fs.DurationVar(&o.Streams.OutMaxAge, "out-max-age", 0, "undelivered outbound commands expire after this (0: 24h)")
+	fs.Int64Var(&o.Streams.OutMaxBytes, "out-max-bytes", subjects.DefaultOutMaxBytes, "size bound of the outbound log; when full, publishers get an error and nothing stored is dropped")
+	fs.DurationVar(&o.ReplayWindow, "replay-window", bridge.DefaultReplayWindow, "how long the outbound log keeps what every partition delivered before it is trimmed")
+	// Settings of the partition consumers of earlier releases: the log has
+	// no consumers. Accepted so that existing configurations start; a
+	// warning names them.
+	for _, name := range []string{"ack-wait", "max-ack-pending", "max-deliver"} {
+		fs.Func(name, "no longer used (the outbound log has no consumers); accepted and ignored", func(string) error {
+			c.ignored = append(c.ignored, name)
+			return nil
+		})
+	}
 }
 
 // runBridge runs the bridge daemon until SIGINT/SIGTERM (ctx), then drains.
@@ -72,6 +81,9 @@ func runBridge(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err != nil {
 		fmt.Fprintln(stderr, "wsbridge bridge:", err)
 		return 2
+	}
+	for _, name := range c.ignored {
+		log.Warn("flag no longer used and ignored: the outbound log has no consumers", "flag", "--"+name)
 	}
 	if err := c.opts.WithDefaults().Validate(); err != nil {
 		fmt.Fprintln(stderr, "wsbridge bridge:", err)

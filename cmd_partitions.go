@@ -17,9 +17,10 @@ import (
 type partitionRow struct {
 	Partition int    `json:"partition"`
 	Owner     string `json:"owner"`           // bridge id holding the lease, "" when free
-	Backlog   uint64 `json:"backlog"`         // messages not yet delivered to a bridge
-	Held      int    `json:"held"`            // delivered, not yet acknowledged
-	LagMS     int64  `json:"lagMs"`           // age of the oldest message stored in the partition
+	Position  uint64 `json:"position"`        // lowest sequence of the log it has not resolved
+	Backlog   uint64 `json:"backlog"`         // its commands (and fan-outs) in the log from its position on
+	Held      int    `json:"held"`            // taken, not yet resolved, as of its last commit
+	LagMS     int64  `json:"lagMs"`           // age of the log entry at its position (0 when it is at the end)
 	Error     string `json:"error,omitempty"` // why a figure is missing
 }
 
@@ -47,7 +48,7 @@ func runPartitions(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		return 0
 	}
-	fmt.Fprintf(stdout, "%-9s  %-32s  %8s  %6s  %8s\n", "partition", "owner", "backlog", "held", "lag")
+	fmt.Fprintf(stdout, "%-9s  %-32s  %10s  %8s  %6s  %8s\n", "partition", "owner", "position", "backlog", "held", "lag")
 	owners := map[string]int{}
 	for _, r := range rows {
 		owner := r.Owner
@@ -55,7 +56,7 @@ func runPartitions(ctx context.Context, args []string, stdout, stderr io.Writer)
 			owner = "(none)"
 		}
 		owners[owner]++
-		line := fmt.Sprintf("%-9d  %-32s  %8d  %6d  %8s", r.Partition, owner, r.Backlog, r.Held, (time.Duration(r.LagMS) * time.Millisecond).String())
+		line := fmt.Sprintf("%-9d  %-32s  %10d  %8d  %6d  %8s", r.Partition, owner, r.Position, r.Backlog, r.Held, (time.Duration(r.LagMS) * time.Millisecond).String())
 		if r.Error != "" {
 			line += "  " + r.Error
 		}
@@ -101,38 +102,57 @@ func partitionRows(ctx context.Context, js jetstream.JetStream, n subjects.Names
 			}
 		}
 	}
+	info := st.CachedInfo()
+	first := info.State.FirstSeq
+	if first == 0 {
+		first = info.State.LastSeq + 1
+	}
+	pkv, err := js.KeyValue(ctx, n.Positions())
+	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, 0, fmt.Errorf("bucket %s: %w", n.Positions(), err)
+	}
 	rows := make([]partitionRow, 0, count)
 	for p := 0; p < count; p++ {
-		r := partitionRow{Partition: p, Owner: owners[p]}
-		cons, err := js.Consumer(ctx, n.StreamOut(), n.PartitionConsumer(p))
-		if err == nil {
-			// js.Consumer has just fetched the consumer's info.
-			if info := cons.CachedInfo(); info != nil {
-				r.Backlog, r.Held = info.NumPending, info.NumAckPending
-				if r.Backlog+uint64(r.Held) > 0 {
-					// The partition's oldest stored direct command: acked
-					// ones are removed at once, so it is waiting.
-					m, gerr := st.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(n.PartitionFilter(p)))
-					if gerr == nil {
-						r.LagMS = time.Since(m.Time).Milliseconds()
-					}
-				}
+		r := partitionRow{Partition: p, Owner: owners[p], Position: first}
+		if pkv != nil {
+			pos, _, _, err := subjects.ReadPosition(ctx, pkv, p, info.Created, first)
+			if err != nil {
+				r.Error = err.Error()
+				rows = append(rows, r)
+				continue
 			}
+			r.Position, r.Held = max(pos.Low(), first), len(pos.Pending)
 		}
-		if err == nil {
-			// The fan-outs this partition has still to push.
-			var fcons jetstream.Consumer
-			if fcons, err = js.Consumer(ctx, n.StreamOut(), n.FanOutConsumer(p)); err == nil {
-				if info := fcons.CachedInfo(); info != nil {
-					r.Backlog += info.NumPending
-					r.Held += info.NumAckPending
-				}
+		if r.Position <= info.State.LastSeq {
+			if m, err := st.GetMsg(ctx, r.Position); err == nil {
+				r.LagMS = time.Since(m.Time).Milliseconds()
 			}
-		}
-		if err != nil {
-			r.Error = err.Error()
+			backlog, err := partitionBacklog(ctx, js, n, p, r.Position)
+			if err != nil {
+				r.Error = err.Error()
+			}
+			r.Backlog = backlog
 		}
 		rows = append(rows, r)
 	}
 	return rows, members, nil
+}
+
+// partitionBacklog counts partition p's commands in the log from seq on:
+// its sends and closes and every fan-out (a short-lived consumer's count).
+func partitionBacklog(ctx context.Context, js jetstream.JetStream, n subjects.Names, p int, seq uint64) (uint64, error) {
+	c, err := js.CreateConsumer(ctx, n.StreamOut(), jetstream.ConsumerConfig{
+		FilterSubjects:    n.PartitionSubjects(p),
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       seq,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: 5 * time.Second,
+		MemoryStorage:     true,
+		Replicas:          1,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("count backlog: %w", err)
+	}
+	defer func() { _ = js.DeleteConsumer(context.Background(), n.StreamOut(), c.CachedInfo().Name) }()
+	return c.CachedInfo().NumPending, nil
 }

@@ -25,13 +25,8 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
-// pullExpiry is the lifetime of the consumers' pull requests. Short, because
-// a stopped instance's requests linger at the server until they expire, and
-// a hand-off waits them out before it NAKs (see part.stop).
-const pullExpiry = time.Second
-
-// Bridge consumes the outbound stream and turns each command into reverse
-// pushes to the gateway. Build one with New, then Run it (or Start and Stop).
+// Bridge reads the outbound log and turns each command into reverse pushes
+// to the gateway. Build one with New, then Run it (or Start and Stop).
 type Bridge struct {
 	opts   Options
 	names  subjects.Names
@@ -57,29 +52,25 @@ type Bridge struct {
 	refreshMu  sync.Mutex
 	refreshing map[string]struct{}
 
-	// Partitioned work (see ownership.go, partition.go): this instance's
-	// id in the leases, the base of monotonic fence times, the lease
-	// keeper and the partitions held.
-	id    string
-	epoch time.Time
-	// outLast is the outbound stream's last sequence as last read
-	// (readOutLast), for the partitions' probes.
-	outLast atomic.Uint64
-	// outLog follows the outbound stream's log when it has one replica
-	// (outlog.go); nil otherwise.
-	outLog  *outLog
-	own     *owner
-	acks    *acker
-	pm      *metrics.Partitions
-	ready   *readyQueue
-	pmu     sync.Mutex
-	parts   map[int]*part
-	fanouts fanouts
-	// The held-bytes budget (limits.go), over every partition: bytes
-	// held, and a signal that some were released; guarded by hmu.
-	hmu       sync.Mutex
-	heldBytes int64
-	room      chan struct{}
+	// Partitioned work (see ownership.go, partition.go, reader.go): this
+	// instance's id in the leases, the base of monotonic fence times, the
+	// lease keeper, the positions bucket, the log reader and the
+	// partitions held.
+	id        string
+	epoch     time.Time
+	own       *owner
+	positions jetstream.KeyValue
+	reader    *reader
+	pm        *metrics.Partitions
+	ready     *readyQueue
+	pmu       sync.Mutex
+	parts     map[int]*part
+	partList  atomic.Pointer[[]*part] // parts in order, for the reader (snapParts)
+	// Bytes held over every partition; guarded by hmu. pausedParts counts
+	// the partitions paused for want of room (part.pause).
+	hmu         sync.Mutex
+	heldBytes   int64
+	pausedParts atomic.Int64
 
 	started   atomic.Bool
 	stopping  atomic.Bool
@@ -163,7 +154,6 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		epoch:  time.Now(),
 		pm:     metrics.NewPartitions(reg),
 		parts:  map[int]*part{},
-		room:   make(chan struct{}, 1),
 
 		refreshCh:  make(chan string, refreshQueue),
 		refreshing: map[string]struct{}{},
@@ -172,6 +162,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		syncedCh:   make(chan struct{}),
 		stopDone:   make(chan struct{}),
 	}
+	b.reader = newReader(b)
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	b.pushCtx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
@@ -229,15 +220,11 @@ func (b *Bridge) Start(ctx context.Context) error {
 	if err := subjects.Provision(ctx, b.js, b.names, b.opts.Streams); err != nil {
 		return err
 	}
-	// The outbound stream's log orders with its consumers' deliveries only
-	// where they live beside it: a single replica (outlog.go).
-	if st, err := b.js.Stream(ctx, b.names.StreamOut()); err != nil {
-		return fmt.Errorf("outbound stream %s: %w", b.names.StreamOut(), err)
-	} else if cfg := st.CachedInfo().Config; cfg.Replicas <= 1 && cfg.RePublish != nil {
-		if b.outLog, err = newOutLog(b.nc, b.names); err != nil {
-			return fmt.Errorf("follow %s: %w", b.names.OutLog(), err)
-		}
+	pkv, err := b.js.KeyValue(ctx, b.names.Positions())
+	if err != nil {
+		return fmt.Errorf("positions bucket %s: %w", b.names.Positions(), err)
 	}
+	b.positions = pkv
 	kv, err := b.js.KeyValue(ctx, b.names.Bucket())
 	if err != nil {
 		return fmt.Errorf("registry bucket %s: %w", b.names.Bucket(), err)
@@ -271,9 +258,6 @@ func (b *Bridge) Start(ctx context.Context) error {
 	}
 	b.subs = append(b.subs, sub)
 
-	if b.acks, err = newAcker(b.nc); err != nil {
-		return fmt.Errorf("ack confirmations: %w", err)
-	}
 	lkv, err := b.js.CreateOrUpdateKeyValue(ctx, leaseBucketConfig(b.names, b.opts))
 	if err != nil {
 		return fmt.Errorf("lease bucket %s: %w", b.names.Leases(), err)
@@ -295,11 +279,12 @@ func (b *Bridge) Start(ctx context.Context) error {
 		b.wg.Add(1)
 		go b.worker()
 	}
-	b.wg.Add(4)
-	go b.keepAlive()
+	b.wg.Add(5)
+	go b.reader.run()
+	go b.commits()
+	go b.trim()
 	go b.sample()
 	go b.refresher()
-	go b.readOutLast()
 	first := make(chan struct{})
 	b.wg.Add(1)
 	go b.own.run(first)
@@ -321,6 +306,7 @@ func (b *Bridge) since() int64 { return int64(time.Since(b.epoch)) }
 func (b *Bridge) addPart(p *part) {
 	b.pmu.Lock()
 	b.parts[p.n] = p
+	b.snapParts()
 	b.pmu.Unlock()
 }
 
@@ -328,21 +314,30 @@ func (b *Bridge) removePart(p *part) {
 	b.pmu.Lock()
 	if b.parts[p.n] == p {
 		delete(b.parts, p.n)
+		b.snapParts()
 	}
 	b.pmu.Unlock()
 	b.pm.Backlog.DeleteLabelValues(strconv.Itoa(p.n))
 }
 
-// ownedParts returns the partitions held, in partition order.
-func (b *Bridge) ownedParts() []*part {
-	b.pmu.Lock()
+// snapParts publishes the list of partitions held, in partition order, for
+// ownedParts; b.pmu held.
+func (b *Bridge) snapParts() {
 	out := make([]*part, 0, len(b.parts))
 	for _, p := range b.parts {
 		out = append(out, p)
 	}
-	b.pmu.Unlock()
 	slices.SortFunc(out, func(x, y *part) int { return cmp.Compare(x.n, y.n) })
-	return out
+	b.partList.Store(&out)
+}
+
+// ownedParts returns the partitions held, in partition order. The slice is
+// shared: callers must not modify it.
+func (b *Bridge) ownedParts() []*part {
+	if l := b.partList.Load(); l != nil {
+		return *l
+	}
+	return nil
 }
 
 // ownedCount is how many partitions this bridge works now (ownedParts
@@ -386,9 +381,10 @@ func (b *Bridge) Ready() error {
 	return nil
 }
 
-// Stop stops consuming, lets in-flight pushes finish within ShutdownTimeout
-// (or ctx), hands every message not pushed back to JetStream, and stops the
-// API and ops endpoints. It is idempotent: later calls wait for the first.
+// Stop stops reading, lets in-flight pushes finish within ShutdownTimeout
+// (or ctx), commits every partition's position and releases its lease for
+// the other bridges, and stops the API and ops endpoints. It is idempotent:
+// later calls wait for the first.
 func (b *Bridge) Stop(ctx context.Context) error {
 	b.stopOnce.Do(func() {
 		defer close(b.stopDone)
@@ -409,14 +405,14 @@ func (b *Bridge) stop(ctx context.Context) error {
 	}
 	var errs []error
 	if b.own != nil && b.consuming.Load() {
-		// Hand every partition off: in-flight pushes finish, the rest is
-		// NAKed in stream order, the leases are released for the others.
+		// Hand every partition off: in-flight pushes finish, positions
+		// are committed, the leases are released for the others.
 		if err := b.own.leave(ctx); err != nil {
 			b.log.Warn("shutdown timeout: cancelling in-flight pushes", "err", err)
 			b.cancel()
 			wait, c2 := context.WithTimeout(context.Background(), 5*time.Second)
 			if err := b.own.leave(wait); err != nil {
-				errs = append(errs, fmt.Errorf("%w; JetStream redelivers their messages after the ack wait", err))
+				errs = append(errs, fmt.Errorf("%w; their next owners start from the last committed positions", err))
 			}
 			c2()
 		}
@@ -427,18 +423,12 @@ func (b *Bridge) stop(ctx context.Context) error {
 	if b.own != nil {
 		b.own.leaves.Wait()
 	}
-	if b.acks != nil {
-		b.acks.stop()
-	}
-	if b.outLog != nil {
-		b.outLog.close()
-	}
 	close(b.quit)
+	b.reader.close()
 	b.wg.Wait()
-	// Acks and NAKs are fire-and-forget publishes: make sure they left.
 	if b.nc.IsConnected() {
 		if err := b.nc.FlushTimeout(2 * time.Second); err != nil {
-			errs = append(errs, fmt.Errorf("stop: flush acks: %w", err))
+			errs = append(errs, fmt.Errorf("stop: flush: %w", err))
 		}
 	}
 	if b.httpSrv != nil {
@@ -464,7 +454,6 @@ type attemptResult int
 const (
 	resolved attemptResult = iota
 	retry
-	abandon
 )
 
 // attempt pushes one item once and acts on the decision.
@@ -500,8 +489,8 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	b.m.PushDuration.Observe(done.Sub(start).Seconds())
 	b.pushes.inc(it.close, o.Class)
 	if b.pushCtx.Err() != nil && o.Class != OK {
-		// Cut short by shutdown: neither the message's nor the gateway's
-		// fault; it goes back for the partition's next owner.
+		// Cut short by shutdown: neither the command's nor the gateway's
+		// fault; it stays for the partition's next owner.
 		o = Outcome{Class: Abandoned, Err: o.Err}
 	}
 	if fenced && o.Class != OK && o.Class != Abandoned {
@@ -525,7 +514,9 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 		}
 		return resolved, 0
 	case Release:
-		return abandon, dec.Delay
+		// Cut short by shutdown: the item stays pending in the
+		// position; the partition's next owner pushes it.
+		return retry, dec.Delay
 	case Retry:
 		b.m.Retries.Inc()
 		b.log.Debug("push failed, will retry", "kind", d.kind, "token", it.token, "status", o.Status,

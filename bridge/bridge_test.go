@@ -47,7 +47,7 @@ func TestOrderPerConnectionUnderLoad(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	if got := testutil.ToFloat64(b.Metrics().Pushes.WithLabelValues(metrics.ActionSend, metrics.ResultOK)); got != conns*per {
 		t.Errorf("pushes_total{send,ok} = %v, want %d", got, conns*per)
 	}
@@ -71,7 +71,7 @@ func TestTransientRetriedInOrder(t *testing.T) {
 	}
 	b := e.start(nil)
 	waitFor(t, "four pushes", 20*time.Second, func() bool { return e.tg.delivered() >= 4 })
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	var got []string
 	for _, p := range e.tg.of("c1") {
 		got = append(got, p.Data)
@@ -96,7 +96,7 @@ func TestRetriesUsedUp(t *testing.T) {
 		m.Header.Get(subjects.HeaderAttempts) != "3" || m.Header.Get(subjects.HeaderStatus) != "502" || string(m.Data) != "never" {
 		t.Errorf("dead letter %s %v %q", m.Subject, m.Header, m.Data)
 	}
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	if got := testutil.ToFloat64(b.Metrics().DeadLetters.WithLabelValues("retries")); got != 1 {
 		t.Errorf("dead_letters_total{retries} = %v, want 1", got)
 	}
@@ -124,7 +124,7 @@ func TestPermanentGoneAndClose(t *testing.T) {
 	e.publish(e.names.Close(subjects.Token("closing")), nil)
 	waitFor(t, "three dead letters", 20*time.Second, func() bool { return dlq.len() >= 3 })
 	waitFor(t, "two disconnect events", 20*time.Second, func() bool { return disc.len() >= 2 })
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 
 	tests := []struct {
 		id, kind, reason, status, data string
@@ -226,7 +226,7 @@ func TestBroadcastWithFailures(t *testing.T) {
 		}
 	}
 	waitFor(t, "broadcast pushes", 60*time.Second, func() bool { return e.tg.delivered() >= wantOK && dlq.len() >= n/100 })
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	for i := 0; i < n; i++ {
 		got := len(e.tg.of(fmt.Sprintf("b-%d", i)))
 		want := 1
@@ -294,7 +294,7 @@ func TestBadOutboundMessages(t *testing.T) {
 	e.publish(e.names.Send(good), []byte("fine"))
 	waitFor(t, "dead letters", 20*time.Second, func() bool { return dlq.len() >= len(cases) })
 	waitFor(t, "good push", 10*time.Second, func() bool { return e.tg.delivered() >= 1 })
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	got := dlq.all()
 	if len(got) != len(cases) {
 		t.Fatalf("%d dead letters, want %d", len(got), len(cases))
@@ -354,7 +354,7 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	slow.Store(false)
 	e.start(nil)
 	waitFor(t, "all pushes after restart", 60*time.Second, func() bool { return e.tg.delivered() >= conns*per })
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	dups := e.tg.delivered() - conns*per
 	t.Logf("stopped after %d pushes; duplicates after restart: %d", mid, dups)
 	for c := 0; c < conns; c++ {
@@ -516,11 +516,10 @@ func TestOptionsValidate(t *testing.T) {
 		func(o *Options) { o.PushToken = "two words" },
 		func(o *Options) { o.Prefix = "a b" },
 		func(o *Options) { o.Concurrency = -1 },
-		func(o *Options) { o.AckWait = time.Millisecond },
+		func(o *Options) { o.ReplayWindow = -time.Second },
 		func(o *Options) { o.BackoffMax = time.Millisecond },
 		func(o *Options) { o.BackoffJitter = 2 },
 		func(o *Options) { o.PushRate = -1 },
-		func(o *Options) { o.MaxAckPending = 1 },
 		func(o *Options) { o.Partitions = subjects.MaxPartitions + 1 },
 		func(o *Options) { o.Partitions = -1 },
 		func(o *Options) { o.LeaseTTL = time.Second - time.Millisecond },

@@ -12,26 +12,16 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
-// reject dead-letters a whole message that will never be pushed.
-func (b *Bridge) reject(d *delivery, kind subjects.Kind, token string, class Class, cause error, attempts int) {
+// reject dead-letters a whole command that will never be pushed. The dead
+// letter is published from the lane of its connection (or of the
+// partition's invalid commands), like any other outcome, so a publish that
+// fails is retried in order.
+func (b *Bridge) reject(d *delivery, kind subjects.Kind, token string, class Class, cause error) {
+	d.kind = kind
 	d.remaining.Store(1)
-	reason := Decide(Outcome{Class: class, Err: cause}, attempts, b.policy, 0).Reason
-	o := Outcome{Err: cause}
-	err := b.deadLetter(d, kind, token, reason, o, attempts, false)
-	if err != nil && !transientPublishErr(err) {
-		// Refused, not unavailable: the metadata alone, or the log line.
-		if err = b.deadLetter(d, kind, token, reason, o, attempts, true); err != nil && !transientPublishErr(err) {
-			b.log.Error("dead letter refused; lost", "seq", d.seq, "kind", kind, "reason", reason,
-				"subject", clipString(d.msg.Subject(), 256), "cause", cause, "err", err)
-			err = nil
-		}
-	}
-	if err != nil {
-		b.log.Error("dead letter failed; message returns later", "seq", d.seq, "err", err)
-		d.aborted.Store(true)
-		d.nakDelay.Store(int64(b.opts.BackoffMax))
-	}
-	b.settle(d)
+	reason := Decide(Outcome{Class: class, Err: cause}, 0, b.policy, 0).Reason
+	d.one = item{d: d, token: token, dl: &pendingDL{reason: reason, o: Outcome{Err: cause}}}
+	b.enqueue(&d.one)
 }
 
 // pendingDL is the dead letter an item's outcome calls for.

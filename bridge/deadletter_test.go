@@ -69,7 +69,7 @@ func TestDeadLetterFailureKeepsOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "two pushes", 20*time.Second, func() bool { return len(e.tg.of("dl-order")) >= 2 })
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	if !secondAfterDL.Load() {
 		t.Error("second message pushed before the first one's dead letter was stored")
 	}

@@ -27,8 +27,6 @@ var (
 	errNotFound = subjects.ErrNotFound
 	// errBadAnswer reports a 200 whose body is not the gateway's JSON answer.
 	errBadAnswer = errors.New("gateway answered 200 without a JSON errNo")
-	// errAckTimeout is an acknowledgement the server did not confirm in time.
-	errAckTimeout = errors.New("ack not confirmed within " + ackTimeout.String())
 	// errInstanceLost reports a push for a connection whose self-hosted edge
 	// instance (`wsbridge gateway`) is no longer live: the connection is
 	// gone, announced with reason lost (as the surviving instances announce

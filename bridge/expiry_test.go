@@ -36,7 +36,7 @@ func TestRegistryExpiryAnnounced(t *testing.T) {
 	}
 	// A broadcast now reaches nobody: the index forgot the connection.
 	e.publish(e.names.Broadcast(), []byte("anyone?"))
-	waitFor(t, "the broadcast to be consumed", 10*time.Second, e.streamEmpty)
+	waitFor(t, "the broadcast to be consumed", 10*time.Second, e.resolved)
 	if got := e.tg.delivered(); got != 0 {
 		t.Errorf("broadcast after expiry pushed %d times, want 0", got)
 	}

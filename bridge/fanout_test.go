@@ -47,7 +47,7 @@ func TestFanOutKeepsItsPlace(t *testing.T) {
 		total += len(w)
 	}
 	waitFor(t, "every push", 60*time.Second, func() bool { return len(mt.all()) >= total })
-	waitFor(t, "stream drained", 30*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 30*time.Second, e.resolved)
 	got := map[string][]int{}
 	by := map[string]int{}
 	for _, p := range mt.all() {
@@ -120,7 +120,7 @@ func TestFanOutKeepsItsPlaceInABacklog(t *testing.T) {
 	}
 	startBridge(t, Options{PushURL: mt.srv.URL + "/a/api", Concurrency: 16}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)})
 	waitFor(t, "every push", 60*time.Second, func() bool { return len(mt.all()) >= total })
-	waitFor(t, "stream drained", 30*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 30*time.Second, e.resolved)
 	got := map[string][]int{}
 	for _, p := range mt.all() {
 		got[p.conn] = append(got[p.conn], p.n)

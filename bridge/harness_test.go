@@ -160,7 +160,6 @@ func (e *env) startLogged(log *slog.Logger, mod func(*Options)) *Bridge {
 		BackoffBase: 5 * time.Millisecond,
 		BackoffMax:  50 * time.Millisecond,
 		MaxAttempts: 5,
-		AckWait:     5 * time.Second,
 	}
 	if mod != nil {
 		mod(&o)
@@ -289,35 +288,19 @@ func (c *collector) bySubject(s string) *nats.Msg {
 	return nil
 }
 
-// streamEmpty reports whether WS_OUT holds no message (work queue: acked
-// messages are removed).
-func (e *env) streamEmpty() bool {
-	st, err := e.js.Stream(context.Background(), e.names.StreamOut())
-	if err != nil {
-		return false
-	}
-	info, err := st.Info(context.Background())
-	return err == nil && info.State.Msgs == 0
+// resolved reports whether every partition has resolved (pushed or
+// dead-lettered) everything WS_OUT holds, as their committed positions say.
+func (e *env) resolved() bool {
+	n, err := e.outPending()
+	return err == nil && n == 0
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
-// outPending is the number of outbound messages not yet delivered to a
-// bridge, over every partition's consumer.
+// outPending is the number of outbound commands some partition has not
+// resolved yet, as the committed positions say.
 func (e *env) outPending() (uint64, error) {
-	var n uint64
-	for p := 0; p < subjects.DefaultPartitions; p++ {
-		cons, err := e.js.Consumer(context.Background(), e.names.StreamOut(), e.names.PartitionConsumer(p))
-		if err != nil {
-			return 0, err
-		}
-		info, err := cons.Info(context.Background())
-		if err != nil {
-			return 0, err
-		}
-		n += info.NumPending
-	}
-	return n, nil
+	return subjects.Unresolved(context.Background(), e.js, e.names)
 }
 
 // disconnectsOf returns the reasons of the disconnect events c saw for token.

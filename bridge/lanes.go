@@ -13,67 +13,55 @@ import (
 // Ordering design.
 //
 // Every push belongs to a lane, one per connection token. A lane is a FIFO of
-// items in the order JetStream delivered their messages (stream order, since
-// the Consume callback runs on one goroutine), and at most one worker works
-// on a lane at a time, so pushes to one connection leave in publish order
-// while Concurrency workers push to different connections in parallel.
+// items in stream order (the log reader hands commands on in stream order),
+// and at most one worker works on a lane at a time, so pushes to one
+// connection leave in publish order while Concurrency workers push to
+// different connections in parallel.
 //
-// A transient failure does not NAK the message: the lane keeps its head and
-// is put back on the ready queue after the backoff delay, holding back the
-// later messages of that connection only (not of other connections, and not
-// a worker: no goroutine sleeps on a retry but a timer). A NAK would let
-// JetStream deliver later messages of the same connection before the retried
-// one. The delivery stays unacknowledged meanwhile; a keep-alive sends
-// InProgress so AckWait does not expire under it.
+// A transient failure keeps the item at the head of its lane, which is put
+// back on the ready queue after the backoff delay: later messages of that
+// connection wait, other connections do not, and no goroutine sleeps on a
+// retry but a timer. An outcome that cannot be recorded yet (the dead-letter
+// publish fails) is retried the same way, so it keeps its place too.
 //
-// Fan-out messages (broadcast, group, user) become one item per connection,
-// in each connection's lane, so a broadcast between two sends to a connection
-// arrives between them; the message is acknowledged when all its items are
-// resolved (pushed or individually dead-lettered), so one failing connection
-// neither redoes the fan-out nor holds the others back.
+// Fan-out commands (broadcast, group, user) become one item per connection,
+// in each connection's lane, so a broadcast between two sends to a
+// connection arrives between them. A command is resolved once all its items
+// are (pushed or individually dead-lettered); one failing connection neither
+// redoes the fan-out nor holds the others back.
 //
-// An outcome that cannot be recorded yet (the dead-letter publish fails) is
-// retried inside the lane with the same backoff as a transient push failure,
-// so it keeps its place too.
-//
-// Across bridges (see ownership.go): a connection's messages all live in one
-// partition, which one bridge works at a time. A message is acknowledged,
-// and the acknowledgement confirmed by the server, before the next message
-// of its connection is pushed; a fan-out's lanes wait until the fan-out is
-// acknowledged. So whatever a bridge leaves unacknowledged when it dies is,
-// per connection, at most its latest push and what followed, and the next
-// owner gets all of it, in stream order, before anything newer. When a
-// partition is handed off (stop, rebalance), its lanes are abandoned and
-// their messages NAKed in stream order; when it is dropped (lease lost or
-// unconfirmed), they are let go and expire after the ack wait.
+// Across bridges (see ownership.go): a connection's commands all live in one
+// partition, which one bridge works at a time, and the partition's position
+// in the log (what it resolved) is committed every CommitInterval and at
+// every hand-off. A bridge that dies leaves at most the pushes made since
+// its last commit to be made again by the next owner, in stream order; every
+// push carries its stream sequence (Ws-Seq), and wsbridge gateway drops a
+// repeat. A hand-off commits after its last push, so the next owner repeats
+// nothing.
 
-// delivery is one JetStream message being handled by one partition.
+// delivery is one command of the log being handled by one partition.
 type delivery struct {
-	msg     jetstream.Msg
-	part    *part
-	seq     uint64 // stream sequence
-	stamp   time.Time
-	orig    string // the subject the publisher used
-	kind    subjects.Kind
-	body    []byte
-	binary  bool
-	fanout  bool      // broadcast, group or user: its lanes wait for its ack
-	tail    []byte    // a fan-out's push body after the connection id, shared by its items (see payload)
-	touched time.Time // last ack-deadline extension; guarded by part.mu
-	size    int64     // bytes counted against MaxHeldBytes; guarded by Bridge.hmu
+	msg    jetstream.Msg
+	part   *part
+	seq    uint64 // stream sequence
+	stamp  time.Time
+	orig   string // the subject the publisher used
+	kind   subjects.Kind
+	body   []byte
+	binary bool
+	tail   []byte // a fan-out's push body after the connection id, shared by its items (see payload)
+	size   int64  // bytes counted against the partition's share of MaxHeldBytes
 
-	redelivered bool // JetStream delivered it before: a push may repeat one
+	redelivered bool // a previous owner may have pushed it already
 
-	one item // the item of a send or close (saves an allocation)
+	one   item    // the item of a send or close (saves an allocation)
+	items []*item // a fan-out's items, one per target in the partition
+	// partial: the fan-out's targets are those a previous owner left
+	// pending, not its whole expansion.
+	partial bool
 
 	remaining atomic.Int64 // items not yet resolved
-	aborted   atomic.Bool  // an item was abandoned: NAK instead of ack
-	nakDelay  atomic.Int64 // delay of the NAK, nanoseconds
-
-	// Guarded by part.mu: set once acknowledged (or let go); the lanes
-	// that pushed an item of it wait for that before their next push.
-	settled bool
-	waiters []*lane
+	done      bool         // resolved; guarded by part.mu
 }
 
 // item is one push to one connection.
@@ -83,6 +71,7 @@ type item struct {
 	close    bool
 	attempts int
 	fenced   bool       // counted once as withheld by the fence
+	done     bool       // pushed or dead-lettered; guarded by part.mu
 	payload  []byte     // reverse-push body (head, before d.tail), built on first attempt
 	dl       *pendingDL // set once the outcome calls for a dead letter not yet published
 }
@@ -188,13 +177,20 @@ const fenceRecheck = 100 * time.Millisecond
 
 func (b *Bridge) work(l *lane) {
 	p := l.part
+	// Counted before the stopping check: a stop that finds no push in
+	// flight is sure none starts after it.
+	p.pushing.Add(1)
+	defer p.pushing.Add(-1)
 	p.mu.Lock()
+	if len(l.q) == 0 {
+		p.mu.Unlock()
+		return
+	}
 	it := l.q[0]
 	p.mu.Unlock()
 	if p.stopping.Load() {
-		// Handed off or dropped: the lane's messages are the next
-		// owner's (Decide: release).
-		b.abandonLane(l, Decide(Outcome{Class: Abandoned}, it.attempts, b.policy, 0).Delay)
+		// Handed off or dropped: the lane's commands are the next
+		// owner's, from the position committed.
 		return
 	}
 	if !p.valid() {
@@ -210,32 +206,29 @@ func (b *Bridge) work(l *lane) {
 	res, delay := b.attempt(it)
 	switch res {
 	case resolved:
-		// The last item of a delivery acknowledges it, and the lane
-		// waits until the server confirmed that: a crash can then only
-		// repeat the connection's latest push, never bring back an
-		// older one. A fan-out is acknowledged once its other
-		// connections are done too; until then this connection waits
-		// (were its next message pushed and acked first, a crash would
-		// redeliver the fan-out after it).
 		p.mu.Lock()
+		it.done = true
 		l.q[0] = nil
 		l.q = l.q[1:]
-		it.d.waiters = append(it.d.waiters, l)
+		more := len(l.q) > 0
+		if !more && p.lanes[l.token] == l {
+			delete(p.lanes, l.token)
+		}
 		p.mu.Unlock()
-		b.resolve(it, false, 0)
+		b.resolve(it)
+		if more {
+			b.ready.push(l)
+		}
 	case retry:
 		if p.stopping.Load() {
-			b.abandonLane(l, delay)
 			return
 		}
 		b.later(l, delay)
-	case abandon:
-		b.abandonLane(l, delay)
 	}
 }
 
 // later puts the lane back on the ready queue after delay (at once when its
-// partition stops: work() then abandons it).
+// partition stops: work() then lets it go).
 func (b *Bridge) later(l *lane, delay time.Duration) {
 	b.wg.Add(1)
 	go func() {
@@ -245,6 +238,7 @@ func (b *Bridge) later(l *lane, delay time.Duration) {
 		select {
 		case <-t.C:
 		case <-l.part.quit:
+			return
 		case <-b.quit:
 			return
 		}
@@ -252,163 +246,9 @@ func (b *Bridge) later(l *lane, delay time.Duration) {
 	}()
 }
 
-// wake resumes the lanes that waited for d's acknowledgement.
-func (b *Bridge) wake(d *delivery) {
-	p := d.part
-	p.mu.Lock()
-	waiters := d.waiters
-	d.waiters = nil
-	var ready []*lane
-	for _, l := range waiters {
-		if len(l.q) == 0 {
-			if p.lanes[l.token] == l {
-				delete(p.lanes, l.token)
-			}
-			continue
-		}
-		ready = append(ready, l)
-	}
-	p.mu.Unlock()
-	for _, l := range ready {
-		b.ready.push(l)
-	}
-}
-
-// abandonLane gives every item of the lane back (see settle), in lane
-// order, and forgets the lane.
-func (b *Bridge) abandonLane(l *lane, delay time.Duration) {
-	p := l.part
-	p.mu.Lock()
-	items := l.q
-	l.q = nil
-	if p.lanes[l.token] == l {
-		delete(p.lanes, l.token)
-	}
-	p.mu.Unlock()
-	for _, it := range items {
-		b.resolve(it, true, delay)
-	}
-}
-
-// resolve marks one item done; the last item of a delivery settles it.
-func (b *Bridge) resolve(it *item, abandoned bool, delay time.Duration) {
-	d := it.d
-	if abandoned {
-		d.aborted.Store(true)
-		if int64(delay) > d.nakDelay.Load() {
-			d.nakDelay.Store(int64(delay))
-		}
-	}
-	if d.remaining.Add(-1) == 0 {
-		b.settle(d)
-	}
-}
-
-// ackTimeout bounds one confirmed acknowledgement.
-const ackTimeout = 5 * time.Second
-
-// settle acks or NAKs a delivery whose items are all resolved, then wakes
-// the lanes waiting for it. The ack is confirmed by the server (retried
-// while the partition's lease holds) before the delivery counts as settled:
-// its lanes must not push their next message before. A partition that was
-// dropped lets its messages go without a word: they are the next owner's,
-// after the ack wait.
-func (b *Bridge) settle(d *delivery) {
-	p := d.part
-	p.mu.Lock()
-	switch {
-	case p.dropped.Load():
-		p.mu.Unlock()
-		b.settled(d)
-		return
-	case d.aborted.Load() && p.stopping.Load() && !p.gaveBack:
-		// Handing off: NAK everything at the end, in stream order (see
-		// giveBackAll).
-		p.giveBack = append(p.giveBack, d.msg)
-		p.mu.Unlock()
-		b.settled(d)
-		return
-	}
-	p.mu.Unlock()
-	if d.aborted.Load() {
-		if err := d.msg.NakWithDelay(time.Duration(d.nakDelay.Load())); err != nil {
-			b.log.Warn("nak failed; the message returns after the ack wait", "seq", d.seq, "err", err)
-		}
-		b.settled(d)
-		return
-	}
-	b.ackConfirmed(d, 1)
-}
-
-// settled marks d done, forgets it and resumes the lanes waiting for it.
-func (b *Bridge) settled(d *delivery) {
-	p := d.part
-	p.mu.Lock()
-	delete(p.held, d.seq)
-	if !d.aborted.Load() && !p.dropped.Load() {
-		p.markSettledLocked(d.seq)
-	}
-	d.settled = true
-	size := d.size
-	d.size = 0
-	p.mu.Unlock()
-	b.release(size)
-	b.wake(d)
-}
-
-// ackConfirmed acknowledges d, asking the server to confirm; on failure it
-// tries again while the partition is ours.
-func (b *Bridge) ackConfirmed(d *delivery, try int) {
-	b.acks.ack(d.msg.Reply(), func(err error) {
-		if err == nil {
-			b.settled(d)
-			return
-		}
-		if d.part.dropped.Load() || b.since() >= d.part.fence.Load() || b.stopping.Load() && b.pushCtx.Err() != nil {
-			// The lease is not confirmed either. Were it renewed, the
-			// next push could overtake this message's redelivery:
-			// the partition is dropped and taken over afresh, which
-			// waits out the ack wait, so the message comes back first.
-			d.part.broken.Store(true)
-			b.log.Warn("ack not confirmed; the partition is given up and the message comes back to its next owner", "seq", d.seq, "partition", d.part.n, "err", err)
-			b.settled(d)
-			return
-		}
-		if try == 1 || try%50 == 0 {
-			b.log.Warn("ack not confirmed; retrying", "seq", d.seq, "partition", d.part.n, "tries", try, "err", err)
-		}
-		time.AfterFunc(fenceRecheck, func() { b.ackConfirmed(d, try+1) })
-	})
-}
-
-func streamSeq(m jetstream.Msg) uint64 {
-	meta, err := m.Metadata()
-	if err != nil {
-		return 0
-	}
-	return meta.Sequence.Stream
-}
-
-// keepAlive extends the ack deadline of held messages before AckWait runs
-// out, partition by partition (see part.extendHeld).
-func (b *Bridge) keepAlive() {
-	defer b.wg.Done()
-	// A quarter of AckWait leaves three quarters of margin for a late tick
-	// on a busy machine: a message whose deadline passes while held is
-	// redelivered with a new timestamp and would fall out of order with the
-	// ones extended on time.
-	every := b.opts.AckWait / 4
-	t := time.NewTicker(every)
-	defer t.Stop()
-	var buf []*delivery
-	for {
-		select {
-		case <-b.quit:
-			return
-		case now := <-t.C:
-			for _, p := range b.ownedParts() {
-				buf = p.extendHeld(now, every, buf)
-			}
-		}
+// resolve marks one item done; the last item of a command resolves it.
+func (b *Bridge) resolve(it *item) {
+	if it.d.remaining.Add(-1) == 0 {
+		it.d.part.resolved(it.d)
 	}
 }

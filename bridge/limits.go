@@ -29,29 +29,28 @@ func heldSize(m jetstream.Msg) int64 {
 	return n
 }
 
-// waitRoom waits until n more bytes fit in the held-bytes budget (over
-// every partition) or the partition stops, and counts them. One message is
-// always let in when nothing is held, so a message larger than the budget
-// cannot stall the consumer. The wait blocks the partition's consumer
-// callback, which stops its pulls: what the client may buffer meanwhile is
-// bounded by pullBytes.
-func (b *Bridge) waitRoom(p *part, n int64) {
+// share is each owned partition's part of MaxHeldBytes.
+func (b *Bridge) share() int64 {
+	return b.opts.MaxHeldBytes / int64(max(1, b.ownedCount()))
+}
+
+// hold counts n bytes taken in the held-bytes gauge.
+func (b *Bridge) hold(n int64) {
 	b.hmu.Lock()
-	for b.heldBytes > 0 && b.heldBytes+n > b.opts.MaxHeldBytes && !p.stopping.Load() {
-		b.hmu.Unlock()
-		select {
-		case <-b.room:
-		case <-p.quit:
-		case <-b.quit:
-		}
-		b.hmu.Lock()
-	}
 	b.heldBytes += n
 	b.m.HeldBytes.Set(float64(b.heldBytes))
 	b.hmu.Unlock()
 }
 
-// release returns a settled delivery's bytes to the budget.
+// held is the bytes this bridge holds.
+func (b *Bridge) held() int64 {
+	b.hmu.Lock()
+	defer b.hmu.Unlock()
+	return b.heldBytes
+}
+
+// release returns a resolved command's bytes, and resumes the partitions
+// paused for want of room that now have it.
 func (b *Bridge) release(n int64) {
 	if n == 0 {
 		return
@@ -60,44 +59,15 @@ func (b *Bridge) release(n int64) {
 	b.heldBytes -= n
 	b.m.HeldBytes.Set(float64(b.heldBytes))
 	b.hmu.Unlock()
-	select {
-	case b.room <- struct{}{}:
-	default:
+	if b.pausedParts.Load() > 0 {
+		for _, p := range b.ownedParts() {
+			p.resume()
+		}
 	}
 }
 
-// recentSettled is how many settled stream sequences a partition remembers
-// (see settledLocked).
-const recentSettled = 4096
-
-// markSettledLocked remembers that the message at seq was acknowledged;
-// p.mu held.
-func (p *part) markSettledLocked(seq uint64) {
-	if p.settledSet == nil {
-		p.settledSet = make(map[uint64]struct{}, recentSettled)
-		p.settledRing = make([]uint64, recentSettled)
-	}
-	old := p.settledRing[p.settledNext]
-	if old != 0 {
-		delete(p.settledSet, old)
-	}
-	p.settledRing[p.settledNext] = seq
-	p.settledNext = (p.settledNext + 1) % recentSettled
-	p.settledSet[seq] = struct{}{}
-}
-
-// settledLocked reports whether seq was acknowledged recently; p.mu held.
-// A message can wait in the client's buffer while the held-bytes budget is
-// full, past its ack wait; JetStream then delivers it again, and the copy
-// arrives after the original was pushed and acknowledged. Pushing the copy
-// would send the connection an older message after newer ones.
-func (p *part) settledLocked(seq uint64) bool {
-	_, ok := p.settledSet[seq]
-	return ok
-}
-
-// pullBytes bounds the bytes the consumer may buffer in the client ahead of
-// the callback: a quarter of the held budget, but at least two of the
+// pullBytes bounds the bytes the log reader may buffer in the client ahead
+// of its partitions: a quarter of the held budget, but at least two of the
 // largest messages the server accepts (a pull whose byte limit is below a
 // message's size never gets it).
 func pullBytes(maxHeld, maxPayload int64) int {

@@ -100,7 +100,7 @@ func TestAttackLongTokenOutboundSubject(t *testing.T) {
 	if e.tg.delivered() != 0 || len(e.tg.of(strings.Repeat("\x00", 3000))) != 0 {
 		t.Error("the over-long token was pushed")
 	}
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	e.alive(b, "victim")
 }
 
@@ -131,7 +131,7 @@ func TestAttackDeadLetterOverMaxPayload(t *testing.T) {
 		m.Header.Get("X-App") == "" || len(m.Data) >= len(body) || !strings.HasPrefix(string(body), string(m.Data)) {
 		t.Errorf("dead letter: %d bytes, headers %v", len(m.Data), m.Header)
 	}
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	e.alive(b, "big")
 }
 
@@ -307,7 +307,7 @@ func TestDuplicateGroupRemovedOnce(t *testing.T) {
 	e.publish(e.names.Group("g1"), []byte("to g1"))
 	e.publish(e.names.Send(subjects.Token("dup")), []byte("direct"))
 	waitFor(t, "the direct send", 20*time.Second, func() bool { return len(e.tg.of("dup")) >= 1 })
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	for _, p := range e.tg.of("dup") {
 		if p.Data == "to g1" {
 			t.Error("the connection still receives g1 after group.remove")
@@ -444,7 +444,7 @@ func TestCloseMarkedBeforePushAndAnnouncedOnce(t *testing.T) {
 	tok := subjects.Token("bye")
 	e.publish(e.names.Close(tok), nil)
 	e.publish(e.names.Close(tok), nil) // a second close of the same connection
-	waitFor(t, "stream drained", 20*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 20*time.Second, e.resolved)
 	if got, _ := marked.Load().(string); got != subjects.ReasonClosed {
 		t.Errorf("record at the close push: closing = %q, want %q", got, subjects.ReasonClosed)
 	}

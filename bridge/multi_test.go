@@ -263,7 +263,7 @@ func TestBridgesKeepOrder(t *testing.T) {
 		t.Errorf("SIGTERMed bridge: %v (want exit 0)", err)
 	}
 	waitFor(t, "every message pushed", 120*time.Second, func() bool { return mt.distinct() >= conns*per })
-	waitFor(t, "stream drained", 30*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 30*time.Second, e.resolved)
 
 	pushes := mt.all()
 	// Repeats of message 0 were published on purpose; drop them before

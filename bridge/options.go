@@ -46,21 +46,6 @@ type Options struct {
 	BackoffBase   time.Duration
 	BackoffMax    time.Duration
 	BackoffJitter float64
-	// MaxDeliver dead-letters a message that JetStream has delivered this
-	// many times without an answer from the bridge, e.g. because the bridge
-	// keeps dying while handling it (20). Retries within one delivery are
-	// counted by MaxAttempts.
-	MaxDeliver int
-	// AckWait is the partition consumers' ack wait (4s): how long a
-	// message held by a bridge that died or was cut off waits before the
-	// partition's next owner gets it. The bridge extends it for messages
-	// it still holds.
-	AckWait time.Duration
-	// MaxAckPending is how many messages all bridges may hold unacknowledged
-	// (20000), split evenly over the partitions. It bounds memory, and must
-	// exceed Concurrency by far so one slow connection does not stall the
-	// others.
-	MaxAckPending int
 	// Partitions is the number of outbound partitions (32); every bridge
 	// sharing a stream must use the same. Changing it needs an empty stream.
 	Partitions int
@@ -70,11 +55,15 @@ type Options struct {
 	LeaseTTL time.Duration
 	// ID names this instance in the leases; empty: host-pid-random.
 	ID string
-	// MaxHeldBytes bounds the bytes of the messages this bridge holds
-	// (bodies and their push bodies, see heldSize), alongside the count
-	// bound MaxAckPending: past it the bridge takes no new message until
-	// pushes settle (128 MiB; one message is always taken).
+	// MaxHeldBytes bounds the bytes of the commands this bridge holds
+	// (bodies and their push bodies, see heldSize), shared evenly by the
+	// partitions it owns: a partition past its share stops taking and
+	// reads the log again from there once it drained (128 MiB; a partition
+	// holding nothing always takes one command).
 	MaxHeldBytes int64
+	// ReplayWindow is how much of what every partition resolved the
+	// outbound log keeps before it is trimmed (2m).
+	ReplayWindow time.Duration
 	// ShutdownTimeout bounds Stop: in-flight pushes get this long to
 	// finish; what is left is handed back to JetStream (15s).
 	ShutdownTimeout time.Duration
@@ -111,11 +100,9 @@ const (
 	DefaultBackoffBase     = 250 * time.Millisecond
 	DefaultBackoffMax      = 30 * time.Second
 	DefaultBackoffJitter   = 0.2
-	DefaultMaxDeliver      = 20
-	DefaultAckWait         = subjects.DefaultAckWait
 	DefaultPartitions      = subjects.DefaultPartitions
 	DefaultLeaseTTL        = 4 * time.Second
-	DefaultMaxAckPending   = 20000
+	DefaultReplayWindow    = 2 * time.Minute
 	DefaultShutdownTimeout = 15 * time.Second
 	DefaultMaxHeldBytes    = 128 << 20
 )
@@ -146,14 +133,8 @@ func (o Options) WithDefaults() Options {
 	if o.BackoffJitter == 0 {
 		o.BackoffJitter = DefaultBackoffJitter
 	}
-	if o.MaxDeliver == 0 {
-		o.MaxDeliver = DefaultMaxDeliver
-	}
-	if o.AckWait == 0 {
-		o.AckWait = DefaultAckWait
-	}
-	if o.MaxAckPending == 0 {
-		o.MaxAckPending = DefaultMaxAckPending
+	if o.ReplayWindow == 0 {
+		o.ReplayWindow = DefaultReplayWindow
 	}
 	if o.Partitions == 0 {
 		o.Partitions = DefaultPartitions
@@ -164,10 +145,8 @@ func (o Options) WithDefaults() Options {
 	if o.ID == "" {
 		o.ID = instanceID()
 	}
-	// The partition consumers are provisioned with the bridge's settings.
+	// The outbound stream is provisioned with the bridge's partitions.
 	o.Streams.Partitions = o.Partitions
-	o.Streams.AckWait = o.AckWait
-	o.Streams.MaxAckPending = max(1, (o.MaxAckPending+o.Partitions-1)/o.Partitions)
 	if o.ShutdownTimeout == 0 {
 		o.ShutdownTimeout = DefaultShutdownTimeout
 	}
@@ -204,12 +183,9 @@ func (o Options) Validate() error {
 	pos("push burst", int64(o.PushBurst))
 	pos("max attempts", int64(o.MaxAttempts))
 	pos("backoff base", int64(o.BackoffBase))
-	pos("max deliver", int64(o.MaxDeliver))
+	pos("replay window", int64(o.ReplayWindow))
 	pos("shutdown timeout", int64(o.ShutdownTimeout))
 	pos("max held bytes", o.MaxHeldBytes)
-	if o.AckWait < time.Second {
-		errs = append(errs, fmt.Errorf("ack wait must be at least 1s, got %v", o.AckWait))
-	}
 	if o.Partitions < 1 || o.Partitions > subjects.MaxPartitions {
 		errs = append(errs, fmt.Errorf("partitions must be within 1..%d, got %d", subjects.MaxPartitions, o.Partitions))
 	}
@@ -227,9 +203,6 @@ func (o Options) Validate() error {
 	}
 	if o.PushRate < 0 {
 		errs = append(errs, fmt.Errorf("push rate must not be negative, got %v", o.PushRate))
-	}
-	if o.MaxAckPending < o.Concurrency {
-		errs = append(errs, fmt.Errorf("max ack pending %d is below concurrency %d", o.MaxAckPending, o.Concurrency))
 	}
 	return errors.Join(errs...)
 }

@@ -33,13 +33,12 @@ import (
 // key changed within LeaseTTL on the watcher's own clock. The owner stops
 // pushing at three quarters of LeaseTTL after it sent its last successful
 // renewal (the fence); a taker acts on a lease only a full LeaseTTL after it
-// saw the last change, which it saw after it was sent. A taker that finds
-// messages still held by the previous owner (who died or was cut off) waits
-// one AckWait more before its first pull, so that they come back to it, in
-// stream order, before anything newer; the previous owner stopped
-// extending them at its fence. A clean hand-off (stop, rebalance) NAKs the
-// held messages in stream order and deletes the lease, and the taker starts
-// at once.
+// saw the last change, which it saw after it was sent. The taker then
+// claims the partition's position in the outbound log (a compare-and-set,
+// so a previous owner's late commit fails: a second fence) and starts right
+// after what was resolved. A clean hand-off (stop, rebalance) lets its
+// pushes finish, commits, and deletes the lease, and the taker starts at
+// once, repeating nothing.
 
 // instanceID names this bridge in the leases: host, pid and a random
 // suffix, since containers reuse both host names and pids.
@@ -247,7 +246,7 @@ func (o *owner) renew(ctx context.Context) {
 	o.mu.Unlock()
 	for p, l := range held {
 		if l.part.broken.Load() {
-			o.give(p, l, false, "ack not confirmed")
+			o.give(p, l, false, "position written by another bridge")
 			continue
 		}
 		sent := o.b.since()
@@ -262,6 +261,14 @@ func (o *owner) renew(ctx context.Context) {
 			continue
 		case isConflict(err):
 			o.mu.Unlock()
+			if rev, ok := o.ours(ctx, p, l.rev); ok {
+				// A renewal that timed out here was applied there: the
+				// lease is still ours, at a newer revision.
+				o.mu.Lock()
+				l.rev = rev
+				o.mu.Unlock()
+				continue
+			}
 			o.give(p, l, false, "lease taken by another bridge")
 			continue
 		}
@@ -270,6 +277,18 @@ func (o *owner) renew(ctx context.Context) {
 			o.give(p, l, false, "lease not renewed in time: "+err.Error())
 		}
 	}
+}
+
+// ours reports whether partition p's lease, found at another revision than
+// the one this bridge last wrote (rev), still names this bridge: a renewal
+// whose answer was lost (a timeout, a leader election) was applied. Only
+// this bridge writes its own id, so the newer revision is its own.
+func (o *owner) ours(ctx context.Context, p int, rev uint64) (uint64, bool) {
+	e, err := o.kv.Get(ctx, subjects.LeaseKey(p))
+	if err != nil || string(e.Value()) != o.id || e.Revision() < rev {
+		return 0, false
+	}
+	return e.Revision(), true
 }
 
 // assign returns the partitions this bridge should work: those whose
@@ -386,46 +405,25 @@ func (o *owner) take(ctx context.Context, p int) {
 	}()
 }
 
-// start begins consuming a partition just taken. After an expired lease
-// with messages still held by the previous owner, it first waits those out.
+// start begins working a partition just taken: it claims the partition's
+// position and hands it to the log reader.
 func (o *owner) start(pt *part, clean bool, prev string) {
 	b := o.b
-	begin := time.Now()
-	waited := time.Duration(0)
-	// Messages still held by the previous owner (-1: unknown).
-	pending := -1
-	ictx, icancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-	cons, err := pt.lookup(ictx)
-	icancel()
-	fresh := err == nil
-	if fresh {
-		pending = held(cons)
-	}
-	if !clean && pending != 0 {
-		// The previous owner's messages expire within AckWait of its
-		// fence; then the server delivers them before anything newer.
-		select {
-		case <-time.After(b.opts.AckWait + 250*time.Millisecond):
-		case <-pt.quit:
-			return
-		case <-b.bgCtx.Done():
-			return
+	var (
+		pos       subjects.Position
+		rev, last uint64
+		err       error
+	)
+	for try := 0; try < 3; try++ {
+		ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+		pos, rev, last, err = b.claim(ctx, pt.n)
+		cancel()
+		if err == nil || pt.stopping.Load() || b.bgCtx.Err() != nil {
+			break
 		}
-		waited = time.Since(begin)
-		fresh = false // the consumers moved on meanwhile
 	}
-	// The intake waits for what the previous owner held to come back
-	// before it hands on anything newer (intake.go).
 	if pt.stopping.Load() {
 		return
-	}
-	if !fresh {
-		ctx, cancel := context.WithTimeout(b.bgCtx, 10*time.Second)
-		cons, err = pt.lookup(ctx)
-		cancel()
-	}
-	if err == nil {
-		err = pt.consume(cons)
 	}
 	if err != nil {
 		b.log.Error("partition not started", "partition", pt.n, "err", err)
@@ -433,16 +431,22 @@ func (o *owner) start(pt *part, clean bool, prev string) {
 		o.poke()
 		return
 	}
+	if clean {
+		last = 0 // handed off: nothing past the position was pushed
+	}
+	pt.begin(pos, rev, last)
+	b.reader.kick()
 	lv := slog.LevelDebug
-	if waited > 0 {
+	if !clean {
 		lv = slog.LevelInfo
 	}
-	b.log.Log(context.Background(), lv, "partition taken", "partition", pt.n, "from", prev, "waited", waited.Round(time.Millisecond))
+	b.log.Log(context.Background(), lv, "partition taken", "partition", pt.n, "from", prev, "position", pos.Low())
 }
 
-// give stops working partition p: handoff NAKs what it holds and deletes
-// the lease for the next owner; otherwise (lost or unconfirmed) it lets
-// everything go and leaves the lease to expire.
+// give stops working partition p: a hand-off lets its pushes finish,
+// commits its position and deletes the lease for the next owner; otherwise
+// (lost or unconfirmed) it lets everything go and leaves the lease to
+// expire.
 func (o *owner) give(p int, l *lease, handoff bool, why string) {
 	o.mu.Lock()
 	if l.leaving {

@@ -3,61 +3,77 @@ package bridge
 import (
 	"cmp"
 	"context"
-	"fmt"
-	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
-// part is one outbound partition while this bridge holds its lease: its
-// consumer, the messages it holds and the lanes of its connections, under
-// its own lock. Every connection belongs to exactly one partition, so lanes
-// never span two.
+// part is one outbound partition while this bridge holds its lease: where it
+// stands in the outbound log, the commands it took and has not resolved, and
+// the lanes of its connections, under its own lock. Every connection belongs
+// to exactly one partition, so lanes never span two.
+//
+// The log reader (reader.go) offers the partition every command in stream
+// order. The partition takes a command when it comes right after the last
+// one it saw (next), or when it is one the previous owner left pending; a
+// command resolves once each of its pushes to this partition's connections
+// is done or dead-lettered. Its position, committed to the Positions bucket
+// (commit.go), is next plus the commands taken and not yet resolved.
 type part struct {
 	b *Bridge
 	n int
-	// cons and fcons are the partition's consumers of direct commands
-	// and of fan-outs; in pulls both.
-	cons  jetstream.Consumer
-	fcons jetstream.Consumer
-	in    *intake
 
 	// fence is the end of the lease as this bridge can vouch for it, in
 	// nanoseconds since b.epoch (monotonic): no push starts after it, and
 	// pushes in flight are cut at it (see ownership.go).
 	fence atomic.Int64
 	// stopping is set once the partition is being handed off or dropped;
-	// dropped means without NAKs (the lease may be someone else's).
+	// dropped means without a last commit (the lease may be someone
+	// else's).
 	stopping atomic.Bool
 	dropped  atomic.Bool
-	// broken is set when an ack could not be confirmed: the partition
-	// must be dropped, not renewed (see ackConfirmed).
+	// broken is set when its position could not be committed because
+	// another bridge wrote it: the partition must be dropped, not renewed.
 	broken atomic.Bool
+	// paused is set while the partition holds more than its share of
+	// MaxHeldBytes: it takes nothing, and the reader reads the log again
+	// from next once it drained.
+	paused atomic.Bool
+	// pushing counts pushes in flight, which a hand-off waits for.
+	pushing atomic.Int64
+	// begun is set once the partition knows where it starts (begin):
+	// the reader offers it nothing before.
+	begun atomic.Bool
 
-	mu    sync.Mutex
-	lanes map[string]*lane
-	held  map[uint64]*delivery
-	// giveBack collects the messages to NAK at a hand-off; gaveBack is set
-	// once they were.
-	giveBack []jetstream.Msg
-	gaveBack bool
-	// settled* remember recently acknowledged sequences (limits.go).
-	settledSet  map[uint64]struct{}
-	settledRing []uint64
-	settledNext int
-	quit        chan struct{} // closed when stop begins: lanes waiting for a retry wake up
-	quitOnce    sync.Once
+	mu sync.Mutex
+	// next is the first stream sequence not yet taken or passed over.
+	next uint64
+	// replay holds the commands below next that the previous owner left
+	// pending, with the connections still to push to (nil: every target).
+	replay map[uint64][]string
+	// repeatBelow: commands below it may have been pushed by a previous
+	// owner that died before it committed (counted as duplicates).
+	repeatBelow uint64
+	// inflight are the commands taken and not yet resolved, in stream order.
+	inflight  []*delivery
+	heldBytes int64
+	lanes     map[string]*lane
+	// rev is the revision of the position last written, committed what it
+	// said.
+	rev       uint64
+	committed subjects.Position
+	// cleared is set once stop let go of everything held.
+	cleared bool
+
+	quit     chan struct{} // closed when stop begins: lanes waiting for a retry wake up
+	quitOnce sync.Once
 }
 
 func newPart(b *Bridge, n int) *part {
-	return &part{b: b, n: n, lanes: map[string]*lane{}, held: map[uint64]*delivery{}, quit: make(chan struct{})}
+	return &part{b: b, n: n, lanes: map[string]*lane{}, quit: make(chan struct{})}
 }
 
 // valid reports whether a push may start now.
@@ -70,338 +86,286 @@ func (p *part) deadline() time.Time {
 	return p.b.epoch.Add(time.Duration(p.fence.Load()))
 }
 
-// consumers returns the partition's consumers (nil before it consumes).
-func (p *part) consumers() []jetstream.Consumer {
+// begin sets where the partition starts: the position its previous owner
+// committed (claimed at revision rev), and the stream's last sequence when
+// the lease was taken from a bridge that did not hand it off (0 after a
+// hand-off): commands up to it may have been pushed already.
+func (p *part) begin(pos subjects.Position, rev, last uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cons == nil {
-		return nil
+	p.next = pos.Next
+	p.replay = nil
+	for _, pc := range pos.Pending {
+		if pc.Seq >= pos.Next {
+			continue
+		}
+		if p.replay == nil {
+			p.replay = map[uint64][]string{}
+		}
+		p.replay[pc.Seq] = pc.Tokens
 	}
-	return []jetstream.Consumer{p.cons, p.fcons}
+	if last > 0 {
+		p.repeatBelow = last + 1
+	}
+	p.rev, p.committed = rev, pos
+	p.begun.Store(true)
+}
+
+// from is the lowest sequence the partition still has to read, and whether
+// it reads at all now.
+func (p *part) from() (uint64, bool) {
+	if !p.begun.Load() || p.stopping.Load() || p.paused.Load() {
+		return 0, false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	low := p.next
+	for s := range p.replay {
+		low = min(low, s)
+	}
+	return low, true
+}
+
+// offer is the reader's question for the command at seq, read right after
+// prev: take it (with the tokens to push to, nil for every target), or
+// pass over it. gap reports that the partition has commands to read behind
+// the reader (it was paused, or joined while the reader was ahead).
+func (p *part) offer(seq, prev uint64) (take bool, tokens []string, gap bool) {
+	if !p.begun.Load() || p.stopping.Load() {
+		return false, nil, false
+	}
+	paused := p.paused.Load()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if seq < p.next {
+		tk, ok := p.replay[seq]
+		if !ok || paused {
+			return false, nil, false
+		}
+		delete(p.replay, seq)
+		return true, tk, false
+	}
+	if p.next <= prev || paused {
+		return false, nil, !paused
+	}
+	return true, nil, false
+}
+
+// pass moves the partition past a command that is not its own (or that
+// has no target in it), when it follows on from what it read.
+func (p *part) pass(seq, prev uint64) (gap bool) {
+	if !p.begun.Load() || p.stopping.Load() || p.paused.Load() {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case seq < p.next:
+	case p.next <= prev:
+		return true
+	default:
+		p.next = seq + 1
+	}
+	return false
+}
+
+// hold records a command taken: it is in flight until resolved. It reports
+// false when the partition has stopped meanwhile (the command is the next
+// owner's).
+func (p *part) hold(d *delivery) bool {
+	p.mu.Lock()
+	if p.cleared || p.stopping.Load() {
+		p.mu.Unlock()
+		return false
+	}
+	if d.seq >= p.next {
+		p.next = d.seq + 1
+	}
+	d.redelivered = d.seq < p.repeatBelow
+	i, _ := slices.BinarySearchFunc(p.inflight, d.seq, func(x *delivery, s uint64) int { return cmp.Compare(x.seq, s) })
+	p.inflight = slices.Insert(p.inflight, i, d)
+	p.heldBytes += d.size
+	p.mu.Unlock()
+	p.b.hold(d.size)
+	return true
+}
+
+// full reports whether a command of size bytes would take the partition
+// past its share (when it holds something), or the bridge past maxHeld
+// (when it holds something).
+func (p *part) full(size, share, maxHeld int64) bool {
+	p.mu.Lock()
+	held := p.heldBytes
+	p.mu.Unlock()
+	if held > 0 && held+size > share {
+		return true
+	}
+	all := p.b.held()
+	return all > 0 && all+size > maxHeld
+}
+
+// pause stops the partition taking until it drained; next stays at seq.
+func (p *part) pause() {
+	if !p.paused.Swap(true) {
+		p.b.pausedParts.Add(1)
+	}
+}
+
+// resume lets a paused partition take again once it holds at most half its
+// share and the bridge at most three quarters of MaxHeldBytes, and has the
+// reader read the log again from where it stopped. It reports whether it
+// resumed.
+func (p *part) resume() bool {
+	if !p.paused.Load() {
+		return false
+	}
+	b := p.b
+	share := b.share()
+	p.mu.Lock()
+	ok := p.heldBytes <= share/2 && b.held() <= b.opts.MaxHeldBytes*3/4
+	p.mu.Unlock()
+	if !ok || !p.paused.CompareAndSwap(true, false) {
+		return false
+	}
+	b.pausedParts.Add(-1)
+	b.reader.kick()
+	return true
+}
+
+// resolved marks d done: every push of it to this partition's connections
+// succeeded or was dead-lettered.
+func (p *part) resolved(d *delivery) {
+	p.mu.Lock()
+	if p.cleared || d.done {
+		p.mu.Unlock()
+		return
+	}
+	d.done = true
+	p.heldBytes -= d.size
+	// Drop the resolved commands at the front; the rest stay in order.
+	i := 0
+	for i < len(p.inflight) && p.inflight[i].done {
+		i++
+	}
+	if i > 0 {
+		clear(p.inflight[:i])
+		p.inflight = p.inflight[i:]
+	}
+	p.mu.Unlock()
+	p.b.release(d.size)
+}
+
+// maxPendingRecorded bounds the commands a position lists as pending, and
+// maxTokensRecorded the connections listed for fan-outs: past them the
+// position is cut back (its next lowered), and what lay beyond may be
+// pushed again by the next owner.
+const (
+	maxPendingRecorded = 1024
+	maxTokensRecorded  = 4096
+)
+
+// position is what the partition has resolved, to commit.
+func (p *part) position() subjects.Position {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pos := subjects.Position{Next: p.next, Stream: p.committed.Stream, Owner: p.b.id}
+	tokens := 0
+	for _, d := range p.inflight {
+		if d.done {
+			continue
+		}
+		pc := subjects.PendingCommand{Seq: d.seq}
+		if d.items != nil {
+			for _, it := range d.items {
+				if !it.done {
+					pc.Tokens = append(pc.Tokens, it.token)
+				}
+			}
+			if len(pc.Tokens) == len(d.items) && !d.partial {
+				pc.Tokens = nil // every target
+			}
+		}
+		tokens += len(pc.Tokens)
+		pos.Pending = append(pos.Pending, pc)
+	}
+	for s, tk := range p.replay {
+		tokens += len(tk)
+		pos.Pending = append(pos.Pending, subjects.PendingCommand{Seq: s, Tokens: tk})
+	}
+	slices.SortFunc(pos.Pending, func(x, y subjects.PendingCommand) int { return cmp.Compare(x.Seq, y.Seq) })
+	if len(pos.Pending) > maxPendingRecorded || tokens > maxTokensRecorded {
+		keep, t := 0, 0
+		for keep < len(pos.Pending) && keep < maxPendingRecorded && t+len(pos.Pending[keep].Tokens) <= maxTokensRecorded {
+			t += len(pos.Pending[keep].Tokens)
+			keep++
+		}
+		if keep < len(pos.Pending) {
+			pos.Next = pos.Pending[keep].Seq
+			pos.Pending = pos.Pending[:keep]
+		}
+	}
+	return pos
 }
 
 func (p *part) heldCount() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.held)
-}
-
-// lookup fetches the partition's two consumers, direct and fan-out, with
-// their info: where each stands and what it holds.
-func (p *part) lookup(ctx context.Context) ([2]jetstream.Consumer, error) {
-	b := p.b
-	var cons [2]jetstream.Consumer
-	for i, name := range []string{b.names.PartitionConsumer(p.n), b.names.FanOutConsumer(p.n)} {
-		c, err := b.js.Consumer(ctx, b.names.StreamOut(), name)
-		if err != nil {
-			return cons, fmt.Errorf("consumer %s: %w", name, err)
-		}
-		cons[i] = c
-	}
-	return cons, nil
-}
-
-// held is the number of messages the consumers hold unacknowledged, as
-// their info looked up said.
-func held(cons [2]jetstream.Consumer) int {
-	n := 0
-	for _, c := range cons {
-		n += c.CachedInfo().NumAckPending
-	}
-	return n
-}
-
-// consume starts pulling the partition's messages from its consumers (as
-// lookup returned them), merged in stream order (intake.go).
-func (p *part) consume(cons [2]jetstream.Consumer) error {
-	b := p.b
-	srcs := [2]intakeSource{
-		{Consumer: b.names.PartitionConsumer(p.n), Filters: []string{b.names.PartitionFilter(p.n)}},
-		{Consumer: b.names.FanOutConsumer(p.n), Filters: b.names.FanOutFilters(p.n)},
-	}
-	for i, c := range cons {
-		info := c.CachedInfo()
-		srcs[i].Delivered, srcs[i].AckFloor, srcs[i].Held = info.Delivered.Stream, info.AckFloor.Stream, info.NumAckPending
-		srcs[i].CollectWait = b.opts.AckWait + 2*time.Second
-	}
-	group, user := b.names.Group(""), b.names.User("")
-	var fanOutClear func(uint64) (uint64, bool)
-	if b.outLog != nil {
-		fanOutClear = func(from uint64) (uint64, bool) { return b.outLog.clearTo(from, p.n) }
-	}
-	in, err := newIntake(b.nc, b.names.StreamOut(), srcs[0], srcs[1], b.outLast.Load, fanOutClear,
-		// Bounded in bytes, not messages: 1000 messages of 1 MB would be
-		// a gigabyte buffered (see pullBytes); this partition's share of
-		// the held-bytes budget. The count is bounded by MaxAckPending
-		// at the server.
-		pullBytes(b.opts.MaxHeldBytes/int64(b.opts.Partitions), b.nc.MaxPayload()),
-		p.handle,
-		func(subject string) bool {
-			return strings.HasPrefix(subject, group) || strings.HasPrefix(subject, user)
-		},
-		func(level slog.Level, msg string, args ...any) {
-			if p.stopping.Load() || b.stopping.Load() {
-				return
-			}
-			b.log.Log(context.Background(), level, msg, append(args, "partition", p.n)...)
-		})
-	if err != nil {
-		return fmt.Errorf("pull partition %d: %w", p.n, err)
-	}
-	p.mu.Lock()
-	stopping := p.stopping.Load()
-	if !stopping {
-		p.cons, p.fcons, p.in = cons[0], cons[1], in
-	}
-	p.mu.Unlock()
-	if stopping {
-		// stop ran while the pulls were being set up and found nothing
-		// to stop: these must not go on pulling for a partition given up.
-		in.stop()
-		in.close()
-	}
-	return nil
-}
-
-// handle receives each message of the partition, in stream order (the
-// intake merges its two consumers), and queues its pushes.
-func (p *part) handle(m jetstream.Msg) {
-	b := p.b
-	meta, metaErr := m.Metadata()
-	size := heldSize(m)
-	b.waitRoom(p, size)
-	// The stopping check and the insert into held are one critical section
-	// (stop sets stopping under p.mu too): otherwise stop's wait could see
-	// nothing held between them and finish while this message is queued
-	// with no worker left to settle it.
-	p.mu.Lock()
-	if p.stopping.Load() {
-		defer b.release(size)
-		switch {
-		case p.dropped.Load():
-			// Not ours any more: let it expire rather than NAK it ahead
-			// of what the new owner holds.
-		case !p.gaveBack:
-			p.giveBack = append(p.giveBack, m)
-		default:
-			_ = m.Nak()
-		}
-		p.mu.Unlock()
-		return
-	}
-	if metaErr != nil {
-		p.mu.Unlock()
-		b.release(size)
-		// Not a JetStream message: nothing to ack, nothing to redeliver.
-		b.log.Error("outbound message without metadata", "err", metaErr)
-		return
-	}
-	d := &delivery{msg: m, part: p, seq: meta.Sequence.Stream, stamp: meta.Timestamp, touched: time.Now(),
-		redelivered: meta.NumDelivered > 1}
-	if _, dup := p.held[d.seq]; dup {
-		// Redelivered while still held (the ack wait ran out under a long
-		// push); the held copy will be acked.
-		p.mu.Unlock()
-		b.release(size)
-		return
-	}
-	if meta.NumDelivered > 1 && p.settledLocked(d.seq) {
-		// A copy of a message already pushed and acknowledged (see
-		// settledLocked): acknowledge it again, push nothing.
-		p.mu.Unlock()
-		b.release(size)
-		_ = m.Ack()
-		return
-	}
-	p.held[d.seq] = d
-	d.size = size
-	p.mu.Unlock()
-
-	st, perr := b.names.ParseStored(m.Subject())
-	d.orig = st.Original
-	subj, binary, err := parseOutbound(b.names, st.Original, m.Headers(), m.Data())
-	if perr != nil && subj.Dir == subjects.Out {
-		subj, err = subjects.Subject{}, perr
-	}
-	if subj.Dir != subjects.Out {
-		if st.Partition < 0 && p.n != 0 {
-			// A malformed subject every partition reads (P.out.X):
-			// partition 0 dead-letters it, the others only let go.
-			d.remaining.Store(1)
-			b.settle(d)
-			return
-		}
-		b.reject(d, subjects.KindInvalid, "", Invalid, err, 0)
-		return
-	}
-	d.kind = subj.Kind
-	if (subj.Kind == subjects.KindSend || subj.Kind == subjects.KindClose) && st.Partition != p.n {
-		b.reject(d, subj.Kind, subj.Token, Invalid,
-			fmt.Errorf("%w: stored in partition %d, read by partition %d", subjects.ErrBadSubject, st.Partition, p.n), 0)
-		return
-	}
-	if meta.NumDelivered > uint64(b.opts.MaxDeliver) {
-		b.reject(d, subj.Kind, subj.Token, OverDelivered,
-			fmt.Errorf("delivered %d times without an outcome (max deliver %d)", meta.NumDelivered, b.opts.MaxDeliver), int(meta.NumDelivered))
-		return
-	}
-	if err != nil {
-		b.reject(d, subj.Kind, subj.Token, Invalid, err, 0)
-		return
-	}
-	d.body, d.binary = m.Data(), binary
-	if subj.Kind == subjects.KindSend || subj.Kind == subjects.KindClose {
-		// The common case: one item, carried by the delivery itself.
-		d.remaining.Store(1)
-		d.one = item{d: d, token: subj.Token, close: subj.Kind == subjects.KindClose}
-		b.enqueue(&d.one)
-		return
-	}
-	// Every partition reads the fan-out; each pushes it to its own
-	// connections, so a target gets it once, in its lane's order. The
-	// partitions of this bridge share one expansion (fanout.go).
-	tokens := b.fanouts.tokens(d.seq, p.n, b.opts.Partitions, b.ownedCount(), func() []string {
-		exclude := parseExclude(m.Headers().Get(subjects.HeaderExclude))
-		switch subj.Kind {
-		case subjects.KindGroup:
-			return b.idx.group(subj.Name, exclude)
-		case subjects.KindUser:
-			return b.idx.user(subj.Name, exclude)
-		}
-		return b.idx.all(exclude)
-	})
-	d.fanout = true
-	if len(tokens) == 0 {
-		d.remaining.Store(1)
-		b.settle(d)
-		return
-	}
-	d.remaining.Store(int64(len(tokens)))
-	d.shareTail()
-	for _, t := range tokens {
-		b.enqueue(&item{d: d, token: t})
-	}
+	return len(p.inflight)
 }
 
 // stop ends the partition's work. A hand-off lets in-flight pushes finish
-// within ctx and NAKs every message not pushed, in stream order, so the next
-// owner gets them first; a drop (the lease is lost or unconfirmed) abandons
-// them without a word, and they come back to the next owner after the ack
-// wait, which it waits out. It reports whether everything held was settled.
+// within ctx and commits what was resolved, so the next owner starts exactly
+// there; a drop (the lease is lost or unconfirmed) lets everything go: the
+// next owner starts from the last commit. It reports whether every push in
+// flight finished.
 func (p *part) stop(ctx context.Context, handoff bool) bool {
 	b := p.b
-	p.mu.Lock()
 	if !handoff {
 		p.dropped.Store(true)
 	}
 	p.stopping.Store(true)
-	in := p.in
-	p.mu.Unlock()
+	if p.paused.Swap(false) {
+		b.pausedParts.Add(-1)
+	}
 	p.quitOnce.Do(func() { close(p.quit) })
-	if in != nil {
-		// No more pulls; what was received reaches handle, which keeps
-		// it to NAK in order at the end. A drop lets go of it all.
-		in.stop()
-		if !handoff {
-			in.close()
-		}
-	}
 	// Workers abandon the lanes they pick up; in-flight pushes finish.
-	drained := p.waitHeld(ctx)
-	if !drained {
-		b.log.Warn("partition stop: in-flight pushes still running", "partition", p.n, "held", p.heldCount())
-	}
-	if !handoff {
-		p.mu.Lock()
-		p.giveBack, p.gaveBack = nil, true
-		p.mu.Unlock()
-		return drained
-	}
-	if in != nil {
-		// The server keeps this instance's pull requests until they are
-		// answered or expire (at most pullExpiry): deliveries to them come
-		// before the NAKs and reach giveBack too, and, while it has any, a
-		// NAKed message it pops for one goes to the back of its redelivery
-		// queue. Wait them out so the NAKs below are redelivered in stream
-		// order.
-		deadline := time.Now().Add(pullExpiry + 250*time.Millisecond)
-		for in.pending() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
-		}
-		in.close()
-	}
-	if n := p.giveBackAll(); n > 0 {
-		b.log.Debug("handed messages back to JetStream", "partition", p.n, "count", n)
-	}
-	return drained
-}
-
-// waitHeld waits until no message is held or ctx ends; it reports whether
-// everything was settled.
-func (p *part) waitHeld(ctx context.Context) bool {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
-	for {
-		if p.heldCount() == 0 {
-			return true
-		}
+	finished := true
+	for p.pushing.Load() > 0 {
 		select {
 		case <-ctx.Done():
-			return p.heldCount() == 0
+			finished = false
+			b.log.Warn("partition stop: in-flight pushes still running", "partition", p.n, "pushes", p.pushing.Load())
 		case <-t.C:
+			continue
+		}
+		break
+	}
+	if finished {
+		// A drop commits too, if it still can: the compare-and-set fails
+		// once the next owner claimed the position, and what was pushed
+		// is then not pushed again by a bridge that took the lease
+		// without a claim in between.
+		cctx := ctx
+		if !handoff {
+			var cancel context.CancelFunc
+			cctx, cancel = context.WithTimeout(ctx, time.Second)
+			defer cancel()
+		}
+		if err := b.commit(cctx, p); err != nil && handoff {
+			b.log.Warn("partition handed off without its last position; the next owner may repeat its latest pushes", "partition", p.n, "err", err)
 		}
 	}
-}
-
-// giveBackAll NAKs the messages abandoned while handing off, in stream
-// order. JetStream redelivers NAKed messages in the order of the NAKs, and
-// they are abandoned out of order (buffered messages reach the handler
-// before the lanes holding earlier ones are abandoned), so NAKing as they
-// come would let a later message to a connection overtake an earlier one.
-func (p *part) giveBackAll() int {
 	p.mu.Lock()
-	msgs := p.giveBack
-	p.giveBack = nil
-	p.gaveBack = true
-	p.mu.Unlock()
-	slices.SortFunc(msgs, func(x, y jetstream.Msg) int { return cmp.Compare(streamSeq(x), streamSeq(y)) })
-	for _, m := range msgs {
-		_ = m.Nak()
-	}
-	return len(msgs)
-}
-
-// extendHeld extends the ack deadline of the messages the partition holds
-// when any needs it: every one, in stream order, so that if this bridge
-// dies they expire together and are redelivered in publish order.
-// Extending only the stale ones would give a later message an earlier
-// deadline than a message extended just before it. Nothing is extended
-// once the lease is unconfirmed: the next owner counts on the messages
-// expiring within the ack wait.
-func (p *part) extendHeld(now time.Time, every time.Duration, buf []*delivery) []*delivery {
-	if !p.valid() {
-		return buf
-	}
-	all := buf[:0]
-	stale := false
-	p.mu.Lock()
-	for _, d := range p.held {
-		stale = stale || now.Sub(d.touched) >= every
-		all = append(all, d)
-	}
-	if stale {
-		for _, d := range all {
-			d.touched = now
+	var size int64
+	for _, d := range p.inflight {
+		if !d.done {
+			size += d.size
 		}
 	}
+	p.inflight, p.lanes, p.heldBytes, p.cleared = nil, map[string]*lane{}, 0, true
 	p.mu.Unlock()
-	if !stale {
-		return all
-	}
-	slices.SortFunc(all, func(x, y *delivery) int { return cmp.Compare(x.seq, y.seq) })
-	for _, d := range all {
-		_ = d.msg.InProgress()
-	}
-	clear(all) // drop references to finished deliveries
-	return all
+	b.release(size)
+	return finished
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wsbridge/wsbridge/metrics"
+	"github.com/wsbridge/wsbridge/subjects"
 )
 
 // maxAnswer bounds how much of a gateway answer is read; the documented
@@ -81,9 +83,10 @@ var okAnswer = []byte(`{"errNo":0,"errMsg":"ok"}`)
 var answerBufs = sync.Pool{New: func() any { b := make([]byte, 512); return &b }}
 
 // push posts one body, head followed by tail (nil when head is the whole
-// body), to u and classifies the answer. ctx cancels the push (shutdown); a
-// cancelled push is transient, so the message is kept.
-func (p *pusher) push(ctx context.Context, u *url.URL, head, tail []byte) Outcome {
+// body), to u and classifies the answer; seq, when not 0, goes in the
+// Ws-Seq header. ctx cancels the push (shutdown); a cancelled push is
+// transient, so the message is kept.
+func (p *pusher) push(ctx context.Context, u *url.URL, head, tail []byte, seq uint64) Outcome {
 	if p.limiter != nil {
 		if err := p.limiter.Wait(ctx); err != nil {
 			return Classify(0, 0, fmt.Errorf("push rate limit: %w", err), nil)
@@ -106,6 +109,10 @@ func (p *pusher) push(ctx context.Context, u *url.URL, head, tail []byte) Outcom
 		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(&twoPart{head, tail}), nil }
 	}
 	req.URL, req.Host, req.Header = u, u.Host, p.header
+	if seq != 0 {
+		req.Header = p.header.Clone()
+		req.Header.Set(subjects.HeaderSeq, strconv.FormatUint(seq, 10))
+	}
 	resp, err := p.client.Do(req)
 	if err != nil {
 		// The error text of net/http quotes the URL, whose path is secret.

@@ -63,7 +63,7 @@ func TestGoneAnnouncedOncePerConnection(t *testing.T) {
 	}
 	e.start(nil)
 	waitFor(t, "five dead letters", 20*time.Second, func() bool { return dlq.len() >= 5 })
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	e.flushCollector(disc)
 	if n := dlq.len(); n != 5 {
 		t.Errorf("%d dead letters, want 5", n)
@@ -95,7 +95,7 @@ func TestActiveConnectionRefreshed(t *testing.T) {
 		return len(e.disconnectsOf(disc, subjects.Token(idle))) > 0
 	})
 	e.publish(e.names.Broadcast(), []byte("still there?"))
-	waitFor(t, "stream drained", 10*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 	e.flushCollector(disc)
 	var got int
 	for _, p := range e.tg.of(active) {

@@ -188,5 +188,11 @@ func (b *Bridge) push(ctx context.Context, it *item) Outcome {
 	if o != nil {
 		return *o
 	}
-	return b.pusher.push(ctx, u, it.payload, it.d.tail)
+	var seq uint64
+	if id, err := subjects.ConnID(it.token); err == nil {
+		if _, edge := subjects.EdgeInstance(id); edge {
+			seq = it.d.seq // wsbridge gateway drops a repeat by its sequence
+		}
+	}
+	return b.pusher.push(ctx, u, it.payload, it.d.tail, seq)
 }

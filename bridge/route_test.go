@@ -70,7 +70,7 @@ func TestRouter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o := p.push(ctx, u, []byte(`{}`), nil); o.Class != OK {
+	if o := p.push(ctx, u, []byte(`{}`), nil, 0); o.Class != OK {
 		t.Fatalf("push: %+v", o)
 	}
 	if len(auth) != 1 || auth[0] != "Bearer tok" {

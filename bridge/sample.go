@@ -38,34 +38,7 @@ func (b *Bridge) sample() {
 			b.lastRecon = r
 		}
 		if connected == 1 {
-			// The owned partitions' consumers: the backlog and what is
-			// held is this bridge's share.
-			var pending, ackPending uint64
-			for _, p := range b.ownedParts() {
-				cons := p.consumers()
-				if cons == nil {
-					continue
-				}
-				ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
-				var backlog uint64
-				ok := true
-				for _, c := range cons {
-					info, err := c.Info(ctx)
-					if err != nil {
-						ok = false
-						break
-					}
-					backlog += info.NumPending
-					ackPending += uint64(info.NumAckPending)
-				}
-				if ok {
-					pending += backlog
-					b.pm.Backlog.WithLabelValues(strconv.Itoa(p.n)).Set(float64(backlog))
-				}
-				cancel()
-			}
-			b.m.ConsumerPending.Set(float64(pending))
-			b.m.AckPending.Set(float64(ackPending))
+			b.sampleBacklog()
 		}
 		select {
 		case <-b.quit:
@@ -73,4 +46,35 @@ func (b *Bridge) sample() {
 		case <-t.C:
 		}
 	}
+}
+
+// sampleBacklog sets the backlog gauges of the owned partitions: what each
+// has not read of the log yet (the bridge's backlog is the largest), and
+// what they hold unresolved.
+func (b *Bridge) sampleBacklog() {
+	ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
+	defer cancel()
+	st, err := b.js.Stream(ctx, b.names.StreamOut())
+	if err != nil {
+		return
+	}
+	last := st.CachedInfo().State.LastSeq
+	var pending, held uint64
+	for _, p := range b.ownedParts() {
+		from, ok := p.from()
+		if !ok {
+			p.mu.Lock()
+			from = p.next
+			p.mu.Unlock()
+		}
+		backlog := uint64(0)
+		if last+1 > from {
+			backlog = last + 1 - from
+		}
+		pending = max(pending, backlog)
+		held += uint64(p.heldCount())
+		b.pm.Backlog.WithLabelValues(strconv.Itoa(p.n)).Set(float64(backlog))
+	}
+	b.m.ConsumerPending.Set(float64(pending))
+	b.m.AckPending.Set(float64(held))
 }

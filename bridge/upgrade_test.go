@@ -86,7 +86,7 @@ func TestUpgradeRefusesAHeldOldLayout(t *testing.T) {
 			return false
 		}
 		cfg := st.CachedInfo().Config
-		return cfg.Retention == jetstream.InterestPolicy && n.OutPartitions(cfg) == subjects.DefaultPartitions
+		return cfg.Retention == jetstream.LimitsPolicy && n.OutPartitions(cfg) == subjects.DefaultPartitions
 	}
 	out, err = run(func(out string) bool { return strings.Contains(out, "msg=consuming") && converted() })
 	if !converted() || err != nil {

@@ -162,7 +162,7 @@ func TestZombieIsFenced(t *testing.T) {
 	waitFor(t, "the healed bridge to take work again", 60*time.Second, func() bool { return len(zombie.Owned()) > 0 })
 	t.Logf("rejoined %v after the heal, owning %v", time.Since(healAt).Round(time.Millisecond), zombie.Owned())
 	waitFor(t, "every message pushed", 120*time.Second, func() bool { return mt.distinct() >= conns*per })
-	waitFor(t, "stream drained", 30*time.Second, e.streamEmpty)
+	waitFor(t, "every command resolved", 30*time.Second, e.resolved)
 	dups := checkOrder(t, mt.all(), conns, per)
 	t.Logf("%d repeats", dups)
 }

@@ -16,6 +16,11 @@ type Partitions struct {
 	// Duplicates counts pushes of redelivered messages: a bridge may have
 	// pushed them before it died or lost the partition.
 	Duplicates prometheus.Counter
+	// Rewinds counts the times the bridge read the outbound log again from
+	// an earlier position.
+	Rewinds prometheus.Counter
+	// Commits counts partition position writes by result.
+	Commits *prometheus.CounterVec
 	// Backlog is the number of messages of each owned partition not yet
 	// delivered to a bridge; the label is the partition number, bounded by
 	// the partition count.
@@ -39,13 +44,21 @@ func NewPartitions(reg prometheus.Registerer) *Partitions {
 		}),
 		Duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "duplicate_pushes_total",
-			Help: "Pushes of redelivered messages, which may repeat the connection's latest push.",
+			Help: "Pushes of commands a previous owner of the partition may have pushed before it died (wsbridge gateway drops the repeats).",
 		}),
+		Rewinds: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "log_rewinds_total",
+			Help: "Times this bridge read the outbound log again from an earlier position (a partition taken over, or resumed after holding its share of --max-held-bytes).",
+		}),
+		Commits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "position_commits_total",
+			Help: "Partition positions written to the positions bucket, by result (ok, conflict, error).",
+		}, []string{"result"}),
 		Backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "partition_backlog",
-			Help: "Messages of an owned outbound partition not yet delivered to a bridge.",
+			Help: "Commands of the outbound log an owned partition has not read yet (every partition's, up to the log's end).",
 		}, []string{"partition"}),
 	}
-	reg.MustRegister(m.Owned, m.Rebalances, m.Fenced, m.Duplicates, m.Backlog)
+	reg.MustRegister(m.Owned, m.Rebalances, m.Fenced, m.Duplicates, m.Rewinds, m.Commits, m.Backlog)
 	return m
 }

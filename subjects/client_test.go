@@ -46,7 +46,7 @@ func TestProvisionIdempotent(t *testing.T) {
 		retention jetstream.RetentionPolicy
 	}{
 		"WS_IN":  {"ws.in.>", jetstream.LimitsPolicy},
-		"WS_OUT": {"ws.out.* ws.out.*.* ws.out.*.*.*.>", jetstream.InterestPolicy},
+		"WS_OUT": {"ws.out.* ws.out.*.* ws.out.*.*.*.>", jetstream.LimitsPolicy},
 		"WS_DLQ": {"ws.dlq.>", jetstream.LimitsPolicy},
 	}
 	for name, w := range want {

@@ -29,6 +29,10 @@ const (
 	// (then ",<size>" when the body was cut too) when the original headers
 	// were dropped and only the Ws-* metadata kept.
 	HeaderTruncated = "Ws-Truncated"
+	// HeaderSeq is the stream sequence of the outbound command a push to
+	// wsbridge gateway carries: the edge writes each sequence to a
+	// connection at most once, in increasing order.
+	HeaderSeq = "Ws-Seq"
 )
 
 // Data types of HeaderDataType and of the gateway's dataType field.

@@ -16,17 +16,18 @@ import (
 // subject of two tokens after P.out into P.out.<kind>.<n>.<name>, where n is
 // Partition(name, count) computed by the server's {{partition}} function
 // (FNV-1a 32 of the token, modulo the count). Every subject of one connection
-// therefore lands in one partition, which one bridge works at a time, while
-// broadcast, group and user commands are read by every partition's consumer
-// (each pushes them to its own connections), in stream order with the direct
-// sends.
+// therefore lands in one partition, which one bridge works at a time. The
+// stream is a log every bridge reads in order: a bridge takes the direct
+// commands of the partitions it owns, and of every broadcast, group and user
+// command the targets in its partitions, so a fan-out keeps its place among
+// a connection's direct sends.
 
 // DefaultPartitions is the default number of outbound partitions: room for
 // many bridges without re-partitioning.
 const DefaultPartitions = 32
 
-// MaxPartitions bounds the partition count: each partition is a consumer
-// every bridge watches, with its own pulls and lease.
+// MaxPartitions bounds the partition count: each partition has a lease and
+// a position every bridge watches.
 const MaxPartitions = 256
 
 // Partition is the partition of a connection token (or group or user name)
@@ -61,58 +62,29 @@ func (n Names) OutSubjects() []string {
 	return []string{n.join(string(Out), "*"), n.join(string(Out), "*", "*"), n.join(string(Out), "*", "*", "*", ">")}
 }
 
-// PartitionFilter is the filter subject of partition p's consumer: every
-// command the stream stored in partition p (P.out.*.<p>.*). One filter
-// subject, so the server finds the partition's messages through its subject
-// index: a consumer with several filter subjects walks the stream message by
-// message for each subject it matches, which made a backlog drain cost
-// grow with the number of connections.
-//
-// The group and user commands stored in partition p match it too; the
-// partition's fan-out consumer is the one that pushes them, the bridge only
-// lets go of this copy.
-func (n Names) PartitionFilter(p int) string {
-	return n.join(string(Out), "*", strconv.Itoa(p), "*")
-}
-
-// FanOutFilters are the filter subjects of partition p's fan-out consumer:
-// every broadcast, group and user command (each partition pushes those to
-// its own connections). Partition 0's also takes the malformed subjects of
-// four or more tokens after P.out, so that nothing the stream stores is left
-// without a consumer. A partition's bridge reads both its consumers and
-// merges them in stream order (bridge/intake.go).
-func (n Names) FanOutFilters(p int) []string {
-	f := []string{
+// PartitionSubjects are the stored subjects of everything partition p
+// reads from the outbound log: its sends and closes, and every broadcast,
+// group and user command (and the malformed P.out.X). They do not overlap,
+// so they can filter one consumer (for counting: the bridges read the
+// whole log).
+func (n Names) PartitionSubjects(p int) []string {
+	ps := strconv.Itoa(p)
+	return []string{
+		n.join(string(Out), string(KindSend), ps, "*"),
+		n.join(string(Out), string(KindClose), ps, "*"),
 		n.join(string(Out), "*"),
 		n.join(string(Out), string(KindGroup), "*", "*"),
 		n.join(string(Out), string(KindUser), "*", "*"),
 	}
-	if p == 0 {
-		f = append(f, n.join(string(Out), "*", "*", "*", ">"))
-	}
-	return f
 }
 
-// OutLog is where the outbound stream republishes the headers of every
-// message it stores, in stream order: P.outlog.<stored subject after
-// P.out>, headers Nats-Subject, Nats-Sequence and Nats-Last-Sequence. The
-// bridges follow it to merge a partition's two consumers without a round
-// trip (bridge/outlog.go). Nothing publishes there but the stream.
-func (n Names) OutLog() string { return n.join(string(Out)+"log", ">") }
+// Positions is the KV bucket of the partitions' positions in the outbound
+// log (WS_POSITIONS): key p.<n> (PositionKey), value a Position. Written
+// by the partition's owner with a compare-and-set on its revision.
+func (n Names) Positions() string { return n.upper + "_POSITIONS" }
 
-// OutLogRePublish is the outbound stream's republish directive that feeds
-// OutLog.
-func (n Names) OutLogRePublish() *jetstream.RePublish {
-	return &jetstream.RePublish{Source: n.join(string(Out), ">"), Destination: n.OutLog(), HeadersOnly: true}
-}
-
-// FanOutConsumer is the durable fan-out consumer of outbound partition p
-// (WS_BRIDGE_7_FANOUT).
-func (n Names) FanOutConsumer(p int) string { return n.PartitionConsumer(p) + "_FANOUT" }
-
-// PartitionConsumer is the durable consumer of outbound partition p
-// (WS_BRIDGE_7).
-func (n Names) PartitionConsumer(p int) string { return n.Consumer() + "_" + strconv.Itoa(p) }
+// PositionKey is the key of partition p's position in the Positions bucket.
+func PositionKey(p int) string { return "p." + strconv.Itoa(p) }
 
 // Leases is the KV bucket in which bridges announce themselves and hold the
 // leases of the partitions they work (WS_BRIDGES).

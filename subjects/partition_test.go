@@ -46,8 +46,8 @@ func TestPartitionGolden(t *testing.T) {
 
 // TestPartitionedStream checks the layout against a real server: the stream
 // stores a command in the partition Partition computes, publishers' subjects
-// are unchanged, each partition's consumer reads its own commands plus every
-// fan-out, and malformed subjects are stored where a consumer sees them.
+// are unchanged, and everything, malformed subjects too, is in the log every
+// bridge reads.
 func TestPartitionedStream(t *testing.T) {
 	s := natstest.Start(t)
 	nc := natstest.Connect(t, s)
@@ -92,71 +92,60 @@ func TestPartitionedStream(t *testing.T) {
 	if want := uint64(len(tokens) + len(extra)); info.State.Msgs != want {
 		t.Fatalf("stream holds %d messages, want %d (an uninteresting subject was dropped?)", info.State.Msgs, want)
 	}
+	// The whole log, in stream order: what every bridge reads.
+	oc, err := js.OrderedConsumer(ctx, n.StreamOut(), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := oc.Fetch(int(info.State.Msgs), jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
 	seen := map[string]int{}
-	copies := 0
+	perPart := make([]int, parts)
+	for m := range batch.Messages() {
+		st, err := n.ParseStored(m.Subject())
+		seen[st.Original]++
+		switch {
+		case err != nil:
+			if m.Subject() != "ws.out.bogus" && m.Subject() != "ws.out.send.a.b.c" {
+				t.Errorf("%s is malformed: %v", m.Subject(), err)
+			}
+		case st.Kind == subjects.KindSend || st.Kind == subjects.KindClose:
+			if want := subjects.Partition(st.Token, parts); st.Partition != want {
+				t.Errorf("%s: stored partition %d, Partition says %d", m.Subject(), st.Partition, want)
+			}
+			if st.Kind == subjects.KindSend && string(m.Data()) != st.Token {
+				t.Errorf("%s carries %q", m.Subject(), m.Data())
+			}
+			perPart[st.Partition]++
+		case st.Kind == subjects.KindGroup || st.Kind == subjects.KindUser:
+			if want := subjects.Partition(st.Name, parts); st.Partition != want {
+				t.Errorf("%s: stored partition %d, Partition says %d", m.Subject(), st.Partition, want)
+			}
+		}
+	}
+	for _, subj := range append([]string{n.Broadcast(), n.Group("g1"), n.User("u1"), "ws.out.bogus", "ws.out.send.a.b.c"}, func() []string {
+		var out []string
+		for _, tok := range tokens {
+			out = append(out, n.Send(tok))
+		}
+		return out
+	}()...) {
+		if seen[subj] != 1 {
+			t.Errorf("%s stored %d times, want once", subj, seen[subj])
+		}
+	}
+	// PartitionSubjects: a partition's sends and closes, every fan-out and
+	// the one-token malformed subject.
 	for p := 0; p < parts; p++ {
-		fanouts := 0
-		for _, name := range []string{n.PartitionConsumer(p), n.FanOutConsumer(p)} {
-			direct := name == n.PartitionConsumer(p)
-			cons, err := js.Consumer(ctx, n.StreamOut(), name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			batch, err := cons.Fetch(100, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				t.Fatal(err)
-			}
-			for m := range batch.Messages() {
-				_ = m.Ack()
-				st, err := n.ParseStored(m.Subject())
-				if err != nil {
-					if direct || p != 0 && m.Subject() != "ws.out.bogus" {
-						t.Errorf("%s got malformed %s (only partition 0's fan-out consumer takes those)", name, m.Subject())
-					}
-					seen[st.Original]++
-					continue
-				}
-				switch {
-				case st.Kind == subjects.KindSend || st.Kind == subjects.KindClose:
-					if want := subjects.Partition(st.Token, parts); !direct || st.Partition != p || want != p {
-						t.Errorf("%s got %s: stored partition %d, Partition says %d", name, m.Subject(), st.Partition, want)
-					}
-					if st.Kind == subjects.KindSend && string(m.Data()) != st.Token {
-						t.Errorf("%s carries %q", m.Subject(), m.Data())
-					}
-				case direct:
-					// The copy of a group or user command stored in this
-					// partition, which the bridge lets go of.
-					if st.Partition != p || st.Kind == subjects.KindBroadcast {
-						t.Errorf("%s got %s", name, m.Subject())
-					}
-					copies++
-					continue
-				default:
-					fanouts++
-				}
-				seen[st.Original]++
-			}
+		c, err := js.CreateConsumer(ctx, n.StreamOut(), jetstream.ConsumerConfig{FilterSubjects: n.PartitionSubjects(p), AckPolicy: jetstream.AckNonePolicy})
+		if err != nil {
+			t.Fatal(err)
 		}
-		if fanouts != 3 {
-			t.Errorf("partition %d saw %d fan-outs, want 3 (broadcast, group, user)", p, fanouts)
+		if got, want := c.CachedInfo().NumPending, uint64(perPart[p]+4); got != want {
+			t.Errorf("partition %d: its subjects match %d commands, want %d (%d direct, 3 fan-outs, the malformed one-token one)", p, got, want, perPart[p])
 		}
-	}
-	if copies != 2 {
-		t.Errorf("direct consumers saw %d group and user commands, want 2 (each in its own partition)", copies)
-	}
-	for _, tok := range tokens {
-		if seen[n.Send(tok)] != 1 {
-			t.Errorf("%s seen %d times, want once", n.Send(tok), seen[n.Send(tok)])
-		}
-	}
-	for _, subj := range []string{n.Broadcast(), n.Group("g1"), n.User("u1")} {
-		if seen[subj] != parts {
-			t.Errorf("%s seen by %d partitions, want %d", subj, seen[subj], parts)
-		}
-	}
-	if seen["ws.out.bogus"] != parts || seen["ws.out.send.a.b.c"] != 1 {
-		t.Errorf("malformed subjects seen %d and %d times, want %d and 1", seen["ws.out.bogus"], seen["ws.out.send.a.b.c"], parts)
 	}
 }
 
@@ -191,8 +180,9 @@ func TestParseStored(t *testing.T) {
 }
 
 // TestProvisionConverts checks the upgrade path: an empty outbound stream of
-// the old layout or another partition count is replaced; one holding
-// messages is refused with how to migrate, and keeps its messages.
+// an earlier layout, or a log whose partitions resolved everything, is
+// replaced (with its positions); one holding messages to deliver is refused
+// with how to migrate, and keeps its messages.
 func TestProvisionConverts(t *testing.T) {
 	s := natstest.Start(t)
 	nc := natstest.Connect(t, s)
@@ -224,8 +214,8 @@ func TestProvisionConverts(t *testing.T) {
 	}
 	st, _ = js.Stream(ctx, n.StreamOut())
 	info, _ := st.Info(ctx)
-	if info.Config.Retention != jetstream.InterestPolicy || n.OutPartitions(info.Config) != 8 {
-		t.Fatalf("converted stream: retention %v, %d partitions", info.Config.Retention, n.OutPartitions(info.Config))
+	if info.Config.Retention != jetstream.LimitsPolicy || info.Config.Discard != jetstream.DiscardNew || n.OutPartitions(info.Config) != 8 {
+		t.Fatalf("converted stream: retention %v, discard %v, %d partitions", info.Config.Retention, info.Config.Discard, n.OutPartitions(info.Config))
 	}
 	if _, err := js.Publish(ctx, n.Send("YWJj"), []byte("held")); err != nil {
 		t.Fatal(err)
@@ -237,6 +227,49 @@ func TestProvisionConverts(t *testing.T) {
 	t.Logf("refusal: %v", err)
 	if err := subjects.Provision(ctx, js, n, subjects.StreamOptions{Partitions: 8}); err != nil {
 		t.Fatalf("Provision with the same count: %v", err)
+	}
+	// Once every partition resolved what the log holds (it keeps it for
+	// the replay window), the count may change.
+	st, _ = js.Stream(ctx, n.StreamOut())
+	info, _ = st.Info(ctx)
+	pkv, err := js.KeyValue(ctx, n.Positions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := 0; p < 8; p++ {
+		pos := subjects.Position{Next: info.State.LastSeq + 1, Stream: info.Created}
+		if _, err := pkv.Put(ctx, subjects.PositionKey(p), pos.Encode()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := subjects.Provision(ctx, js, n, subjects.StreamOptions{Partitions: 16}); err != nil {
+		t.Fatalf("Provision with another count over a resolved log: %v", err)
+	}
+	if _, err := js.KeyValue(ctx, n.Positions()); err != nil {
+		t.Fatalf("positions bucket after the conversion: %v", err)
+	} else if keys, _ := pkv.ListKeys(ctx); keys != nil {
+		for k := range keys.Keys() {
+			t.Errorf("position %s of the replaced stream kept", k)
+		}
+	}
+	// The interest stream of the previous release, holding messages.
+	if err := js.DeleteStream(ctx, n.StreamOut()); err != nil {
+		t.Fatal(err)
+	}
+	interest := jetstream.StreamConfig{Name: n.StreamOut(), Subjects: n.OutSubjects(), Retention: jetstream.InterestPolicy, SubjectTransform: n.OutTransform(8)}
+	if _, err := js.CreateStream(ctx, interest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateConsumer(ctx, n.StreamOut(), jetstream.ConsumerConfig{Durable: "WS_BRIDGE_0", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, n.Send("YWJj"), []byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	if err := subjects.Provision(ctx, js, n, subjects.StreamOptions{Partitions: 8}); !errors.Is(err, subjects.ErrOldLayout) {
+		t.Fatalf("Provision over the previous release's stream with a message: %v, want ErrOldLayout", err)
+	} else {
+		t.Logf("refusal: %v", err)
 	}
 	if err := subjects.Provision(ctx, js, n, subjects.StreamOptions{Partitions: subjects.MaxPartitions + 1}); err == nil {
 		t.Errorf("Provision past MaxPartitions accepted")

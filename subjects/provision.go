@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,23 +20,19 @@ type StreamOptions struct {
 	RegistryTTL     time.Duration // WS_CONNS record TTL (safety net), 24h
 	DuplicateWindow time.Duration // Nats-Msg-Id de-duplication window, 2m
 	Partitions      int           // outbound partitions (DefaultPartitions)
-	// AckWait and MaxAckPending configure each partition's consumer: how
-	// long a message held by a bridge that died waits before redelivery
-	// (DefaultAckWait; live bridges extend it) and how many messages one
-	// partition may hold unacknowledged (DefaultPartitionAckPending).
-	AckWait       time.Duration
-	MaxAckPending int
+	// OutMaxBytes bounds WS_OUT (DefaultOutMaxBytes). A full stream refuses
+	// new commands (discard new): publishers get an error, and nothing
+	// stored is dropped to make room.
+	OutMaxBytes int64
 }
 
-// Defaults of the partition consumers.
-const (
-	DefaultAckWait             = 4 * time.Second
-	DefaultPartitionAckPending = 1000
-)
+// DefaultOutMaxBytes is the default size bound of the outbound log.
+const DefaultOutMaxBytes = 1 << 30
 
-// ErrOldLayout reports an outbound stream of the previous, unpartitioned
-// layout that still holds messages.
-var ErrOldLayout = errors.New("outbound stream has the unpartitioned layout")
+// ErrOldLayout reports an outbound stream of an earlier layout (a work
+// queue, or the interest stream of partition consumers) that still holds
+// messages.
+var ErrOldLayout = errors.New("outbound stream has an earlier layout")
 
 // ErrPartitionsChanged reports an outbound stream partitioned another way
 // that still holds messages.
@@ -60,9 +55,8 @@ func (o StreamOptions) withDefaults() StreamOptions {
 	if o.Partitions <= 0 {
 		o.Partitions = DefaultPartitions
 	}
-	def(&o.AckWait, DefaultAckWait)
-	if o.MaxAckPending <= 0 {
-		o.MaxAckPending = DefaultPartitionAckPending
+	if o.OutMaxBytes <= 0 {
+		o.OutMaxBytes = DefaultOutMaxBytes
 	}
 	return o
 }
@@ -81,13 +75,15 @@ func (n Names) StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 	}, {
 		Name:        n.StreamOut(),
-		Description: "wsbridge outbound commands, partitioned by connection, consumed by the bridges",
+		Description: "wsbridge outbound commands, partitioned by connection: a log every bridge reads in order",
 		Subjects:    n.OutSubjects(),
-		// Interest: a direct send is removed once its partition's consumer
-		// acked it, a fan-out once every partition did.
-		Retention:        jetstream.InterestPolicy,
+		// A log: the bridges keep their positions in it (Positions) and
+		// trim what every partition has resolved. When it is full it
+		// refuses new commands rather than drop unread ones.
+		Retention:        jetstream.LimitsPolicy,
+		Discard:          jetstream.DiscardNew,
+		MaxBytes:         o.OutMaxBytes,
 		SubjectTransform: n.OutTransform(o.Partitions),
-		RePublish:        n.OutLogRePublish(),
 		MaxAge:           o.OutMaxAge,
 		Duplicates:       o.DuplicateWindow,
 		Replicas:         o.Replicas,
@@ -128,11 +124,11 @@ func (n Names) BucketConfig(o StreamOptions) jetstream.KeyValueConfig {
 // bucket WS_CONNS under the prefix. It is idempotent: running it again with
 // the same options changes nothing, with other options updates in place.
 //
-// The outbound stream and its partition consumers are created together: an
-// interest stream drops what no consumer is interested in. An outbound
-// stream of another layout is converted only when it is empty; otherwise
-// Provision fails with ErrOldLayout or ErrPartitionsChanged, saying how to
-// migrate, and changes nothing.
+// The outbound stream is a log with the positions of its partitions in the
+// bucket Positions. An outbound stream of another layout is converted only
+// when nothing in it is left to deliver; otherwise Provision fails with
+// ErrOldLayout or ErrPartitionsChanged, saying how to migrate, and changes
+// nothing.
 func Provision(ctx context.Context, js jetstream.JetStream, n Names, o StreamOptions) error {
 	o = o.withDefaults()
 	if o.Partitions > MaxPartitions {
@@ -146,43 +142,11 @@ func Provision(ctx context.Context, js jetstream.JetStream, n Names, o StreamOpt
 			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 		}
 	}
-	// Two consumers per partition, a round trip each: eight at a time.
-	cfgs := make(chan jetstream.ConsumerConfig)
-	errs := make(chan error, 8)
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for cfg := range cfgs {
-				if _, err := js.CreateOrUpdateConsumer(ctx, n.StreamOut(), cfg); err != nil {
-					errs <- fmt.Errorf("provision consumer %s on %s: %w", cfg.Durable, n.StreamOut(), err)
-					return
-				}
-			}
-		}()
-	}
-	var err error
-feed:
-	for p := 0; p < o.Partitions; p++ {
-		for _, cfg := range []jetstream.ConsumerConfig{n.PartitionConsumerConfig(p, o), n.FanOutConsumerConfig(p, o)} {
-			select {
-			case cfgs <- cfg:
-			case err = <-errs:
-				break feed
-			}
-		}
-	}
-	close(cfgs)
-	wg.Wait()
-	if err == nil && len(errs) > 0 {
-		err = <-errs
-	}
-	if err != nil {
-		return err
+	if _, err := js.CreateOrUpdateKeyValue(ctx, n.PositionsConfig(o)); err != nil {
+		return fmt.Errorf("provision bucket %s: %w", n.Positions(), err)
 	}
 	cfg := n.BucketConfig(o)
-	_, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+	_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
 	if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
 		// Servers before 2.11 keep no expiry markers: the registry works
 		// the same, but expiries go unannounced.
@@ -195,40 +159,16 @@ feed:
 	return nil
 }
 
-// PartitionConsumerConfig is the configuration of partition p's durable
-// consumer of direct commands on the outbound stream.
-func (n Names) PartitionConsumerConfig(p int, o StreamOptions) jetstream.ConsumerConfig {
+// PositionsConfig is the configuration of the Positions bucket: one key
+// per partition, kept until the outbound stream is replaced.
+func (n Names) PositionsConfig(o StreamOptions) jetstream.KeyValueConfig {
 	o = o.withDefaults()
-	c := partitionConsumerConfig(o)
-	c.Durable = n.PartitionConsumer(p)
-	c.Description = fmt.Sprintf("wsbridge outbound partition %d of %d: sends and closes, worked by one bridge at a time", p, o.Partitions)
-	c.FilterSubject = n.PartitionFilter(p)
-	return c
-}
-
-// FanOutConsumerConfig is the configuration of partition p's durable
-// consumer of fan-outs (broadcast, group, user) on the outbound stream.
-func (n Names) FanOutConsumerConfig(p int, o StreamOptions) jetstream.ConsumerConfig {
-	o = o.withDefaults()
-	c := partitionConsumerConfig(o)
-	c.Durable = n.FanOutConsumer(p)
-	c.Description = fmt.Sprintf("wsbridge outbound partition %d of %d: fan-outs, worked with the partition's sends", p, o.Partitions)
-	c.FilterSubjects = n.FanOutFilters(p)
-	return c
-}
-
-// partitionConsumerConfig is what both consumers of a partition share.
-func partitionConsumerConfig(o StreamOptions) jetstream.ConsumerConfig {
-	return jetstream.ConsumerConfig{
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       o.AckWait,
-		MaxAckPending: o.MaxAckPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		// Unlimited at the server: the bridge counts deliveries itself and
-		// dead-letters, because a server-side MaxDeliver leaves the message
-		// in the stream with only an advisory as trace.
-		MaxDeliver: -1,
-		Replicas:   o.Replicas,
+	return jetstream.KeyValueConfig{
+		Bucket:      n.Positions(),
+		Description: "wsbridge outbound partitions: position of each in the outbound log",
+		History:     1,
+		Replicas:    o.Replicas,
+		Storage:     jetstream.FileStorage,
 	}
 }
 
@@ -250,13 +190,14 @@ func (n Names) OutPartitions(cfg jetstream.StreamConfig) int {
 	return count
 }
 
-// convertOut replaces an empty outbound stream of another layout (the
-// unpartitioned work queue, or another partition count) and refuses a
-// non-empty one with how to migrate.
+// convertOut replaces an outbound stream of another layout (the work queue
+// or the interest stream of the earlier releases, or another partition
+// count) when nothing in it is left to deliver, and refuses otherwise with
+// how to migrate.
 func convertOut(ctx context.Context, js jetstream.JetStream, n Names, o StreamOptions) error {
 	st, err := js.Stream(ctx, n.StreamOut())
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil
+		return clearPositions(ctx, js, n)
 	}
 	if err != nil {
 		return fmt.Errorf("provision stream %s: %w", n.StreamOut(), err)
@@ -266,32 +207,75 @@ func convertOut(ctx context.Context, js jetstream.JetStream, n Names, o StreamOp
 		return fmt.Errorf("provision stream %s: %w", n.StreamOut(), err)
 	}
 	old := n.OutPartitions(info.Config)
-	if info.Config.Retention == jetstream.InterestPolicy && old == o.Partitions {
-		// The first partitioned layout had one consumer per partition,
-		// with several filter subjects; this one has two.
-		_, err := st.Consumer(ctx, n.FanOutConsumer(0))
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return fmt.Errorf("provision stream %s: %w", n.StreamOut(), err)
-		}
-		if msgs := info.State.Msgs; msgs > 0 {
-			return fmt.Errorf("%w: %s holds %d messages for the single partition consumers of the previous release; let its bridges drain it (until `nats stream info %s` shows 0 messages, with publishers paused), then start this one, which converts the empty stream",
+	log := info.Config.Retention == jetstream.LimitsPolicy
+	if log && old == o.Partitions {
+		return nil
+	}
+	if msgs := info.State.Msgs; msgs > 0 {
+		if log {
+			// A log keeps what was delivered for a while: only what some
+			// partition has not resolved stops the change.
+			left, err := unresolved(ctx, js, n, old, info)
+			if err != nil {
+				return fmt.Errorf("provision stream %s: %w", n.StreamOut(), err)
+			}
+			if left > 0 {
+				return fmt.Errorf("%w: %s holds %d commands not yet delivered in %d partitions, %d asked; keep --partitions %d until they are delivered (pause the publishers; `wsbridge partitions` shows each partition's lag), then restart every bridge with --partitions %d",
+					ErrPartitionsChanged, n.StreamOut(), left, old, o.Partitions, old, o.Partitions)
+			}
+		} else {
+			return fmt.Errorf("%w: %s holds %d messages for the consumers of an earlier release; let bridges of that release drain it (until `nats stream info %s` shows 0 messages, with publishers paused), then start this one, which converts the empty stream",
 				ErrOldLayout, n.StreamOut(), msgs, n.StreamOut())
 		}
-	} else if msgs := info.State.Msgs; msgs > 0 {
-		if old == 0 {
-			return fmt.Errorf("%w: %s holds %d messages for consumer %s; let a bridge of the previous version drain it (until `nats stream info %s` shows 0 messages, with publishers paused), then start this one, which converts the empty stream",
-				ErrOldLayout, n.StreamOut(), msgs, n.Consumer(), n.StreamOut())
-		}
-		return fmt.Errorf("%w: %s holds %d messages in %d partitions, %d asked; keep --partitions %d until it is empty (pause the publishers, let the bridges drain it), then restart every bridge with --partitions %d",
-			ErrPartitionsChanged, n.StreamOut(), msgs, old, o.Partitions, old, o.Partitions)
 	}
-	// Empty: the retention policy of a work queue cannot be changed in place,
-	// and stale partition consumers would hold interest forever; start over.
+	// Nothing left to deliver: the retention policy cannot be changed in
+	// place, and positions in the old stream mean nothing in a new one;
+	// start over.
 	if err := js.DeleteStream(ctx, n.StreamOut()); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("provision: replace empty stream %s: %w", n.StreamOut(), err)
+		return fmt.Errorf("provision: replace stream %s: %w", n.StreamOut(), err)
+	}
+	return clearPositions(ctx, js, n)
+}
+
+// clearPositions deletes the Positions bucket, if any: positions belong to
+// one outbound stream (each also names the stream's creation time, which a
+// bridge checks, so a stale one is never followed).
+func clearPositions(ctx context.Context, js jetstream.JetStream, n Names) error {
+	if err := js.DeleteKeyValue(ctx, n.Positions()); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("provision: clear %s: %w", n.Positions(), err)
 	}
 	return nil
+}
+
+// unresolved counts the commands of the log at or after the lowest
+// position of its partitions: all of them when a partition has none.
+func unresolved(ctx context.Context, js jetstream.JetStream, n Names, parts int, info *jetstream.StreamInfo) (uint64, error) {
+	state := info.State
+	kv, err := js.KeyValue(ctx, n.Positions())
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return state.Msgs, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	low, err := LowestPosition(ctx, kv, parts, info)
+	if err != nil {
+		return 0, err
+	}
+	if low > state.LastSeq {
+		return 0, nil
+	}
+	return state.LastSeq - max(low, state.FirstSeq) + 1, nil
+}
+
+// Unresolved is the number of commands in the outbound log at or after the
+// lowest position of its partitions: 0 once every command was pushed or
+// dead-lettered (the log keeps them for the replay window all the same).
+func Unresolved(ctx context.Context, js jetstream.JetStream, n Names) (uint64, error) {
+	st, err := js.Stream(ctx, n.StreamOut())
+	if err != nil {
+		return 0, err
+	}
+	info := st.CachedInfo()
+	return unresolved(ctx, js, n, n.OutPartitions(info.Config), info)
 }

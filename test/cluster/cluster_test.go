@@ -166,7 +166,7 @@ func TestClusterBridgesSurviveTheStreamLeaderAndABridge(t *testing.T) {
 		// Eight partitions: 32 replicated consumers take the test
 		// cluster a while to create.
 		opts := bridge.Options{PushURL: push.URL, Streams: subjects.StreamOptions{Replicas: 3}, Name: fmt.Sprintf("bridge-%d", i+1),
-			AckWait: 3 * time.Second, ShutdownTimeout: 5 * time.Second, Partitions: 8}
+			ShutdownTimeout: 5 * time.Second, Partitions: 8}
 		var b *bridge.Bridge
 		var err error
 		// The meta leader may still be electing: creating replicated

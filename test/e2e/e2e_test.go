@@ -508,13 +508,9 @@ func TestCloseFromBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the close acknowledged", func() bool {
-		s, err := js.Stream(svc.ctx(t), svc.names.StreamOut())
-		if err != nil {
-			return false
-		}
-		info, err := s.Info(svc.ctx(t))
-		return err == nil && info.State.Msgs == 0
+	waitFor(t, "the close resolved", func() bool {
+		n, err := subjects.Unresolved(svc.ctx(t), js, svc.names)
+		return err == nil && n == 0
 	})
 	if err := svc.nc.Flush(); err != nil {
 		t.Fatal(err)
