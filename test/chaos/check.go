@@ -1,0 +1,483 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// The checker judges a history against wsbridge's promises: nothing stored
+// is lost, each connection gets its pushes in order, each command reaches a
+// connection once (or, by the old rule, only the latest push repeats), and
+// every connection that ended gets exactly one disconnect event.
+//
+// A connection is one WebSocket connection (one token). Its open time is
+// when the client's dial returned: the registration function stored the
+// registry record and the connect event before the edge accepted the
+// upgrade, so both are stored by then. Its end, for one that ended, is the
+// first sign of it: the runner acting on it (the client closing, a backend
+// close being published for it, its edge being signalled, the client
+// stalling), or the client seeing the connection fail.
+//
+// What a connection is owed (its expected messages), among the commands
+// whose publish was acknowledged (so they are stored, with a sequence):
+//
+//   - every direct send (send, bulk) to its token, whenever published;
+//   - every broadcast (unless Ws-Exclude names its token), group send to a
+//     group it is in, and user send to its user (as its connect event
+//     says), whose first publish attempt began at least FanOutGrace after
+//     the connection opened, and whose publish was acknowledged before the
+//     connection ended (or at any time, for a connection that is still
+//     open).
+//
+// Each expected message must be received by the connection or
+// dead-lettered for its token (WS_DLQ, P.dlq.<kind>.<token>, with a
+// reason). One that is neither is lost, with two exceptions, both limited
+// to a connection that ended and to its tail: the messages after the last
+// one it received (by stream sequence; a connection gets its messages in
+// stream order, so what it missed at its end is a suffix).
+//
+//   - A fan-out in the tail is excused: the bridge expands a fan-out when
+//     it takes it, and a connection whose record was deleted when it
+//     ended is no longer a target, so there is nothing to deliver or
+//     dead-letter.
+//   - A direct send in the tail whose publish began before the end is
+//     excused when the end can lose a frame the edge already wrote: the
+//     client closed (its library discards frames that arrive during the
+//     close handshake) or its edge was SIGKILLed (frames in the socket
+//     buffers die with it). Direct sends published after the end must be
+//     dead-lettered (the edge answers 404, or its instance is gone), and
+//     the other ends (SIGTERM of the edge: 1001 after every written frame;
+//     a backend close: the close is pushed after every earlier send; a
+//     stalled client: it reads what was buffered before the write timed
+//     out) lose nothing.
+//
+// A connection still open at the end gets no exception: it is strict.
+//
+// Order: each connection's first receipts must be in increasing stream
+// sequence. Repeats: by the exact rule no message is received twice; by
+// the latest rule a message may be received again only right after itself
+// (the bridge that took over a crashed one's partition may push the latest
+// push again, never an older one). A frame of a message not addressed to
+// the connection (another token, a group it is not in, a broadcast that
+// excluded it) is misdelivered. A dead letter with reason gone for a
+// connection that was still there (it is still open, or it received a later
+// message) is gone-while-live.
+//
+// Disconnect events (read from WS_IN): a connection that ended, and a
+// connection whose connect event was stored but whose client never got it
+// (the dial failed after registration), needs exactly one; a connection
+// still open needs none.
+type Checker struct {
+	Repeat      string
+	FanOutGrace time.Duration
+}
+
+// Finding is one violation, for the report.
+type Finding struct {
+	Category string
+	Conn     string // client.life and token
+	Detail   string
+}
+
+// Report is the checker's result.
+type Report struct {
+	Findings []Finding
+
+	PublishedByKind map[string]int
+	UnackedByKind   map[string]int
+	Expected        int
+	Delivered       int // expected messages received
+	Extra           int // received fan-outs that were not owed (near an open or end)
+	Lost            int
+	Excused         map[string]int // by the end cause that excused it
+	MaxExcusedTail  int
+	OutOfOrder      int
+	Repeats         int // against the rule
+	AllowedRepeats  int // under the latest rule
+	Misdelivered    int
+	GoneLive        int
+	ReceivedAndDLQ  int
+	DisconnectBad   int
+	DeadLetters     map[string]int // by reason
+	DeadByKind      map[string]int // by reason and kind: "gone/send"
+	ReasonsByCause  map[string]map[string]int
+	Conns, Ended    int
+	Phantoms        int
+	ProcsBad        int
+	ProcStartFails  int
+	FaultsByKind    map[string][3]int // started, ended, skipped
+	Drained         bool
+	DrainDetail     string
+}
+
+// Failed reports whether any promise was broken.
+func (r *Report) Failed() bool { return len(r.Findings) > 0 }
+
+// Finding categories.
+const (
+	CatLost         = "lost"
+	CatOrder        = "out-of-order"
+	CatRepeat       = "repeat"
+	CatMisdelivered = "misdelivered"
+	CatGoneLive     = "gone-while-live"
+	CatDisconnect   = "disconnects"
+	CatProcess      = "process"
+	CatDrain        = "drain"
+	CatHistory      = "history"
+)
+
+type connView struct {
+	rec       *ConnRec
+	name      string
+	user      string
+	groups    []string
+	hasEvent  bool
+	maxRecv   uint64 // highest sequence received
+	lossEnd   bool   // ended in a way that may lose a written frame
+	causeKind string
+}
+
+func isFanOut(kind string) bool {
+	return kind == KindBroadcast || kind == KindGroup || kind == KindUser
+}
+
+func isDirect(kind string) bool { return kind == KindSend || kind == KindBulk }
+
+// Check judges h.
+func (ck Checker) Check(h *History) *Report {
+	r := &Report{
+		PublishedByKind: map[string]int{}, UnackedByKind: map[string]int{}, Excused: map[string]int{},
+		DeadLetters: map[string]int{}, DeadByKind: map[string]int{}, ReasonsByCause: map[string]map[string]int{},
+		FaultsByKind: map[string][3]int{},
+	}
+	add := func(cat, conn, format string, a ...any) {
+		r.Findings = append(r.Findings, Finding{Category: cat, Conn: conn, Detail: fmt.Sprintf(format, a...)})
+	}
+
+	pubs := map[string]*PubRec{}
+	for i := range h.Pubs {
+		p := &h.Pubs[i]
+		if _, dup := pubs[p.ID]; dup {
+			add(CatHistory, "", "message id %s published twice in the history", p.ID)
+			continue
+		}
+		pubs[p.ID] = p
+		r.PublishedByKind[p.Kind]++
+		if p.Seq == 0 {
+			r.UnackedByKind[p.Kind]++
+		}
+	}
+	connects := map[string]*EventRec{}
+	for i := range h.Connects {
+		e := &h.Connects[i]
+		if _, ok := connects[e.Token]; !ok {
+			connects[e.Token] = e
+		}
+	}
+	discs := map[string][]EventRec{}
+	for _, e := range h.Disconnects {
+		discs[e.Token] = append(discs[e.Token], e)
+	}
+	type dlqKey struct{ token, id string }
+	dlq := map[dlqKey]*DLQRec{}
+	for i := range h.DLQ {
+		d := &h.DLQ[i]
+		r.DeadLetters[d.Reason]++
+		r.DeadByKind[d.Reason+"/"+d.Kind]++
+		dlq[dlqKey{d.Token, d.ID}] = d
+	}
+
+	// Connections, and the indexes fan-outs are expanded by.
+	var conns []*connView
+	byToken := map[string]*connView{}
+	byGroup := map[string][]*connView{}
+	byUser := map[string][]*connView{}
+	for i := range h.Conns {
+		c := &h.Conns[i]
+		v := &connView{rec: c, name: fmt.Sprintf("c%d.%d %s", c.Client, c.Life, shortToken(c.Token))}
+		if e := connects[c.Token]; e != nil {
+			v.hasEvent, v.user, v.groups = true, e.User, e.Groups
+		} else {
+			add(CatHistory, v.name, "no connect event in WS_IN for a connection the client had open")
+		}
+		for _, cs := range c.Causes {
+			if cs.Kind == ActionClientClose || cs.Kind == FaultEdgeKill {
+				v.lossEnd = true
+			}
+		}
+		v.causeKind = causeKind(c)
+		if _, dup := byToken[c.Token]; dup {
+			add(CatHistory, v.name, "token held by two connections")
+			continue
+		}
+		conns = append(conns, v)
+		byToken[c.Token] = v
+		for _, g := range v.groups {
+			byGroup[g] = append(byGroup[g], v)
+		}
+		if v.user != "" {
+			byUser[v.user] = append(byUser[v.user], v)
+		}
+		r.Conns++
+		if c.Ended {
+			r.Ended++
+		}
+	}
+
+	// What each connection is owed.
+	expected := map[*connView][]*PubRec{}
+	owes := func(p *PubRec, v *connView) bool {
+		c := v.rec
+		if p.Start.Before(c.Open.Add(ck.FanOutGrace)) {
+			return false
+		}
+		return !c.Ended || !p.Ack.After(c.End)
+	}
+	// addressed says whether a fan-out names the connection at all.
+	addressed := func(p *PubRec, v *connView) bool {
+		switch p.Kind {
+		case KindBroadcast:
+			return !slices.Contains(p.Exclude, v.rec.Token)
+		case KindGroup:
+			return slices.Contains(v.groups, p.Group)
+		case KindUser:
+			return v.user == p.User
+		case KindSend, KindBulk:
+			return p.Token == v.rec.Token
+		}
+		return false
+	}
+	for i := range h.Pubs {
+		p := &h.Pubs[i]
+		if p.Seq == 0 || pubs[p.ID] != p {
+			continue
+		}
+		var targets []*connView
+		switch p.Kind {
+		case KindSend, KindBulk:
+			if v := byToken[p.Token]; v != nil {
+				expected[v] = append(expected[v], p)
+			}
+			continue
+		case KindBroadcast:
+			targets = conns
+		case KindGroup:
+			targets = byGroup[p.Group]
+		case KindUser:
+			targets = byUser[p.User]
+		default:
+			continue
+		}
+		for _, v := range targets {
+			if addressed(p, v) && owes(p, v) {
+				expected[v] = append(expected[v], p)
+			}
+		}
+	}
+
+	for _, v := range conns {
+		c := v.rec
+		if len(c.Bad) > 0 {
+			r.Misdelivered += len(c.Bad)
+			add(CatMisdelivered, v.name, "%d frames name no message, first %q", len(c.Bad), c.Bad[0])
+		}
+		// Order and repeats.
+		seen := map[string]bool{}
+		var maxSeq uint64
+		var maxID string
+		for i, id := range c.Frames {
+			p := pubs[id]
+			if p == nil {
+				r.Misdelivered++
+				add(CatMisdelivered, v.name, "frame %q of no published message", id)
+				continue
+			}
+			if !addressed(p, v) {
+				r.Misdelivered++
+				add(CatMisdelivered, v.name, "%s (%s) is not addressed to it%s", id, p.Kind, pubTarget(p))
+			}
+			if seen[id] {
+				if ck.Repeat == RepeatLatest && i > 0 && c.Frames[i-1] == id {
+					r.AllowedRepeats++
+				} else {
+					r.Repeats++
+					add(CatRepeat, v.name, "%s (seq %d) received again at frame %d, after %s", id, p.Seq, i, c.Frames[i-1])
+				}
+				continue
+			}
+			seen[id] = true
+			if p.Seq == 0 {
+				continue // no sequence to place it by
+			}
+			if p.Seq < maxSeq {
+				r.OutOfOrder++
+				add(CatOrder, v.name, "%s (%s, seq %d) received after %s (seq %d)", id, p.Kind, p.Seq, maxID, maxSeq)
+			} else {
+				maxSeq, maxID = p.Seq, id
+			}
+		}
+		v.maxRecv = maxSeq
+
+		owed := map[string]bool{}
+		for _, p := range expected[v] {
+			owed[p.ID] = true
+			received := seen[p.ID]
+			d := dlq[dlqKey{c.Token, p.ID}]
+			if d != nil && d.Reason == "gone" && (!c.Ended || p.Seq < v.maxRecv) {
+				r.GoneLive++
+				add(CatGoneLive, v.name, "%s (%s, seq %d) dead-lettered gone (%s) while the connection was there", p.ID, p.Kind, p.Seq, d.Error)
+			}
+			r.Expected++
+			switch {
+			case received:
+				r.Delivered++
+				if d != nil {
+					r.ReceivedAndDLQ++
+				}
+			case d != nil:
+			case c.Ended && p.Seq > v.maxRecv && (isFanOut(p.Kind) || v.lossEnd && !p.Start.After(c.End)):
+				r.Excused[v.causeKind]++
+			default:
+				r.Lost++
+				state := "open to the end"
+				if c.Ended {
+					state = fmt.Sprintf("ended %s (%s), last received seq %d", c.End.Format(timeFmt), v.causeKind, v.maxRecv)
+				}
+				add(CatLost, v.name, "%s (%s, seq %d, published %s, acked %s) neither received nor dead-lettered; connection opened %s, %s",
+					p.ID, p.Kind, p.Seq, p.Start.Format(timeFmt), p.Ack.Format(timeFmt), c.Open.Format(timeFmt), state)
+			}
+		}
+		// The excused tail, for the summary: how many at most one end cost.
+		tail := 0
+		for _, p := range expected[v] {
+			if c.Ended && p.Seq > v.maxRecv && !seen[p.ID] && dlq[dlqKey{c.Token, p.ID}] == nil {
+				tail++
+			}
+		}
+		r.MaxExcusedTail = max(r.MaxExcusedTail, tail)
+		for id := range seen {
+			if p := pubs[id]; p != nil && isFanOut(p.Kind) && !owed[id] {
+				r.Extra++
+			}
+		}
+
+		// Disconnect events.
+		ds := discs[c.Token]
+		if c.Ended {
+			reasons := r.ReasonsByCause[v.causeKind]
+			if reasons == nil {
+				reasons = map[string]int{}
+				r.ReasonsByCause[v.causeKind] = reasons
+			}
+			for _, d := range ds {
+				reasons[d.Reason]++
+			}
+			if len(ds) != 1 {
+				r.DisconnectBad++
+				add(CatDisconnect, v.name, "ended %s (%s) with %d disconnect events %s, want 1", c.End.Format(timeFmt), v.causeKind, len(ds), reasonList(ds))
+			}
+		} else if len(ds) != 0 {
+			r.DisconnectBad++
+			add(CatDisconnect, v.name, "still open, but has %d disconnect events %s", len(ds), reasonList(ds))
+		}
+	}
+	// Connections registered whose clients never had them.
+	for tok, e := range connects {
+		if byToken[tok] != nil {
+			continue
+		}
+		r.Phantoms++
+		ds := discs[tok]
+		name := fmt.Sprintf("%s %s", strings.Join(e.Protocols, ","), shortToken(tok))
+		reasons := r.ReasonsByCause["never-opened"]
+		if reasons == nil {
+			reasons = map[string]int{}
+			r.ReasonsByCause["never-opened"] = reasons
+		}
+		for _, d := range ds {
+			reasons[d.Reason]++
+		}
+		if len(ds) != 1 {
+			r.DisconnectBad++
+			add(CatDisconnect, name, "registered (connect event seq %d) but its client never had it; %d disconnect events %s, want 1", e.Seq, len(ds), reasonList(ds))
+		}
+	}
+
+	// Processes: every exit that no fault asked for, and the health at the end.
+	for _, p := range h.Procs {
+		switch {
+		case p.Event == "exit" && !p.Intended && p.Ready:
+			r.ProcsBad++
+			add(CatProcess, p.Name, "exited (code %d) at %s without being asked to; log %s", p.Code, p.At.Format(timeFmt), p.Log)
+		case p.Event == "exit" && !p.Intended:
+			r.ProcStartFails++
+		case p.Event == "health" && p.Detail != "ok":
+			r.ProcsBad++
+			add(CatProcess, p.Name, "unhealthy at the end: %s; log %s", p.Detail, p.Log)
+		}
+	}
+	for _, f := range h.Faults {
+		c := r.FaultsByKind[f.Kind]
+		switch f.Phase {
+		case "start":
+			c[0]++
+		case "end":
+			c[1]++
+		case "skip":
+			c[2]++
+		}
+		r.FaultsByKind[f.Kind] = c
+	}
+	if h.Drain != nil {
+		r.Drained, r.DrainDetail = h.Drain.Drained, h.Drain.Detail
+		if !h.Drain.Drained {
+			add(CatDrain, "", "WS_OUT not drained within the settle bound: %d messages left (%s)", h.Drain.OutMsgs, h.Drain.Detail)
+		}
+	}
+	sort.SliceStable(r.Findings, func(i, j int) bool { return r.Findings[i].Category < r.Findings[j].Category })
+	return r
+}
+
+// causeKind names how a connection ended: the runner's first cause, or
+// "unprompted" when the connection ended with nothing done to it.
+func causeKind(c *ConnRec) string {
+	if !c.Ended {
+		return "open"
+	}
+	if len(c.Causes) == 0 {
+		return "unprompted"
+	}
+	return c.Causes[0].Kind
+}
+
+func pubTarget(p *PubRec) string {
+	switch p.Kind {
+	case KindGroup:
+		return " (group " + p.Group + ")"
+	case KindUser:
+		return " (user " + p.User + ")"
+	case KindBroadcast:
+		return " (excluded)"
+	}
+	return " (token " + shortToken(p.Token) + ")"
+}
+
+func reasonList(ds []EventRec) string {
+	var rs []string
+	for _, d := range ds {
+		rs = append(rs, d.Reason)
+	}
+	return "[" + strings.Join(rs, " ") + "]"
+}
+
+func shortToken(t string) string {
+	if len(t) > 16 {
+		return t[:8] + "…" + t[len(t)-6:]
+	}
+	return t
+}
+
+const timeFmt = "15:04:05.000"

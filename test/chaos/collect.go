@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// collect reads back what the streams hold: every connect and disconnect
+// event in WS_IN (JetStream keeps them, so none is missed, whoever
+// published it) and every dead letter in WS_DLQ.
+func (r *Runner) collect(ctx context.Context) error {
+	n := r.names
+	var connects, discs, dlqs int
+	err := r.readStream(ctx, n.StreamIn(), []string{n.InboundKind(subjects.KindConnect), n.InboundKind(subjects.KindDisconnect)},
+		func(m jetstream.Msg, seq uint64, at time.Time) {
+			s, err := n.Parse(m.Subject())
+			if err != nil {
+				r.logf("WS_IN: %v", err)
+				return
+			}
+			switch s.Kind {
+			case subjects.KindConnect:
+				var ce subjects.ConnectEvent
+				if err := json.Unmarshal(m.Data(), &ce); err != nil {
+					r.logf("WS_IN connect event seq %d: %v", seq, err)
+				}
+				connects++
+				r.hist.add(EventRec{T: "connect", Token: s.Token, ConnID: ce.ConnectionID, User: ce.UserID, Groups: ce.Groups,
+					Protocols: ce.Protocols, Stored: at, Seq: seq})
+			case subjects.KindDisconnect:
+				var de subjects.DisconnectEvent
+				if err := json.Unmarshal(m.Data(), &de); err != nil {
+					r.logf("WS_IN disconnect event seq %d: %v", seq, err)
+				}
+				discs++
+				r.hist.add(EventRec{T: "disconnect", Token: s.Token, ConnID: de.ConnectionID, Reason: de.Reason, Stored: at, Seq: seq})
+			}
+		})
+	if err != nil {
+		return err
+	}
+	err = r.readStream(ctx, n.StreamDLQ(), []string{n.DeadLetters()}, func(m jetstream.Msg, seq uint64, at time.Time) {
+		rec := DLQRec{T: "dlq", Stored: at, Seq: seq}
+		if s, err := n.Parse(m.Subject()); err == nil {
+			rec.Kind, rec.Token = string(s.Kind), s.Token
+		} else {
+			rec.Kind = m.Subject()
+		}
+		h := m.Headers()
+		rec.Reason, rec.Error, rec.Status = h.Get(subjects.HeaderReason), h.Get(subjects.HeaderError), h.Get(subjects.HeaderStatus)
+		body := m.Data()
+		rec.ID, _, _ = strings.Cut(string(body[:min(len(body), 64)]), " ")
+		if rec.ID == "" {
+			// A close has no body: its id is only in the original
+			// message id, which the dead letter replaced; the subject
+			// says what it was.
+			rec.ID = "(" + h.Get(subjects.HeaderSubject) + ")"
+		}
+		dlqs++
+		r.hist.add(rec)
+	})
+	if err != nil {
+		return err
+	}
+	r.logf("read back %d connect events, %d disconnect events, %d dead letters", connects, discs, dlqs)
+	return nil
+}
+
+// readStream hands every message of stream matching filters to each, in
+// stream order, with its sequence and store time.
+func (r *Runner) readStream(ctx context.Context, stream string, filters []string, each func(m jetstream.Msg, seq uint64, at time.Time)) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cons, err := r.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: filters})
+	if err != nil {
+		return fmt.Errorf("%s: %w", stream, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("%s consumer info: %w", stream, err)
+	}
+	left := int(info.NumPending)
+	for left > 0 {
+		batch, err := cons.Fetch(min(left, 1000), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return fmt.Errorf("%s: fetch: %w", stream, err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			md, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("%s: metadata: %w", stream, err)
+			}
+			each(m, md.Sequence.Stream, md.Timestamp)
+			left--
+			got++
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("%s: fetch: %w", stream, err)
+		}
+		if got == 0 && ctx.Err() != nil {
+			return fmt.Errorf("%s: %d messages not read: %w", stream, left, ctx.Err())
+		}
+	}
+	return nil
+}
