@@ -80,6 +80,9 @@ type Finding struct {
 	Category string
 	Conn     string // client.life and token
 	Detail   string
+	// Near lists the faults in progress around the finding (its message's
+	// publish or receipt, its connection's end), as "#N kind target".
+	Near []string
 }
 
 // Report is the checker's result.
@@ -95,8 +98,11 @@ type Report struct {
 	Excused         map[string]int // by the end cause that excused it
 	MaxExcusedTail  int
 	OutOfOrder      int
-	Repeats         int // against the rule
-	AllowedRepeats  int // under the latest rule
+	OutOfOrderEarly int             // of which fan-outs published before the connection opened
+	Latency         []time.Duration // publish to receipt of owed messages, sorted
+	ByFault         map[string]int  // findings with a fault of this kind near; "none" without
+	Repeats         int             // against the rule
+	AllowedRepeats  int             // under the latest rule
 	Misdelivered    int
 	GoneLive        int
 	ReceivedAndDLQ  int
@@ -151,11 +157,19 @@ func (ck Checker) Check(h *History) *Report {
 	r := &Report{
 		PublishedByKind: map[string]int{}, UnackedByKind: map[string]int{}, Excused: map[string]int{},
 		DeadLetters: map[string]int{}, DeadByKind: map[string]int{}, ReasonsByCause: map[string]map[string]int{},
-		FaultsByKind: map[string][3]int{},
+		FaultsByKind: map[string][3]int{}, ByFault: map[string]int{},
 	}
-	add := func(cat, conn, format string, a ...any) {
-		r.Findings = append(r.Findings, Finding{Category: cat, Conn: conn, Detail: fmt.Sprintf(format, a...)})
+	near := faultSpans(h.Faults)
+	// addAt records a finding about something at t, naming the faults
+	// active from before to after it.
+	addAt := func(cat, conn string, t time.Time, before, after time.Duration, format string, a ...any) {
+		f := Finding{Category: cat, Conn: conn, Detail: fmt.Sprintf(format, a...)}
+		if !t.IsZero() {
+			f.Near = near(t.Add(-before), t.Add(after))
+		}
+		r.Findings = append(r.Findings, f)
 	}
+	add := func(cat, conn, format string, a ...any) { addAt(cat, conn, time.Time{}, 0, 0, format, a...) }
 
 	pubs := map[string]*PubRec{}
 	for i := range h.Pubs {
@@ -286,8 +300,15 @@ func (ck Checker) Check(h *History) *Report {
 		}
 		// Order and repeats.
 		seen := map[string]bool{}
+		first := map[string]int{} // frame index of each message's first receipt
 		var maxSeq uint64
 		var maxID string
+		recvAt := func(i int) time.Time {
+			if i < len(c.FrameAt) {
+				return c.Open.Add(time.Duration(c.FrameAt[i]) * time.Millisecond)
+			}
+			return time.Time{}
+		}
 		for i, id := range c.Frames {
 			p := pubs[id]
 			if p == nil {
@@ -304,17 +325,23 @@ func (ck Checker) Check(h *History) *Report {
 					r.AllowedRepeats++
 				} else {
 					r.Repeats++
-					add(CatRepeat, v.name, "%s (seq %d) received again at frame %d, after %s", id, p.Seq, i, c.Frames[i-1])
+					addAt(CatRepeat, v.name, recvAt(i), 20*time.Second, 0, "%s (%s, seq %d) received again at frame %d, after %s", id, p.Kind, p.Seq, i, c.Frames[i-1])
 				}
 				continue
 			}
 			seen[id] = true
+			first[id] = i
 			if p.Seq == 0 {
 				continue // no sequence to place it by
 			}
 			if p.Seq < maxSeq {
 				r.OutOfOrder++
-				add(CatOrder, v.name, "%s (%s, seq %d) received after %s (seq %d)", id, p.Kind, p.Seq, maxID, maxSeq)
+				early := ""
+				if isFanOut(p.Kind) && p.Start.Before(c.Open) {
+					r.OutOfOrderEarly++
+					early = fmt.Sprintf("; published %v before the connection opened", c.Open.Sub(p.Start).Round(time.Millisecond))
+				}
+				addAt(CatOrder, v.name, recvAt(i), 20*time.Second, 0, "%s (%s, seq %d) received after %s (seq %d)%s", id, p.Kind, p.Seq, maxID, maxSeq, early)
 			} else {
 				maxSeq, maxID = p.Seq, id
 			}
@@ -328,7 +355,7 @@ func (ck Checker) Check(h *History) *Report {
 			d := dlq[dlqKey{c.Token, p.ID}]
 			if d != nil && d.Reason == "gone" && (!c.Ended || p.Seq < v.maxRecv) {
 				r.GoneLive++
-				add(CatGoneLive, v.name, "%s (%s, seq %d) dead-lettered gone (%s) while the connection was there", p.ID, p.Kind, p.Seq, d.Error)
+				addAt(CatGoneLive, v.name, p.Start, 10*time.Second, 10*time.Second, "%s (%s, seq %d) dead-lettered gone (%s) while the connection was there", p.ID, p.Kind, p.Seq, d.Error)
 			}
 			r.Expected++
 			switch {
@@ -336,6 +363,9 @@ func (ck Checker) Check(h *History) *Report {
 				r.Delivered++
 				if d != nil {
 					r.ReceivedAndDLQ++
+				}
+				if t := recvAt(first[p.ID]); !t.IsZero() {
+					r.Latency = append(r.Latency, t.Sub(p.Start))
 				}
 			case d != nil:
 			case c.Ended && p.Seq > v.maxRecv && (isFanOut(p.Kind) || v.lossEnd && !p.Start.After(c.End)):
@@ -346,7 +376,7 @@ func (ck Checker) Check(h *History) *Report {
 				if c.Ended {
 					state = fmt.Sprintf("ended %s (%s), last received seq %d", c.End.Format(timeFmt), v.causeKind, v.maxRecv)
 				}
-				add(CatLost, v.name, "%s (%s, seq %d, published %s, acked %s) neither received nor dead-lettered; connection opened %s, %s",
+				addAt(CatLost, v.name, p.Start, 10*time.Second, 10*time.Second, "%s (%s, seq %d, published %s, acked %s) neither received nor dead-lettered; connection opened %s, %s",
 					p.ID, p.Kind, p.Seq, p.Start.Format(timeFmt), p.Ack.Format(timeFmt), c.Open.Format(timeFmt), state)
 			}
 		}
@@ -377,7 +407,7 @@ func (ck Checker) Check(h *History) *Report {
 			}
 			if len(ds) != 1 {
 				r.DisconnectBad++
-				add(CatDisconnect, v.name, "ended %s (%s) with %d disconnect events %s, want 1", c.End.Format(timeFmt), v.causeKind, len(ds), reasonList(ds))
+				addAt(CatDisconnect, v.name, c.End, 10*time.Second, 10*time.Second, "ended %s (%s) with %d disconnect events %s, want 1", c.End.Format(timeFmt), v.causeKind, len(ds), reasonList(ds))
 			}
 		} else if len(ds) != 0 {
 			r.DisconnectBad++
@@ -438,7 +468,52 @@ func (ck Checker) Check(h *History) *Report {
 		}
 	}
 	sort.SliceStable(r.Findings, func(i, j int) bool { return r.Findings[i].Category < r.Findings[j].Category })
+	slices.Sort(r.Latency)
+	for _, f := range r.Findings {
+		kinds := map[string]bool{}
+		for _, n := range f.Near {
+			kinds[strings.Fields(n)[1]] = true
+		}
+		if len(kinds) == 0 {
+			r.ByFault["none"]++
+		}
+		for k := range kinds {
+			r.ByFault[k]++
+		}
+	}
 	return r
+}
+
+// faultSpans returns a function listing the faults in progress at any
+// time between from and to ("#N kind target").
+func faultSpans(recs []FaultRec) func(from, to time.Time) []string {
+	type span struct {
+		name       string
+		start, end time.Time
+	}
+	byN := map[int]*span{}
+	var spans []*span
+	for _, f := range recs {
+		switch f.Phase {
+		case "start":
+			s := &span{name: fmt.Sprintf("#%d %s %s", f.N, f.Kind, f.Target), start: f.At, end: f.At.Add(time.Hour)}
+			byN[f.N] = s
+			spans = append(spans, s)
+		case "end":
+			if s := byN[f.N]; s != nil {
+				s.end = f.At
+			}
+		}
+	}
+	return func(from, to time.Time) []string {
+		var out []string
+		for _, s := range spans {
+			if !s.start.After(to) && !s.end.Before(from) {
+				out = append(out, s.name)
+			}
+		}
+		return out
+	}
 }
 
 // causeKind names how a connection ended: the runner's first cause, or

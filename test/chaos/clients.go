@@ -174,6 +174,7 @@ func (w *wsConn) read(c *client) (websocket.StatusCode, error) {
 		w.mu.Lock()
 		if validID(id) {
 			w.rec.Frames = append(w.rec.Frames, id)
+			w.rec.FrameAt = append(w.rec.FrameAt, time.Since(w.rec.Open).Milliseconds())
 		} else {
 			w.rec.Bad = append(w.rec.Bad, id)
 		}
@@ -248,6 +249,7 @@ func (w *wsConn) snapshot() ConnRec {
 	defer w.mu.Unlock()
 	rec := w.rec
 	rec.Frames = append([]string(nil), w.rec.Frames...)
+	rec.FrameAt = append([]int64(nil), w.rec.FrameAt...)
 	rec.Bad = append([]string(nil), w.rec.Bad...)
 	rec.Causes = append([]Cause(nil), w.rec.Causes...)
 	if rec.Frames == nil {

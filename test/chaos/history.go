@@ -109,7 +109,9 @@ type ConnRec struct {
 	CloseStatus int       `json:"closeStatus,omitempty"`
 	EndErr      string    `json:"endErr,omitempty"`
 	Frames      []string  `json:"frames"`
-	Bad         []string  `json:"bad,omitempty"` // frames that name no message
+	// FrameAt is when each frame arrived, in milliseconds since Open.
+	FrameAt []int64  `json:"frameAt,omitempty"`
+	Bad     []string `json:"bad,omitempty"` // frames that name no message
 }
 
 // EventRec is a connect or disconnect event read back from WS_IN.

@@ -57,7 +57,7 @@ type Runner struct {
 }
 
 type natsNode struct {
-	proc                    *proc
+	proc                     *proc
 	port, clusterPort, mPort int
 }
 
@@ -152,8 +152,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 	}
 	rep := Checker{Repeat: cfg.Repeat, FanOutGrace: cfg.FanOutGrace}.Check(hw.history())
 	summary := Summary(cfg, hw.history(), rep, r.logPaths())
-	sumPath := filepath.Join(cfg.Dir, "summary.txt")
-	if err := os.WriteFile(sumPath, []byte(summary), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "summary.txt"), []byte(summary), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "findings.txt"), []byte(FindingsText(rep)), 0o644); err != nil {
 		return nil, err
 	}
 	return &Result{Report: rep, Summary: summary, History: histPath, Dir: cfg.Dir}, nil

@@ -6,11 +6,8 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
-
-// maxFindingsShown bounds the findings a summary lists (the history has
-// everything).
-const maxFindingsShown = 60
 
 // Summary is the run's table: what was done, what was seen, what broke.
 func Summary(cfg Config, h *History, r *Report, logs []string) string {
@@ -58,12 +55,14 @@ func Summary(cfg Config, h *History, r *Report, logs []string) string {
 	row("delivered", r.Delivered, fmt.Sprintf("%.2f%% of owed; %d fan-outs received beside (near an open or end)", pct(r.Delivered, r.Expected), r.Extra))
 	row("lost", r.Lost, "owed, neither received nor dead-lettered")
 	row("excused at an end", sumMap(r.Excused), fmt.Sprintf("%s; longest tail %d", mapList(r.Excused), r.MaxExcusedTail))
-	row("out of order", r.OutOfOrder, "")
+	row("out of order", r.OutOfOrder, fmt.Sprintf("%d of them fan-outs published before the connection opened", r.OutOfOrderEarly))
 	row("repeats", r.Repeats, fmt.Sprintf("against the %s rule; %d repeats of the latest push allowed", h.Run.Repeat, r.AllowedRepeats))
 	row("misdelivered", r.Misdelivered, "frames of messages not addressed to the connection")
 	row("gone while live", r.GoneLive, "dead-lettered gone while the connection was still there")
 	row("received and dead-lettered", r.ReceivedAndDLQ, "(information)")
 	row("disconnect anomalies", r.DisconnectBad, "ended: want 1 disconnect event; open: want 0")
+	row("delivery latency", quantile(r.Latency, 0.5), fmt.Sprintf("p50; p90 %v, p99 %v, max %v (publish to receipt, owed messages)",
+		quantile(r.Latency, 0.9), quantile(r.Latency, 0.99), quantile(r.Latency, 1)))
 	row("dead letters", sumMap(r.DeadLetters), mapList(r.DeadByKind))
 	row("processes unhealthy", r.ProcsBad, fmt.Sprintf("crashed after ready, or unhealthy at the end; %d failed starts (restarted)", r.ProcStartFails))
 	drain := "drained"
@@ -87,19 +86,46 @@ func Summary(cfg Config, h *History, r *Report, logs []string) string {
 	}
 
 	if len(r.Findings) > 0 {
-		fmt.Fprintf(&b, "\nfindings (%d", len(r.Findings))
-		if len(r.Findings) > maxFindingsShown {
-			fmt.Fprintf(&b, ", first %d", maxFindingsShown)
-		}
-		b.WriteString("):\n")
-		for i, f := range r.Findings {
-			if i == maxFindingsShown {
-				break
+		fmt.Fprintf(&b, "\nfindings with a fault of the kind in progress around them: %s\n", mapList(r.ByFault))
+		fmt.Fprintf(&b, "findings (%d; at most %d of each category here, all in findings.txt):\n", len(r.Findings), maxPerCategory)
+		shown := map[string]int{}
+		for _, f := range r.Findings {
+			if shown[f.Category]++; shown[f.Category] > maxPerCategory {
+				continue
 			}
-			fmt.Fprintf(&b, "  [%s] %s: %s\n", f.Category, f.Conn, f.Detail)
+			b.WriteString(findingLine(f))
 		}
 	}
 	return b.String()
+}
+
+// maxPerCategory bounds the findings of one category a summary lists.
+const maxPerCategory = 12
+
+func findingLine(f Finding) string {
+	near := ""
+	if len(f.Near) > 0 {
+		near = " [near " + strings.Join(f.Near, ", ") + "]"
+	}
+	return fmt.Sprintf("  [%s] %s: %s%s\n", f.Category, f.Conn, f.Detail, near)
+}
+
+// FindingsText lists every finding, one a line.
+func FindingsText(r *Report) string {
+	var b strings.Builder
+	for _, f := range r.Findings {
+		b.WriteString(findingLine(f))
+	}
+	return b.String()
+}
+
+// quantile of sorted durations, rounded for reading.
+func quantile(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	i := int(q * float64(len(d)-1))
+	return d[i].Round(time.Millisecond)
 }
 
 func pct(a, b int) float64 {
