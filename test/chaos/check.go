@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/wsbridge/wsbridge/subjects"
 )
 
 // The checker judges a history against wsbridge's promises: nothing stored
@@ -42,7 +44,11 @@ import (
 //   - A fan-out in the tail is excused: the bridge expands a fan-out when
 //     it takes it, and a connection whose record was deleted when it
 //     ended is no longer a target, so there is nothing to deliver or
-//     dead-letter.
+//     dead-letter. Unless the history shows it was expanded while the
+//     record was there: another connection of the same partition received
+//     it more than half a second before this one's disconnect event was
+//     stored (its record is deleted just before). Then, for an end that
+//     loses no written frame, it is lost.
 //   - A direct send in the tail whose publish began before the end is
 //     excused when the end can lose a frame the edge already wrote: the
 //     client closed (its library discards frames that arrive during the
@@ -195,6 +201,30 @@ func (ck Checker) Check(h *History) *Report {
 	for _, e := range h.Disconnects {
 		discs[e.Token] = append(discs[e.Token], e)
 	}
+	// The earliest receipt of each fan-out in each partition: a partition
+	// expands a fan-out before it pushes it to any of its connections.
+	parts := h.Run.Partitions
+	firstInPart := map[string]map[int]time.Time{}
+	if parts > 0 {
+		for i := range h.Conns {
+			c := &h.Conns[i]
+			pn := subjects.Partition(c.Token, parts)
+			for k, id := range c.Frames {
+				if k >= len(c.FrameAt) {
+					break
+				}
+				t := c.Open.Add(time.Duration(c.FrameAt[k]) * time.Millisecond)
+				m := firstInPart[id]
+				if m == nil {
+					m = map[int]time.Time{}
+					firstInPart[id] = m
+				}
+				if old, ok := m[pn]; !ok || t.Before(old) {
+					m[pn] = t
+				}
+			}
+		}
+	}
 	type dlqKey struct{ token, id string }
 	dlq := map[dlqKey]*DLQRec{}
 	for i := range h.DLQ {
@@ -239,6 +269,21 @@ func (ck Checker) Check(h *History) *Report {
 		if c.Ended {
 			r.Ended++
 		}
+	}
+
+	// expandedBefore says whether a fan-out reached the partition of a
+	// connection well before the connection's record was deleted.
+	expandedBefore := func(id, token string) string {
+		ds := discs[token]
+		if parts <= 0 || len(ds) == 0 {
+			return ""
+		}
+		pn := subjects.Partition(token, parts)
+		t, ok := firstInPart[id][pn]
+		if !ok || !t.Before(ds[0].Stored.Add(-500*time.Millisecond)) {
+			return ""
+		}
+		return fmt.Sprintf("another connection of partition %d received it at %s, the disconnect event was stored at %s", pn, t.Format(timeFmt), ds[0].Stored.Format(timeFmt))
 	}
 
 	// What each connection is owed.
@@ -368,6 +413,11 @@ func (ck Checker) Check(h *History) *Report {
 					r.Latency = append(r.Latency, t.Sub(p.Start))
 				}
 			case d != nil:
+			case c.Ended && p.Seq > v.maxRecv && isFanOut(p.Kind) && !v.lossEnd && expandedBefore(p.ID, c.Token) != "":
+				r.Lost++
+				addAt(CatLost, v.name, p.Start, 10*time.Second, 10*time.Second,
+					"%s (%s, seq %d, published %s) neither received nor dead-lettered, though its partition pushed it while the connection was registered: %s; connection ended %s (%s)",
+					p.ID, p.Kind, p.Seq, p.Start.Format(timeFmt), expandedBefore(p.ID, c.Token), c.End.Format(timeFmt), v.causeKind)
 			case c.Ended && p.Seq > v.maxRecv && (isFanOut(p.Kind) || v.lossEnd && !p.Start.After(c.End)):
 				r.Excused[v.causeKind]++
 			default:

@@ -459,3 +459,38 @@ func TestPlanLimitsOverlaps(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckTailFanOutExpandedWhileRegistered(t *testing.T) {
+	// A ended (its edge was stopped) at 100 ms and was announced at 1 s;
+	// B shares its partition. B received the broadcast m2 at 150 ms, so
+	// the partition expanded it while A's record was still there: A must
+	// have it or a dead letter. Had B received it only at 700 ms, or A's
+	// client closed (a frame may die in the close handshake), it is
+	// excused.
+	for _, tc := range []struct {
+		name  string
+		bAt   int64 // ms after B opened (at 0)
+		cause string
+		want  []string
+	}{
+		{"expanded before", 150, FaultEdgeTerm, []string{CatLost}},
+		{"expanded late", 700, FaultEdgeTerm, nil},
+		{"client closed", 150, ActionClientClose, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newHist()
+			b.h.Run.Partitions = 1
+			b.conn("A", 0, "u1")
+			b.conn("B", 0, "u2")
+			b.pub("m1", KindSend, "A", 10, 1)
+			b.pub("m2", KindBroadcast, "", 50, 2)
+			b.recv("A", "m1")
+			b.h.Conns[0].FrameAt = []int64{20}
+			b.recv("B", "m2")
+			b.h.Conns[1].FrameAt = []int64{tc.bAt}
+			b.end("A", 100, tc.cause)
+			b.h.Disconnects = append(b.h.Disconnects, EventRec{T: "disconnect", Token: "A", Reason: "shutdown", Stored: at(1000)})
+			wantFindings(t, check(b, RepeatExact), tc.want...)
+		})
+	}
+}

@@ -29,6 +29,7 @@ type RunRec struct {
 	Bridges     int       `json:"bridges"`
 	Edges       int       `json:"edges"`
 	FanOutGrace string    `json:"fanOutGrace"`
+	Partitions  int       `json:"partitions"`
 	Dir         string    `json:"dir"`
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -53,6 +54,7 @@ func (p *proc) start() error {
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = cleanEnv()
+	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return fmt.Errorf("start %s: %w", p.name, err)
@@ -203,28 +205,45 @@ func httpOK(url string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// freePorts reserves n loopback ports: listeners opened at once and closed
-// together, so the n are distinct. Another process may still take one
-// before its user binds it; a process that cannot bind exits, and is
-// restarted on the same port.
+// freePorts picks n distinct loopback ports for the processes, free when
+// picked, below the kernel's ephemeral range: a process restarted after a
+// kill binds its port again, and a port of the ephemeral range may by then
+// be the local end of some outgoing connection (or a listener on :0, like
+// the runner's own proxies).
 func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var a, z int
+		if _, err := fmt.Sscan(string(b), &a, &z); err == nil && a > 12000 {
+			lo = a
 		}
-	}()
+	}
+	portsMu.Lock()
+	defer portsMu.Unlock()
 	var out []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 1000 {
+			return nil, fmt.Errorf("no free port below %d after 1000 tries", lo)
 		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
+		p := 10000 + rand.IntN(lo-10000)
+		if portsTaken[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portsTaken[p] = true
+		out = append(out, p)
 	}
 	return out, nil
 }
+
+var (
+	portsMu    sync.Mutex
+	portsTaken = map[int]bool{}
+)
 
 // buildBinaries builds wsbridge and nats-server (from the module this one
 // requires) into dir, without the race detector: they are the binaries

@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 	r.logf("plan: %s", r.plan.describe())
 	hw.add(RunRec{T: "run", Seed: cfg.Seed, Start: time.Now(), Duration: cfg.Duration.String(), Faults: faultList(cfg.Faults),
 		Repeat: cfg.Repeat, Clients: cfg.Clients, Rate: cfg.Rate, Bridges: cfg.Bridges, Edges: cfg.Edges,
-		FanOutGrace: cfg.FanOutGrace.String(), Dir: cfg.Dir})
+		FanOutGrace: cfg.FanOutGrace.String(), Partitions: cfg.Partitions, Dir: cfg.Dir})
 	stopFlush := make(chan struct{})
 	go func() {
 		for {
