@@ -89,6 +89,8 @@ type Finding struct {
 	// Near lists the faults in progress around the finding (its message's
 	// publish or receipt, its connection's end), as "#N kind target".
 	Near []string
+	// Seq is the stream sequence of the message a lost finding is about.
+	Seq uint64
 }
 
 // Report is the checker's result.
@@ -101,6 +103,7 @@ type Report struct {
 	Delivered       int // expected messages received
 	Extra           int // received fan-outs that were not owed (near an open or end)
 	Lost            int
+	Pending         int            // owed, still in WS_OUT at the end (a settle that did not drain)
 	Excused         map[string]int // by the end cause that excused it
 	MaxExcusedTail  int
 	OutOfOrder      int
@@ -413,11 +416,14 @@ func (ck Checker) Check(h *History) *Report {
 					r.Latency = append(r.Latency, t.Sub(p.Start))
 				}
 			case d != nil:
+			case h.Pending[p.Seq]:
+				r.Pending++
 			case c.Ended && p.Seq > v.maxRecv && isFanOut(p.Kind) && !v.lossEnd && expandedBefore(p.ID, c.Token) != "":
 				r.Lost++
 				addAt(CatLost, v.name, p.Start, 10*time.Second, 10*time.Second,
 					"%s (%s, seq %d, published %s) neither received nor dead-lettered, though its partition pushed it while the connection was registered: %s; connection ended %s (%s)",
 					p.ID, p.Kind, p.Seq, p.Start.Format(timeFmt), expandedBefore(p.ID, c.Token), c.End.Format(timeFmt), v.causeKind)
+				r.Findings[len(r.Findings)-1].Seq = p.Seq
 			case c.Ended && p.Seq > v.maxRecv && (isFanOut(p.Kind) || v.lossEnd && !p.Start.After(c.End)):
 				r.Excused[v.causeKind]++
 			default:
@@ -428,6 +434,7 @@ func (ck Checker) Check(h *History) *Report {
 				}
 				addAt(CatLost, v.name, p.Start, 10*time.Second, 10*time.Second, "%s (%s, seq %d, published %s, acked %s) neither received nor dead-lettered; connection opened %s, %s",
 					p.ID, p.Kind, p.Seq, p.Start.Format(timeFmt), p.Ack.Format(timeFmt), c.Open.Format(timeFmt), state)
+				r.Findings[len(r.Findings)-1].Seq = p.Seq
 			}
 		}
 		// The excused tail, for the summary: how many at most one end cost.
@@ -514,7 +521,7 @@ func (ck Checker) Check(h *History) *Report {
 	if h.Drain != nil {
 		r.Drained, r.DrainDetail = h.Drain.Drained, h.Drain.Detail
 		if !h.Drain.Drained {
-			add(CatDrain, "", "WS_OUT not drained within the settle bound: %d messages left (%s)", h.Drain.OutMsgs, h.Drain.Detail)
+			add(CatDrain, "", "WS_OUT not drained within the settle bound: %d messages left, %d owed deliveries among them (%s)", h.Drain.OutMsgs, r.Pending, h.Drain.Detail)
 		}
 	}
 	sort.SliceStable(r.Findings, func(i, j int) bool { return r.Findings[i].Category < r.Findings[j].Category })

@@ -494,3 +494,22 @@ func TestCheckTailFanOutExpandedWhileRegistered(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckPendingIsNotLost(t *testing.T) {
+	b := newHist()
+	b.conn("A", 0, "u1")
+	b.pub("m1", KindSend, "A", 10, 1)
+	b.pub("m2", KindSend, "A", 20, 2)
+	b.h.Drain = &DrainRec{T: "drain", Drained: false, OutMsgs: 1}
+	b.h.Pending = map[uint64]bool{2: true}
+	b.recv("A", "m1")
+	r := check(b, RepeatExact)
+	wantFindings(t, r, CatDrain)
+	if r.Pending != 1 || r.Lost != 0 {
+		t.Errorf("pending %d, lost %d; want 1 and 0", r.Pending, r.Lost)
+	}
+	lost := Checker{Repeat: RepeatExact}.Check(&History{Run: b.h.Run, Conns: b.h.Conns, Connects: b.h.Connects, Pubs: b.h.Pubs})
+	if len(lost.Findings) != 1 || lost.Findings[0].Seq != 2 {
+		t.Errorf("without the pending record: %+v, want one lost finding of seq 2", lost.Findings)
+	}
+}

@@ -70,7 +70,39 @@ func (r *Runner) collect(ctx context.Context) error {
 		return err
 	}
 	r.logf("read back %d connect events, %d disconnect events, %d dead letters", connects, discs, dlqs)
+	if h := r.hist.history(); h.Drain != nil && !h.Drain.Drained {
+		r.pendingSeqs(ctx)
+	}
 	return nil
+}
+
+// pendingSeqs records which commands WS_OUT still holds, after a settle
+// that did not drain: a preliminary check names the owed messages neither
+// received nor dead-lettered, and the stream is asked about each.
+func (r *Runner) pendingSeqs(ctx context.Context) {
+	rep := Checker{Repeat: r.cfg.Repeat, FanOutGrace: r.cfg.FanOutGrace}.Check(r.hist.history())
+	seqs := map[uint64]bool{}
+	for _, f := range rep.Findings {
+		if f.Category == CatLost && f.Seq > 0 && len(seqs) < 5000 {
+			seqs[f.Seq] = true
+		}
+	}
+	st, err := r.js.Stream(ctx, r.names.StreamOut())
+	if err != nil {
+		r.logf("WS_OUT: %v", err)
+		return
+	}
+	var held []uint64
+	for seq := range seqs {
+		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := st.GetMsg(gctx, seq)
+		cancel()
+		if err == nil {
+			held = append(held, seq)
+		}
+	}
+	r.logf("%d of %d owed messages not delivered are still in WS_OUT", len(held), len(seqs))
+	r.hist.add(PendingRec{T: "pending", Seqs: held})
 }
 
 // readStream hands every message of stream matching filters to each, in

@@ -152,6 +152,13 @@ type DrainRec struct {
 	LiveConns int       `json:"liveConns"`
 }
 
+// PendingRec lists stream sequences still stored in WS_OUT when a settle
+// did not drain: owed messages among them are not lost, only late.
+type PendingRec struct {
+	T    string   `json:"t"` // "pending"
+	Seqs []uint64 `json:"seqs"`
+}
+
 // History is a run's records, the checker's input.
 type History struct {
 	Run         RunRec
@@ -164,6 +171,7 @@ type History struct {
 	Disconnects []EventRec
 	DLQ         []DLQRec
 	Drain       *DrainRec
+	Pending     map[uint64]bool
 }
 
 // historyWriter appends records to the history file as they come.
@@ -223,6 +231,13 @@ func (hw *historyWriter) keep(rec any) {
 		h.DLQ = append(h.DLQ, r)
 	case DrainRec:
 		h.Drain = &r
+	case PendingRec:
+		if h.Pending == nil {
+			h.Pending = map[uint64]bool{}
+		}
+		for _, s := range r.Seqs {
+			h.Pending[s] = true
+		}
 	}
 }
 
@@ -290,6 +305,8 @@ func ReadHistory(r io.Reader) (*History, error) {
 			rec, err = decode[DLQRec](b)
 		case "drain":
 			rec, err = decode[DrainRec](b)
+		case "pending":
+			rec, err = decode[PendingRec](b)
 		default:
 			return nil, fmt.Errorf("line %d: unknown record type %q", line, head.T)
 		}

@@ -404,6 +404,11 @@ func (r *Runner) settle(ctx context.Context) {
 	}
 	start := time.Now()
 	deadline := start.Add(r.cfg.Settle)
+	// A loaded machine drains slowly: while WS_OUT keeps shrinking the
+	// wait goes on, up to three times the bound.
+	hardDeadline := start.Add(3 * r.cfg.Settle)
+	var lastMsgs uint64
+	lastShrink := start
 	// A killed edge's connections are announced within two instance TTLs.
 	quietUntil := start.Add(2*instanceTTL + 2*time.Second)
 	var why string
@@ -435,6 +440,9 @@ func (r *Runner) settle(ctx context.Context) {
 			case st.CachedInfo().State.Msgs > 0:
 				msgs = st.CachedInfo().State.Msgs
 				why = fmt.Sprintf("WS_OUT holds %d messages", msgs)
+				if lastMsgs == 0 || msgs < lastMsgs {
+					lastMsgs, lastShrink = msgs, time.Now()
+				}
 			default:
 				msgs = 0
 			}
@@ -443,7 +451,7 @@ func (r *Runner) settle(ctx context.Context) {
 			drained = true
 			break
 		}
-		if time.Now().After(deadline) {
+		if now := time.Now(); now.After(deadline) && (now.After(hardDeadline) || now.Sub(lastShrink) > 10*time.Second) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)

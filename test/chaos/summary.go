@@ -53,7 +53,7 @@ func Summary(cfg Config, h *History, r *Report, logs []string) string {
 	row("connections", r.Conns, fmt.Sprintf("%d ended during the run, %d open at the end; %d registered but never held by a client", r.Ended, r.Conns-r.Ended, r.Phantoms))
 	row("owed deliveries", r.Expected, "direct sends to a connection, fan-outs published while it was open")
 	row("delivered", r.Delivered, fmt.Sprintf("%.2f%% of owed; %d fan-outs received beside (near an open or end)", pct(r.Delivered, r.Expected), r.Extra))
-	row("lost", r.Lost, "owed, neither received nor dead-lettered")
+	row("lost", r.Lost, fmt.Sprintf("owed, neither received nor dead-lettered; %d more still in WS_OUT at the end", r.Pending))
 	row("excused at an end", sumMap(r.Excused), fmt.Sprintf("%s; longest tail %d", mapList(r.Excused), r.MaxExcusedTail))
 	row("out of order", r.OutOfOrder, fmt.Sprintf("%d of them fan-outs published before the connection opened", r.OutOfOrderEarly))
 	row("repeats", r.Repeats, fmt.Sprintf("against the %s rule; %d repeats of the latest push allowed", h.Run.Repeat, r.AllowedRepeats))
