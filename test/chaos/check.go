@@ -70,7 +70,8 @@ import (
 // the connection (another token, a group it is not in, a broadcast that
 // excluded it) is misdelivered. A dead letter with reason gone for a
 // connection that was still there (it is still open, or it received a later
-// message) is gone-while-live.
+// message, and the message was not published after a backend close of it)
+// is gone-while-live.
 //
 // Disconnect events (read from WS_IN): a connection that ended, and a
 // connection whose connect event was stored but whose client never got it
@@ -401,7 +402,7 @@ func (ck Checker) Check(h *History) *Report {
 			owed[p.ID] = true
 			received := seen[p.ID]
 			d := dlq[dlqKey{c.Token, p.ID}]
-			if d != nil && d.Reason == "gone" && (!c.Ended || p.Seq < v.maxRecv) {
+			if d != nil && d.Reason == "gone" && (!c.Ended || p.Seq < v.maxRecv) && !afterClose(c, p) {
 				r.GoneLive++
 				addAt(CatGoneLive, v.name, p.Start, 10*time.Second, 10*time.Second, "%s (%s, seq %d) dead-lettered gone (%s) while the connection was there", p.ID, p.Kind, p.Seq, d.Error)
 			}
@@ -571,6 +572,17 @@ func faultSpans(recs []FaultRec) func(from, to time.Time) []string {
 		}
 		return out
 	}
+}
+
+// afterClose says whether p was published after a backend close of c
+// (which a connection still open at the end may have on its way).
+func afterClose(c *ConnRec, p *PubRec) bool {
+	for _, cs := range c.Causes {
+		if cs.Kind == ActionBackendClose && !p.Start.Before(cs.At) {
+			return true
+		}
+	}
+	return false
 }
 
 // causeKind names how a connection ended: the runner's first cause, or

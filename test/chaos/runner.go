@@ -530,7 +530,11 @@ func (r *Runner) finalize() {
 			if !recorded {
 				rec := w.snapshot()
 				if !rec.Ended {
+					// A backend close may still be on its way.
 					rec.End = time.Time{}
+					w.mu.Lock()
+					rec.Causes = append([]Cause(nil), w.causes...)
+					w.mu.Unlock()
 				}
 				r.hist.add(rec)
 			}
