@@ -106,40 +106,62 @@ func (r *Runner) pendingSeqs(ctx context.Context) {
 }
 
 // readStream hands every message of stream matching filters to each, in
-// stream order, with its sequence and store time.
+// stream order, with its sequence and store time. A fetch that fails (a
+// busy server: tens of thousands of dead letters are read here) is taken
+// up again after the last message read, a few times.
 func (r *Runner) readStream(ctx context.Context, stream string, filters []string, each func(m jetstream.Msg, seq uint64, at time.Time)) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	cons, err := r.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: filters})
-	if err != nil {
-		return fmt.Errorf("%s: %w", stream, err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("%s consumer info: %w", stream, err)
-	}
-	left := int(info.NumPending)
-	for left > 0 {
-		batch, err := cons.Fetch(min(left, 1000), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return fmt.Errorf("%s: fetch: %w", stream, err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			md, err := m.Metadata()
-			if err != nil {
-				return fmt.Errorf("%s: metadata: %w", stream, err)
+	var next uint64 // first sequence not read yet (0: from the start)
+	var lastErr error
+	for try := 0; try < 10; try++ {
+		if try > 0 {
+			r.logf("reading %s again from sequence %d: %v", stream, next, lastErr)
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s: %w (last: %v)", stream, ctx.Err(), lastErr)
+			case <-time.After(time.Second):
 			}
-			each(m, md.Sequence.Stream, md.Timestamp)
-			left--
-			got++
 		}
-		if err := batch.Error(); err != nil {
-			return fmt.Errorf("%s: fetch: %w", stream, err)
+		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: filters}
+		if next > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
 		}
-		if got == 0 && ctx.Err() != nil {
-			return fmt.Errorf("%s: %d messages not read: %w", stream, left, ctx.Err())
+		cons, err := r.js.OrderedConsumer(ctx, stream, cfg)
+		if err != nil {
+			lastErr = err
+			continue
 		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		left := int(info.NumPending)
+		for left > 0 && err == nil {
+			var batch jetstream.MessageBatch
+			batch, err = cons.Fetch(min(left, 500), jetstream.FetchMaxWait(5*time.Second))
+			if err != nil {
+				break
+			}
+			for m := range batch.Messages() {
+				md, merr := m.Metadata()
+				if merr != nil {
+					err = merr
+					break
+				}
+				each(m, md.Sequence.Stream, md.Timestamp)
+				next = md.Sequence.Stream + 1
+				left--
+			}
+			if err == nil {
+				err = batch.Error()
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		lastErr = err
 	}
-	return nil
+	return fmt.Errorf("%s: %w", stream, lastErr)
 }

@@ -398,6 +398,7 @@ func (r *Runner) faultPhase(ctx context.Context) error {
 // client connected, WS_OUT empty (every command pushed or dead-lettered by
 // every partition) and the edges' lost announcements made.
 func (r *Runner) settle(ctx context.Context) {
+	r.logf("settle: waiting for %d commands still being published", len(r.pub.jobs))
 	r.pub.wait()
 	for _, c := range r.clients {
 		c.resume()
@@ -414,6 +415,7 @@ func (r *Runner) settle(ctx context.Context) {
 	var why string
 	var msgs uint64
 	drained := false
+	said := start
 	for {
 		why = ""
 		for _, p := range r.allProcs() {
@@ -453,6 +455,10 @@ func (r *Runner) settle(ctx context.Context) {
 		}
 		if now := time.Now(); now.After(deadline) && (now.After(hardDeadline) || now.Sub(lastShrink) > 10*time.Second) {
 			break
+		}
+		if time.Since(said) > 10*time.Second {
+			said = time.Now()
+			r.logf("settle: %s", why)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
