@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -261,9 +262,17 @@ func buildBinaries(dir string) (wsbridge, natsServer string, err error) {
 
 const modulePath = "github.com/wsbridge/wsbridge"
 
-// moduleRoot finds the module's directory from the working directory
-// (go run and go test both run inside the module).
+// moduleRoot is the directory of the module this runner was built from
+// (its source sits in test/chaos), so the binaries built are of the same
+// tree whatever the working directory; failing that, the working
+// directory's module.
 func moduleRoot() string {
+	if _, file, _, ok := runtime.Caller(0); ok {
+		root := filepath.Dir(filepath.Dir(filepath.Dir(file)))
+		if _, err := os.Stat(filepath.Join(root, "go.mod")); err == nil {
+			return root
+		}
+	}
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err == nil {
 		if mod := string(out); len(mod) > 1 {
