@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -92,15 +93,38 @@ func (r *Runner) pendingSeqs(ctx context.Context) {
 		r.logf("WS_OUT: %v", err)
 		return
 	}
+	// Asked 16 at a time and for a minute at most: the cluster that did
+	// not drain may be slow to answer.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var mu sync.Mutex
 	var held []uint64
-	for seq := range seqs {
-		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := st.GetMsg(gctx, seq)
-		cancel()
-		if err == nil {
-			held = append(held, seq)
-		}
+	work := make(chan uint64)
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := range work {
+				gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err := st.GetMsg(gctx, seq)
+				gcancel()
+				if err == nil {
+					mu.Lock()
+					held = append(held, seq)
+					mu.Unlock()
+				}
+			}
+		}()
 	}
+	for seq := range seqs {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- seq
+	}
+	close(work)
+	wg.Wait()
 	r.logf("%d of %d owed messages not delivered are still in WS_OUT", len(held), len(seqs))
 	r.hist.add(PendingRec{T: "pending", Seqs: held})
 }
