@@ -43,6 +43,11 @@ type Bridge struct {
 
 	kv   jetstream.KeyValue
 	idx  *index
+	// idxRev is the last registry revision the index applied; idxChecked
+	// when (Unix ns, this bridge's clock) it last proved current
+	// (indexCurrent).
+	idxRev     atomic.Uint64
+	idxChecked atomic.Int64
 	subs []*nats.Subscription
 
 	// Registry refreshes (see maybeRefresh): the bucket's TTL, the queue

@@ -288,6 +288,7 @@ func (r *reader) handle(m jetstream.Msg, stamp time.Time, seq, prev uint64) {
 		}
 		if tokens == nil {
 			if byPart == nil {
+				b.indexCurrent(stamp)
 				byPart = b.expand(subj, m)
 			}
 			tokens = byPart[p.n]

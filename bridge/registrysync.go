@@ -69,11 +69,48 @@ func (b *Bridge) watch(w jetstream.KeyWatcher) {
 					}
 				}
 			}
+			b.idxRev.Store(e.Revision())
 			if b.synced.Load() {
 				b.m.RegistryConnections.Set(float64(b.idx.size()))
 			}
 		}
 	}
+}
+
+// indexSlack is how much older than the last check of the index a
+// fan-out's stored time must be for that check to cover it: room for the
+// bridge's clock to run behind the server's.
+const indexSlack = 250 * time.Millisecond
+
+// indexCurrent makes sure the registry index holds every registration
+// stored before a fan-out stored at stamp (the server's clock), so that no
+// connection registered before the fan-out is left out of it (a watcher
+// can lag, after a reconnect or on a loaded machine): it reads the
+// registry's last sequence and waits until the index has applied it. One
+// check, made after a fan-out was stored, covers every fan-out stored
+// before it, so a drain of many needs few.
+func (b *Bridge) indexCurrent(stamp time.Time) {
+	if v := b.idxChecked.Load(); v != 0 && stamp.Before(time.Unix(0, v).Add(-indexSlack)) {
+		return
+	}
+	sent := time.Now()
+	ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
+	defer cancel()
+	st, err := b.js.Stream(ctx, "KV_"+b.names.Bucket())
+	if err != nil {
+		b.log.Debug("registry index not checked before a fan-out", "err", err)
+		return
+	}
+	last := st.CachedInfo().State.LastSeq
+	for b.idxRev.Load() < last {
+		select {
+		case <-ctx.Done():
+			b.log.Warn("registry index behind the registry; fan-out expanded without its newest records", "applied", b.idxRev.Load(), "stored", last)
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
+	b.idxChecked.Store(sent.UnixNano())
 }
 
 // refreshQueue bounds the tokens waiting for a registry refresh; more are

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -77,9 +76,10 @@ func (r *Runner) collect(ctx context.Context) error {
 	return nil
 }
 
-// pendingSeqs records which commands WS_OUT still holds, after a settle
-// that did not drain: a preliminary check names the owed messages neither
-// received nor dead-lettered, and the stream is asked about each.
+// pendingSeqs records which commands WS_OUT has not resolved, after a
+// settle that did not drain: a preliminary check names the owed messages
+// neither received nor dead-lettered, and those at or past the lowest
+// partition position are still to come.
 func (r *Runner) pendingSeqs(ctx context.Context) {
 	rep := Checker{Repeat: r.cfg.Repeat, FanOutGrace: r.cfg.FanOutGrace}.Check(r.hist.history())
 	seqs := map[uint64]bool{}
@@ -88,43 +88,32 @@ func (r *Runner) pendingSeqs(ctx context.Context) {
 			seqs[f.Seq] = true
 		}
 	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	st, err := r.js.Stream(ctx, r.names.StreamOut())
 	if err != nil {
 		r.logf("WS_OUT: %v", err)
 		return
 	}
-	// Asked 16 at a time and for a minute at most: the cluster that did
-	// not drain may be slow to answer.
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	var mu sync.Mutex
+	info := st.CachedInfo()
+	kv, err := r.js.KeyValue(ctx, r.names.Positions())
+	if err != nil {
+		r.logf("positions: %v", err)
+		return
+	}
+	// Not resolved yet: at or past the lowest position of every partition
+	// (the log keeps resolved commands for its replay window too).
+	low, err := subjects.LowestPosition(ctx, kv, r.names.OutPartitions(info.Config), info)
+	if err != nil {
+		r.logf("positions: %v", err)
+		return
+	}
 	var held []uint64
-	work := make(chan uint64)
-	var wg sync.WaitGroup
-	for i := 0; i < 16; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for seq := range work {
-				gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
-				_, err := st.GetMsg(gctx, seq)
-				gcancel()
-				if err == nil {
-					mu.Lock()
-					held = append(held, seq)
-					mu.Unlock()
-				}
-			}
-		}()
-	}
 	for seq := range seqs {
-		if ctx.Err() != nil {
-			break
+		if seq >= low {
+			held = append(held, seq)
 		}
-		work <- seq
 	}
-	close(work)
-	wg.Wait()
 	r.logf("%d of %d owed messages not delivered are still in WS_OUT", len(held), len(seqs))
 	r.hist.add(PendingRec{T: "pending", Seqs: held})
 }

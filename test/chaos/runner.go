@@ -395,8 +395,9 @@ func (r *Runner) faultPhase(ctx context.Context) error {
 }
 
 // settle waits (at most cfg.Settle) for every process to be ready, every
-// client connected, WS_OUT empty (every command pushed or dead-lettered by
-// every partition) and the edges' lost announcements made.
+// client connected, WS_OUT resolved (every command pushed or dead-lettered
+// by every partition, as their committed positions say) and the edges' lost
+// announcements made.
 func (r *Runner) settle(ctx context.Context) {
 	r.logf("settle: waiting for %d commands still being published", len(r.pub.jobs))
 	r.pub.wait()
@@ -434,14 +435,14 @@ func (r *Runner) settle(ctx context.Context) {
 		}
 		if why == "" {
 			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			st, err := r.js.Stream(ictx, r.names.StreamOut())
+			left, err := subjects.Unresolved(ictx, r.js, r.names)
 			cancel()
 			switch {
 			case err != nil:
-				why = "stream info: " + err.Error()
-			case st.CachedInfo().State.Msgs > 0:
-				msgs = st.CachedInfo().State.Msgs
-				why = fmt.Sprintf("WS_OUT holds %d messages", msgs)
+				why = "positions: " + err.Error()
+			case left > 0:
+				msgs = left
+				why = fmt.Sprintf("WS_OUT holds %d commands not resolved by every partition", msgs)
 				if lastMsgs == 0 || msgs < lastMsgs {
 					lastMsgs, lastShrink = msgs, time.Now()
 				}
@@ -483,17 +484,22 @@ func (r *Runner) consumerState(ctx context.Context) string {
 	if err != nil {
 		return err.Error()
 	}
+	info := st.CachedInfo()
+	kv, err := r.js.KeyValue(ictx, r.names.Positions())
+	if err != nil {
+		return err.Error()
+	}
 	var parts []string
-	l := st.ListConsumers(ictx)
-	for ci := range l.Info() {
-		if ci.NumPending > 0 || ci.NumAckPending > 0 || ci.NumRedelivered > 0 {
-			parts = append(parts, fmt.Sprintf("%s pending %d ack-pending %d redelivered %d", ci.Name, ci.NumPending, ci.NumAckPending, ci.NumRedelivered))
+	for p := 0; p < r.names.OutPartitions(info.Config); p++ {
+		pos, _, _, err := subjects.ReadPosition(ictx, kv, p, info.Created, info.State.FirstSeq)
+		switch {
+		case err != nil:
+			parts = append(parts, fmt.Sprintf("partition %d: %v", p, err))
+		case pos.Low() <= info.State.LastSeq:
+			parts = append(parts, fmt.Sprintf("partition %d at %d (%d pending, owner %s)", p, pos.Low(), len(pos.Pending), pos.Owner))
 		}
 	}
-	if err := l.Err(); err != nil {
-		parts = append(parts, err.Error())
-	}
-	return strings.Join(parts, ", ")
+	return fmt.Sprintf("log %d..%d; ", info.State.FirstSeq, info.State.LastSeq) + strings.Join(parts, ", ")
 }
 
 func (r *Runner) liveConns() int {
