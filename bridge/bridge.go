@@ -41,14 +41,14 @@ type Bridge struct {
 	pusher *pusher
 	router *router
 
-	kv   jetstream.KeyValue
-	idx  *index
+	kv  jetstream.KeyValue
+	idx *index
 	// idxRev is the last registry revision the index applied; idxChecked
 	// when (Unix ns, this bridge's clock) it last proved current
 	// (indexCurrent).
 	idxRev     atomic.Uint64
 	idxChecked atomic.Int64
-	subs []*nats.Subscription
+	subs       []*nats.Subscription
 
 	// Registry refreshes (see maybeRefresh): the bucket's TTL, the queue
 	// of tokens to refresh and the tokens queued or being refreshed.
