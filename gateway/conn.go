@@ -47,6 +47,15 @@ type conn struct {
 	// shutdown, or lost when its registry record was swept while this
 	// instance was cut off from NATS.
 	announce atomic.Pointer[string]
+
+	// order admits one push at a time to the connection, so checking a
+	// push's Ws-Seq against lastSeq, writing it and raising lastSeq are
+	// one step: two bridges pushing the same command at once (one of them
+	// a zombie) write it once, and an older command is never written after
+	// a newer one. A channel, so a waiting push gives up with its context.
+	order   chan struct{}
+	lastSeq uint64 // highest Ws-Seq written or closed at; guarded by order
+	seqSeen bool   // lastSeq holds one; guarded by order
 }
 
 var (
@@ -109,6 +118,26 @@ func (c *conn) close(code websocket.StatusCode, reason, why string) {
 		c.why.Store(reasonIndex(why))
 		_ = c.ws.Close(code, reason)
 	}
+}
+
+// admit takes the connection's push order, at most until ctx ends, and
+// reports whether s is new: absent, or above every sequence written so far.
+// The caller releases the order with done, after its write.
+func (c *conn) admit(ctx context.Context, s seq) (fresh bool, err error) {
+	select {
+	case c.order <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	return !s.set || !c.seqSeen || s.n > c.lastSeq, nil
+}
+
+// done records s as written, when it was, and releases the push order.
+func (c *conn) done(s seq, written bool) {
+	if s.set && written {
+		c.lastSeq, c.seqSeen = s.n, true
+	}
+	<-c.order
 }
 
 // write sends one frame; coder/websocket serializes concurrent writers and
@@ -184,7 +213,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	log := g.log.With("conn", id)
 	// Known to pushes from now on, so a reply to the connect event that
 	// overtakes the upgrade waits for it instead of finding nothing.
-	c := &conn{g: g, id: id, ip: ip, ready: make(chan struct{})}
+	c := &conn{g: g, id: id, ip: ip, ready: make(chan struct{}), order: make(chan struct{}, 1)}
 	if !g.add(c) {
 		g.refuse(w, http.StatusServiceUnavailable, "gateway is shutting down")
 		return

@@ -42,6 +42,7 @@ type gwMetrics struct {
 	connects        *prometheus.CounterVec
 	frames          *prometheus.CounterVec
 	pushes          *prometheus.CounterVec
+	pushesRepeated  prometheus.Counter
 	invocations     *prometheus.HistogramVec
 	disconnects     *prometheus.CounterVec
 	listenerRefused prometheus.Counter
@@ -66,6 +67,8 @@ func newMetrics(g *Gateway) *gwMetrics {
 		Help: "WebSocket data frames, in from clients and out to them."}, []string{"direction"})
 	m.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pushes_total",
 		Help: "Reverse-push requests by result."}, []string{"result"})
+	m.pushesRepeated = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pushes_repeated_total",
+		Help: "Pushes answered as delivered but not written, their Ws-Seq at or below the last one the connection took (also in pushes_total as ok)."})
 	m.invocations = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "invocation_duration_seconds",
 		Help: "Function invocation latency.", Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12)}, []string{"function"})
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "disconnects_total",
@@ -79,7 +82,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.invocations, m.disconnects, m.listenerRefused, natsUp)
+	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.invocations, m.disconnects, m.listenerRefused, natsUp)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)

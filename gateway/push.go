@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/coder/websocket"
@@ -64,6 +66,10 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 		w.Header().Set("Allow", http.MethodPost)
 		return http.StatusMethodNotAllowed, http.StatusMethodNotAllowed, "method " + r.Method + " not allowed: push with POST"
 	}
+	sq, err := parseSeq(r.Header)
+	if err != nil {
+		return bad("%v", err)
+	}
 	if g.edge != nil && g.isClosed() {
 		// Transient, so the bridge tries again: by then this instance's
 		// record is gone and the bridge knows its connections are lost,
@@ -116,7 +122,18 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 		if c == nil {
 			return status, errNo, msg
 		}
-		if err := c.write(ctx, typ, data); err != nil {
+		fresh, err := c.admit(ctx, sq)
+		if err != nil {
+			return http.StatusGone, http.StatusGone, "connection closed: " + err.Error()
+		}
+		if !fresh {
+			c.done(sq, false)
+			g.repeated()
+			return http.StatusOK, 0, "ok"
+		}
+		err = c.write(ctx, typ, data)
+		c.done(sq, err == nil)
+		if err != nil {
 			return http.StatusGone, http.StatusGone, "connection closed: " + err.Error()
 		}
 		return http.StatusOK, 0, "ok"
@@ -128,16 +145,58 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 		if c == nil {
 			return status, errNo, msg
 		}
+		fresh, err := c.admit(ctx, sq)
+		if err != nil {
+			return http.StatusGone, http.StatusGone, "connection closed: " + err.Error()
+		}
+		if !fresh {
+			c.done(sq, false)
+			g.repeated()
+			return http.StatusOK, 0, "ok"
+		}
 		// Unreachable at once, so later pushes get 404; the handshake runs
 		// in the background because a client that never answers would hold
 		// this request for seconds. The reader then invokes cleanup.
 		g.remove(c)
+		c.done(sq, true)
 		go c.close(statusNormal, "", discClosed)
 		return http.StatusOK, 0, "ok"
 
 	default:
 		return bad("websocket.action %q: want %q or %q", ws.Action, subjects.ActionDataSend, subjects.ActionClosing)
 	}
+}
+
+// seq is a push's Ws-Seq (subjects.HeaderSeq); set is false on a push
+// without one, which is written as it comes.
+type seq struct {
+	n   uint64
+	set bool
+}
+
+// parseSeq reads a push's Ws-Seq: absent, or one decimal uint64.
+func parseSeq(h http.Header) (seq, error) {
+	vs := h.Values(subjects.HeaderSeq)
+	switch len(vs) {
+	case 0:
+		return seq{}, nil
+	case 1:
+	default:
+		return seq{}, fmt.Errorf("%s given %d times: want one", subjects.HeaderSeq, len(vs))
+	}
+	n, err := strconv.ParseUint(vs[0], 10, 64)
+	if err != nil {
+		return seq{}, fmt.Errorf("%s %q: want the stream sequence of the command, a decimal number from 0 to %d",
+			subjects.HeaderSeq, clipHeader(vs[0]), uint64(math.MaxUint64))
+	}
+	return seq{n: n, set: true}, nil
+}
+
+// repeated counts a push answered as delivered without being written: its
+// Ws-Seq is at or below the last one written to the connection.
+func (g *Gateway) repeated() {
+	g.stats.pushRepeated.Add(1)
+	g.m.pushesRepeated.Inc()
 }
 
 // bearerOK compares "Bearer <token>" in constant time.

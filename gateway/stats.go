@@ -14,6 +14,7 @@ type Stats struct {
 	InvokeErrors        uint64 // failed invocations, every role
 	Cleanups            uint64 // cleanup invocations (one per accepted connection)
 	PushesOK            uint64 // push answered 200
+	PushesRepeated      uint64 // of PushesOK, not written: Ws-Seq at or below the connection's last
 	PushesNotFound      uint64 // push to an unknown connection (404)
 	PushesInvalid       uint64 // malformed push: 400, 405, 413
 	PushesFailed        uint64 // push that failed: write error (410), still registering (503)
@@ -24,6 +25,7 @@ type counters struct {
 	framesIn, framesOut                           atomic.Uint64
 	invocations, invokeErrors, cleanups           atomic.Uint64
 	pushOK, pushNotFound, pushInvalid, pushFailed atomic.Uint64
+	pushRepeated                                  atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -39,6 +41,7 @@ func (g *Gateway) Stats() Stats {
 		InvokeErrors:        c.invokeErrors.Load(),
 		Cleanups:            c.cleanups.Load(),
 		PushesOK:            c.pushOK.Load(),
+		PushesRepeated:      c.pushRepeated.Load(),
 		PushesNotFound:      c.pushNotFound.Load(),
 		PushesInvalid:       c.pushInvalid.Load(),
 		PushesFailed:        c.pushFailed.Load(),

@@ -29,9 +29,12 @@ const (
 	// (then ",<size>" when the body was cut too) when the original headers
 	// were dropped and only the Ws-* metadata kept.
 	HeaderTruncated = "Ws-Truncated"
-	// HeaderSeq is the stream sequence of the outbound command a push to
-	// wsbridge gateway carries: the edge writes each sequence to a
-	// connection at most once, in increasing order.
+	// HeaderSeq carries, on a reverse push to wsbridge gateway, the stream
+	// sequence of the outbound command it delivers (decimal). The edge
+	// writes each sequence to a connection at most once and never one at
+	// or below the last it accepted for that connection, so a push
+	// repeated by a restarted or cut-off bridge is answered as delivered
+	// and dropped.
 	HeaderSeq = "Ws-Seq"
 )
 
