@@ -19,7 +19,7 @@ type mark struct {
 }
 
 // trim purges the outbound log below what every partition has resolved,
-// keeping ReplayWindow of it. One bridge does it, the owner of partition 0;
+// keeping ReplayWindow of it while the log is less than half full. One bridge does it, the owner of partition 0;
 // it keeps the log's last sequence every trimEvery, so it knows which
 // sequences are older than the window on its own clock.
 func (b *Bridge) trim() {
@@ -64,6 +64,11 @@ func (b *Bridge) trimOnce(ctx context.Context, marks []mark) []mark {
 		cut, keep = m.last+1, i
 	}
 	marks = marks[keep:]
+	if max := info.Config.MaxBytes; max > 0 && info.State.Bytes > uint64(max)/2 {
+		// Half full: room for new commands comes before the replay
+		// window.
+		cut = info.State.LastSeq + 1
+	}
 	if cut <= info.State.FirstSeq {
 		return marks
 	}

@@ -1,0 +1,129 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wsbridge/wsbridge/subjects"
+)
+
+// A full outbound log refuses new commands with an error (discard new):
+// nothing already stored is dropped to make room, every stored command is
+// pushed once the gateway answers again, and once the log is trimmed it
+// takes commands again.
+func TestFullLogRefusesAndLosesNothing(t *testing.T) {
+	var open atomic.Bool
+	e := newEnv(t, func(p push, attempt int) (int, int) {
+		if !open.Load() {
+			return http.StatusServiceUnavailable, 0
+		}
+		return http.StatusOK, 0
+	})
+	e.register("full")
+	e.start(func(o *Options) {
+		o.Streams.OutMaxBytes = 64 << 10
+		o.MaxAttempts = 1000
+	})
+	tok := subjects.Token("full")
+	body := strings.Repeat("x", 1000)
+	stored := 0
+	var refusal error
+	for i := 0; i < 1000 && refusal == nil; i++ {
+		_, refusal = e.js.Publish(context.Background(), e.names.Send(tok), []byte(fmt.Sprintf("%04d%s", i, body)))
+		if refusal == nil {
+			stored++
+		}
+	}
+	var apiErr *jetstream.APIError
+	if refusal == nil || !errors.As(refusal, &apiErr) {
+		t.Fatalf("publishing into a full log: %d stored, error %v; want a JetStream error", stored, refusal)
+	}
+	t.Logf("%d commands of 1 KB stored in a 64 KiB log; then: %v", stored, refusal)
+	open.Store(true)
+	waitFor(t, "every stored command pushed", 30*time.Second, func() bool { return len(e.tg.of("full")) >= stored })
+	got := e.tg.of("full")
+	for i, p := range got {
+		if want := fmt.Sprintf("%04d", i); !strings.HasPrefix(p.Data, want) {
+			t.Fatalf("push %d carries %.4s…, want %s… (order or loss)", i, p.Data, want)
+		}
+	}
+	if len(got) != stored {
+		t.Errorf("%d pushes for %d stored commands", len(got), stored)
+	}
+	// Half full and resolved: trimmed without waiting for the replay
+	// window, and publishers are served again.
+	waitFor(t, "the log to take commands again", 30*time.Second, func() bool {
+		_, err := e.js.Publish(context.Background(), e.names.Send(tok), []byte("again"))
+		return err == nil
+	})
+}
+
+// A connection that stalls (its pushes fail and are retried, its commands
+// pile up past its partition's share of the held bytes) holds back its own
+// partition only: a connection of another partition gets every command, and
+// the time it took is printed against a run without the stall.
+func TestStalledPartitionDoesNotSlowOthers(t *testing.T) {
+	const n, size = 200, 16 << 10
+	// Two tokens in different partitions.
+	stalled, other := subjects.Token("stalled"), ""
+	otherID := ""
+	for i := 0; other == ""; i++ {
+		otherID = fmt.Sprintf("other-%d", i)
+		if tk := subjects.Token(otherID); subjects.Partition(tk, subjects.DefaultPartitions) != subjects.Partition(stalled, subjects.DefaultPartitions) {
+			other = tk
+		}
+	}
+	run := func(stall bool) time.Duration {
+		e := newEnv(t, func(p push, attempt int) (int, int) {
+			if stall && p.ConnID == "stalled" {
+				return http.StatusServiceUnavailable, 0
+			}
+			return http.StatusOK, 0
+		})
+		b := e.start(func(o *Options) {
+			o.MaxHeldBytes = 2 << 20 // a 64 KiB share per partition
+			o.MaxAttempts = 1000
+			o.BackoffBase, o.BackoffMax = 50*time.Millisecond, 200*time.Millisecond
+		})
+		data := strings.Repeat("s", size)
+		var msgs []*nats.Msg
+		for i := 0; i < n; i++ {
+			msgs = append(msgs, &nats.Msg{Subject: e.names.Send(stalled), Data: []byte(data)},
+				&nats.Msg{Subject: e.names.Send(other), Data: []byte(fmt.Sprint(i))})
+		}
+		start := time.Now()
+		e.publishAsync(msgs)
+		waitFor(t, "every command of the other partition pushed", 60*time.Second, func() bool { return len(e.tg.of(otherID)) >= n })
+		took := time.Since(start)
+		for i, p := range e.tg.of(otherID) {
+			if p.Data != fmt.Sprint(i) {
+				t.Fatalf("other connection: push %d is %q", i, p.Data)
+			}
+		}
+		if stall {
+			if got := len(e.tg.of(stalled)); got != 0 {
+				t.Errorf("the stalled connection got %d pushes", got)
+			}
+			if h := b.held(); h > b.opts.MaxHeldBytes {
+				t.Errorf("held %d bytes, over the %d budget", h, b.opts.MaxHeldBytes)
+			}
+			t.Logf("held %d bytes (budget %d), rewinds %v", b.held(), b.opts.MaxHeldBytes, testutil.ToFloat64(b.pm.Rewinds))
+		}
+		return took
+	}
+	run(false) // warm-up: the first run pays for the first connections and compilation of paths
+	stalledRun := run(true)
+	base := run(false)
+	t.Logf("%d commands to a connection of another partition: %v with a stalled partition beside it, %v without (ratio %.2f)",
+		n, stalledRun.Round(time.Millisecond), base.Round(time.Millisecond), float64(stalledRun)/float64(base))
+}
