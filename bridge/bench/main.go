@@ -61,6 +61,7 @@ func main() {
 	flag.StringVar(&plainProfile, "plaincpuprofile", "", "write a CPU profile of the plain client run to this file")
 	flag.StringVar(&heapProfile, "heapprofile", "", "write a heap profile of the memory run's bridge process to this file")
 	flag.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the bridge drain to this file")
+	logCost := flag.Bool("logcost", false, "measure instead what reading the log costs the server and each bridge with 1, 3 and 8 bridge processes")
 	scale := flag.Bool("scale", false, "measure scale-out instead: drain rate of 1, 2 and 3 bridges at -latency, then failover over -kills")
 	latency := flag.Duration("latency", 2*time.Millisecond, "gateway latency of the -scale runs")
 	scaleN := flag.Int("scale-n", 20000, "messages each -scale drain run")
@@ -68,6 +69,13 @@ func main() {
 	runs := flag.Int("runs", 3, "repetitions of the -scale drain runs")
 	kills := flag.Int("kills", 5, "bridge processes SIGKILLed (and as many SIGTERMed) in -scale; 0 skips it")
 	flag.Parse()
+	if *logCost {
+		if err := runLogCost(*n, *conns); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *scale {
 		if err := runScale(*scaleN, *conns, *scaleConc, *runs, *kills, *latency); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
