@@ -97,7 +97,7 @@ func checkOrder(t *testing.T, pushes []stamped, conns, per, crashes int) int {
 		for i, n := range seq {
 			switch {
 			case i == 0 || n == seq[i-1]+1:
-			case n < seq[i-1] && backs < crashes:
+			case n <= seq[i-1] && backs < crashes:
 				backs++ // a repeated window starts
 			default:
 				t.Errorf("%s: message %d pushed after %d (push %d of %d, %d repeated windows so far)", id, n, seq[i-1], i+1, len(seq), backs)
