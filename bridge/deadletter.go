@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -111,7 +112,7 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 	if minimal {
 		maxPayload = 0 // nothing of the original fits
 	}
-	dl := deadLetterMsg(subj, d.msg.Data(), d.msg.Headers(), h, maxPayload)
+	dl := deadLetterMsg(subj, d.msg.Data(), deadLetterHeaders(d.msg.Headers()), h, maxPayload)
 	if _, err := b.js.PublishMsg(ctx, dl); err != nil {
 		b.m.DeadLetterFailures.Inc()
 		return fmt.Errorf("publish dead letter %s: %w", subj, err)
@@ -120,6 +121,34 @@ func (b *Bridge) deadLetter(d *delivery, kind subjects.Kind, token, reason strin
 	b.log.Warn("dead letter", "kind", kind, "token", token, "reason", reason, "status", o.Status,
 		"attempts", attempts, "seq", d.seq, "err", errText)
 	return nil
+}
+
+// HeaderOrigPrefix renames, in a dead letter, the headers of the original
+// command in NATS's reserved Nats- namespace: Ws-Orig-Nats-Msg-Id,
+// Ws-Orig-Nats-Expected-Stream, and so on.
+const HeaderOrigPrefix = "Ws-Orig-"
+
+// deadLetterHeaders returns the original command's headers as its dead
+// letter carries them: every one named Nats-… (in any case) is renamed
+// HeaderOrigPrefix+name, the others are kept as they are. JetStream acts on
+// the Nats- headers of a publish: conditions (Nats-Expected-Stream,
+// Nats-Expected-Last-Sequence, -Last-Subject-Sequence, -Last-Msg-Id),
+// Nats-Rollup, Nats-TTL, Nats-Marker-Reason, counters (Nats-Incr), atomic
+// batches (Nats-Batch-*), schedules (Nats-Schedule*),
+// Nats-Required-Api-Level, tracing (Nats-Trace-*), and whatever a later
+// server adds. Copied, a condition the command met on WS_OUT fails on
+// WS_DLQ (Nats-Expected-Stream: WS_OUT is refused with error 10060) and
+// the dead letter lost its body; a rollup would purge other dead letters,
+// a TTL expire this one. Renamed, they stay visible and do nothing.
+func deadLetterHeaders(orig nats.Header) nats.Header {
+	out := make(nats.Header, len(orig))
+	for k, v := range orig {
+		if len(k) >= 5 && strings.EqualFold(k[:5], "Nats-") {
+			k = HeaderOrigPrefix + k
+		}
+		out[k] = v
+	}
+	return out
 }
 
 // forget deletes a connection from the registry and publishes its

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -87,5 +90,106 @@ func TestDeadLetterFailureKeepsOrder(t *testing.T) {
 	m, err := st.GetLastMsgForSubject(context.Background(), e.names.DeadLetter(subjects.KindSend, tok))
 	if err != nil || string(m.Data) != "first" {
 		t.Errorf("dead letter: %v %v", m, err)
+	}
+}
+
+// TestDeadLetterKeepsBodyOfConditionalPublish: a command published with
+// Nats-Expected-Stream (a condition WS_OUT met) is dead-lettered with its
+// body. Copied as it was, the header made WS_DLQ refuse the dead letter
+// ("expected stream does not match") and only the metadata was stored.
+// The header is kept under Ws-Orig-, as is the original Nats-Msg-Id.
+func TestDeadLetterKeepsBodyOfConditionalPublish(t *testing.T) {
+	e := newEnv(t, func(p push, attempt int) (int, int) { return http.StatusBadRequest, 0 })
+	e.start(nil)
+	tok := subjects.Token("dl-expected")
+	e.publish(e.names.Send(tok), []byte("the body"),
+		"Nats-Expected-Stream", e.names.StreamOut(), "Nats-Msg-Id", "cmd-1", "X-Trace", "abc")
+	st, err := e.js.Stream(context.Background(), e.names.StreamDLQ())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dl *jetstream.RawStreamMsg
+	waitFor(t, "the dead letter", 20*time.Second, func() bool {
+		dl, err = st.GetLastMsgForSubject(context.Background(), e.names.DeadLetter(subjects.KindSend, tok))
+		return err == nil
+	})
+	if string(dl.Data) != "the body" {
+		t.Errorf("dead letter body %q, want the command's body", dl.Data)
+	}
+	for k, want := range map[string]string{
+		"Ws-Reason":                    "permanent",
+		"Ws-Orig-Nats-Expected-Stream": e.names.StreamOut(),
+		"Ws-Orig-Nats-Msg-Id":          "cmd-1",
+		"X-Trace":                      "abc",
+		"Nats-Expected-Stream":         "",
+		subjects.HeaderTruncated:       "",
+	} {
+		if got := dl.Header.Get(k); got != want {
+			t.Errorf("dead letter header %s = %q, want %q", k, got, want)
+		}
+	}
+}
+
+// TestDeadLetterHeaders: every header by which JetStream takes a publish
+// differently (conditions, rollups, TTLs, counters, batches, schedules,
+// API levels, tracing) is renamed in a dead letter, so WS_DLQ stores each
+// dead letter whole, whatever the command carried; others stay as they are.
+func TestDeadLetterHeaders(t *testing.T) {
+	s := startNATS(t)
+	js, err := jetstream.New(connect(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := subjects.MustNew("ws")
+	ctx := context.Background()
+	if err := subjects.Provision(ctx, js, names, subjects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	special := map[string]string{
+		"Nats-Expected-Stream":                        "WS_OUT",
+		"Nats-Expected-Last-Sequence":                 "7",
+		"Nats-Expected-Last-Subject-Sequence":         "7",
+		"Nats-Expected-Last-Subject-Sequence-Subject": "ws.out.send.x",
+		"Nats-Expected-Last-Msg-Id":                   "nope",
+		"Nats-Rollup":                                 "all",
+		"Nats-TTL":                                    "1s",
+		"Nats-Marker-Reason":                          "MaxAge",
+		"Nats-Incr":                                   "1",
+		"Nats-Counter-Sources":                        "{}",
+		"Nats-Batch-Id":                               "b1",
+		"Nats-Batch-Sequence":                         "1",
+		"Nats-Batch-Commit":                           "1",
+		"Nats-Schedule":                               "@every 1s",
+		"Nats-Schedule-TTL":                           "1s",
+		"Nats-Schedule-Target":                        "ws.dlq.send.x",
+		"Nats-Required-Api-Level":                     "1000",
+		"Nats-Trace-Only":                             "true",
+		"nats-expected-stream":                        "WS_OUT", // the server matches the exact case; any case is renamed
+	}
+	for k, v := range special {
+		orig := nats.Header{k: {v}, "X-Keep": {"yes"}}
+		subj := names.DeadLetter(subjects.KindSend, subjects.Token("dl-"+strings.ToLower(k)))
+		h := deadLetterHeaders(orig)
+		if _, ok := h[k]; ok {
+			t.Errorf("%s kept in the dead letter", k)
+		}
+		if got := h.Get(HeaderOrigPrefix + k); got != v {
+			t.Errorf("%s not kept as %s%s: %v", k, HeaderOrigPrefix, k, h)
+		}
+		if h.Get("X-Keep") != "yes" {
+			t.Errorf("with %s: X-Keep lost: %v", k, h)
+		}
+		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: []byte("body"), Header: h}); err != nil {
+			t.Errorf("dead letter of a command with %s refused: %v", k, err)
+			continue
+		}
+		st, err := js.Stream(ctx, names.StreamDLQ())
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := st.GetLastMsgForSubject(ctx, subj)
+		if err != nil || string(m.Data) != "body" {
+			t.Errorf("dead letter of a command with %s: %v, %v; want it stored with its body", k, m, err)
+		}
 	}
 }

@@ -15,50 +15,76 @@ import (
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
-// routeCacheTTL is how long a looked-up instance's push URL is used before
-// it is looked up again. A dead instance's record ages out of the bucket
-// (its TTL); pushes to it meanwhile fail as transient and are retried, and
-// the retry looks again.
+// routeCacheTTL is how long what was read of an instance's record (its push
+// URL, or that it had none) is used before the record is read again.
 const routeCacheTTL = 2 * time.Second
 
 // recheckDelay is the wait before an instance found missing is looked up
-// again, once, before its connections are taken for lost.
+// again, once, in case a replica serving the read lags behind its write.
 const recheckDelay = 200 * time.Millisecond
 
-// maxMissing bounds the instances remembered as missing (pod names come and
-// go).
-const maxMissing = 1024
+// maxInstances bounds the instances remembered (pod names come and go).
+const maxInstances = 4096
+
+// defaultInstanceTTL is the instances bucket's TTL assumed while it cannot
+// be read (the gateway's default).
+const defaultInstanceTTL = 10 * time.Second
 
 // router picks the push URL of each connection (SPEC §6): a connection id
 // that names an edge instance goes to the push URL that instance advertises
 // in the instances bucket; any other id (API Gateway's) goes to the bridge's
 // PushURL. No per-instance configuration: instances come and go through
 // NATS.
+//
+// An instance's record is not proof of life, nor its absence of death: a
+// live instance cut off from NATS, or whose bucket is electing a leader,
+// cannot refresh its record, which ages out. So the router remembers the
+// push URL each instance last advertised and keeps pushing there: an
+// instance that answers is alive, whatever the bucket says. Its
+// connections are taken for lost only when its record is missing and it
+// does not answer (a transport error, a timeout, a 5xx, someone else at its
+// address), and either the record has been missing for a grace of two
+// bucket TTLs or the connection's registry record is gone (a survivor swept
+// it). A live instance that does not know the connection answers 404,
+// which is gone as always.
 type router struct {
 	js       jetstream.JetStream
 	bucket   string
 	fallback *url.URL // nil: no PushURL configured
 
-	mu      sync.Mutex
-	kv      jetstream.KeyValue
-	routes  map[string]route     // instance id -> where it is
-	missing map[string]time.Time // instance id -> when it was last found missing
+	mu    sync.Mutex
+	kv    jetstream.KeyValue
+	grace time.Duration        // two bucket TTLs, once the bucket is open
+	insts map[string]*instance // instance id -> what is known of it
 }
 
-type route struct {
+// instance is what the router knows of one edge instance.
+type instance struct {
+	u       *url.URL  // the push URL its record last advertised; nil: never seen
+	checked time.Time // when its record was last read (or found missing)
+	// missingSince is when its record was first found missing since it
+	// was last seen; zero while it is there.
+	missingSince time.Time
+}
+
+// dest is where a push goes: u, unless the instance's record has been
+// missing for missing (then u is its last known push URL, nil if none).
+type dest struct {
 	u       *url.URL
-	fetched time.Time
+	inst    string
+	missing time.Duration
 }
 
 func newRouter(js jetstream.JetStream, names subjects.Names, fallback *url.URL) *router {
-	return &router{js: js, bucket: names.GatewayBucket(), fallback: fallback, routes: map[string]route{}, missing: map[string]time.Time{}}
+	return &router{js: js, bucket: names.GatewayBucket(), fallback: fallback, grace: 2 * defaultInstanceTTL, insts: map[string]*instance{}}
 }
 
-// resolve returns the URL to push the connection's messages to, or the
-// outcome to record without pushing: gone (errInstanceLost) for an edge
-// instance that is not live, transient when the bucket cannot be read,
-// permanent when the id names no instance and there is no PushURL.
-func (r *router) resolve(ctx context.Context, token string) (*url.URL, *Outcome) {
+// resolve returns where to push the connection's messages, or the outcome
+// to record without pushing: transient when an edge instance's bucket
+// cannot be read and nothing is known of it, permanent when the id names
+// no instance and there is no PushURL. For an edge instance whose record is
+// missing, dest.missing says for how long (see Bridge.push).
+func (r *router) resolve(ctx context.Context, token string) (dest, *Outcome) {
 	id, err := subjects.ConnID(token)
 	inst, edge := "", false
 	if err == nil {
@@ -66,35 +92,79 @@ func (r *router) resolve(ctx context.Context, token string) (*url.URL, *Outcome)
 	}
 	if !edge {
 		if r.fallback == nil {
-			return nil, &Outcome{Class: Permanent, Err: errors.New("no push URL configured and the connection id names no gateway instance")}
+			return dest{}, &Outcome{Class: Permanent, Err: errors.New("no push URL configured and the connection id names no gateway instance")}
 		}
-		return r.fallback, nil
+		return dest{u: r.fallback}, nil
 	}
 	now := time.Now()
 	r.mu.Lock()
-	rt, ok := r.routes[inst]
-	r.mu.Unlock()
-	if ok && now.Sub(rt.fetched) < routeCacheTTL {
-		return rt.u, nil
-	}
-	u, err := r.lookup(ctx, inst)
-	if errors.Is(err, errInstanceLost) {
-		r.mu.Lock()
-		delete(r.routes, inst)
+	st, ok := r.insts[inst]
+	if ok && now.Sub(st.checked) < routeCacheTTL {
+		d := st.dest(inst, now)
 		r.mu.Unlock()
-		return nil, &Outcome{Class: Gone, Err: fmt.Errorf("%w: %s", errInstanceLost, inst)}
+		return d, nil
 	}
-	if err != nil {
-		return nil, &Outcome{Class: Transient, Err: fmt.Errorf("route to gateway instance %s: %w", inst, err)}
-	}
-	r.mu.Lock()
-	r.routes[inst] = route{u: u, fetched: now}
+	wasMissing := ok && !st.missingSince.IsZero()
 	r.mu.Unlock()
-	return u, nil
+
+	u, err := r.lookup(ctx, inst, wasMissing)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st = r.instance(inst)
+	switch {
+	case err == nil:
+		st.u, st.checked, st.missingSince = u, now, time.Time{}
+	case errors.Is(err, errInstanceLost):
+		st.checked = now
+		if st.missingSince.IsZero() {
+			st.missingSince = now
+		}
+	case st.u == nil && st.missingSince.IsZero():
+		// The bucket cannot be read and nothing is known: wait.
+		return dest{}, &Outcome{Class: Transient, Err: fmt.Errorf("route to gateway instance %s: %w", inst, err)}
+	default:
+		// The bucket cannot be read (NATS is away): what was known
+		// last holds for another routeCacheTTL (not a read, and its
+		// timeout, per push).
+		st.checked = now
+	}
+	return st.dest(inst, now), nil
 }
 
-// lookup reads an instance's record.
-func (r *router) lookup(ctx context.Context, inst string) (*url.URL, error) {
+func (st *instance) dest(inst string, now time.Time) dest {
+	d := dest{u: st.u, inst: inst}
+	if !st.missingSince.IsZero() {
+		d.missing = max(now.Sub(st.missingSince), time.Nanosecond)
+	}
+	return d
+}
+
+// instance returns the state of inst, made when new; r.mu is held.
+func (r *router) instance(inst string) *instance {
+	st, ok := r.insts[inst]
+	if ok {
+		return st
+	}
+	if len(r.insts) >= maxInstances {
+		// Forget the instances found missing (a vanished instance's push
+		// URL is no longer needed), or all when none is.
+		for k, v := range r.insts {
+			if !v.missingSince.IsZero() {
+				delete(r.insts, k)
+			}
+		}
+		if len(r.insts) >= maxInstances {
+			clear(r.insts)
+		}
+	}
+	st = &instance{}
+	r.insts[inst] = st
+	return st
+}
+
+// lookup reads an instance's record: its push URL, errInstanceLost when
+// there is none, another error when the bucket cannot be read.
+func (r *router) lookup(ctx context.Context, inst string, wasMissing bool) (*url.URL, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	kv, err := r.instances(ctx)
@@ -102,11 +172,12 @@ func (r *router) lookup(ctx context.Context, inst string) (*url.URL, error) {
 		return nil, err
 	}
 	e, err := kv.Get(ctx, inst)
-	if errors.Is(err, jetstream.ErrKeyNotFound) && !r.recentlyMissing(inst) {
+	if errors.Is(err, jetstream.ErrKeyNotFound) && !wasMissing {
 		// Once more after a moment: a replica serving the read may lag
 		// behind the instance's first write by a few milliseconds. Only
-		// the first lookup in a while waits: a broadcast to a dead
-		// instance's many connections must not stall the workers.
+		// the first lookup after the record was seen waits: a broadcast
+		// to a dead instance's many connections must not stall the
+		// workers.
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -115,12 +186,6 @@ func (r *router) lookup(ctx context.Context, inst string) (*url.URL, error) {
 		e, err = kv.Get(ctx, inst)
 	}
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		r.mu.Lock()
-		if len(r.missing) >= maxMissing {
-			clear(r.missing) // old findings only save a recheck
-		}
-		r.missing[inst] = time.Now()
-		r.mu.Unlock()
 		return nil, errInstanceLost
 	}
 	if err != nil {
@@ -138,21 +203,9 @@ func (r *router) lookup(ctx context.Context, inst string) (*url.URL, error) {
 	return u, nil
 }
 
-// recentlyMissing reports whether inst was found missing within the last
-// routeCacheTTL (and forgets older findings).
-func (r *router) recentlyMissing(inst string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	at, ok := r.missing[inst]
-	if ok && time.Since(at) >= routeCacheTTL {
-		delete(r.missing, inst)
-		ok = false
-	}
-	return ok
-}
-
-// instances opens the instances bucket; while it does not exist no edge
-// instance has ever run, so every instance is not live.
+// instances opens the instances bucket, and reads its TTL for the grace;
+// while the bucket does not exist no edge instance has ever run, so every
+// instance is missing.
 func (r *router) instances(ctx context.Context) (jetstream.KeyValue, error) {
 	r.mu.Lock()
 	kv := r.kv
@@ -167,10 +220,22 @@ func (r *router) instances(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, err
 	}
+	ttl := defaultInstanceTTL
+	if st, err := kv.Status(ctx); err == nil && st.TTL() > 0 {
+		ttl = st.TTL()
+	}
 	r.mu.Lock()
-	r.kv = kv
+	r.kv, r.grace = kv, 2*ttl
 	r.mu.Unlock()
 	return kv, nil
+}
+
+// lostAfter is how long an instance that does not answer may be without a
+// record before its connections are taken for lost.
+func (r *router) lostAfter() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.grace
 }
 
 // disconnectReason is the reason a connection found gone is announced
@@ -182,9 +247,12 @@ func disconnectReason(o Outcome) string {
 	return subjects.ReasonGone
 }
 
-// push pushes one item to where its connection is.
+// push pushes one item to where its connection is. For a connection whose
+// edge instance has no record, see router: the push goes to the instance's
+// last known address, and only when that fails too is the connection taken
+// for lost, once the grace is over or its registry record is gone.
 func (b *Bridge) push(ctx context.Context, it *item) Outcome {
-	u, o := b.router.resolve(ctx, it.token)
+	d, o := b.router.resolve(ctx, it.token)
 	if o != nil {
 		return *o
 	}
@@ -194,5 +262,37 @@ func (b *Bridge) push(ctx context.Context, it *item) Outcome {
 			seq = it.d.seq // wsbridge gateway drops a repeat by its sequence
 		}
 	}
-	return b.pusher.push(ctx, u, it.payload, it.d.tail, seq)
+	if d.missing == 0 {
+		return b.pusher.push(ctx, d.u, it.payload, it.d.tail, seq)
+	}
+	var failed Outcome
+	if d.u != nil {
+		failed = b.pusher.push(ctx, d.u, it.payload, it.d.tail, seq)
+		if failed.Class != Transient {
+			return failed // it answered: alive, and it decides
+		}
+	} else {
+		failed = Outcome{Class: Transient, Err: errors.New("its push address was never seen by this bridge")}
+	}
+	grace := b.router.lostAfter()
+	missing := d.missing.Round(time.Millisecond)
+	if d.missing >= grace || b.registryGone(ctx, it.token) {
+		return Outcome{Class: Gone, Status: failed.Status, Err: fmt.Errorf("%w: %s has had no record for %v and does not answer: %v",
+			errInstanceLost, d.inst, missing, failed.Err)}
+	}
+	return Outcome{Class: Transient, Status: failed.Status, Err: fmt.Errorf("gateway instance %s has had no record for %v (lost after %v): %w",
+		d.inst, missing, grace, failed.Err)}
+}
+
+// registryGone reports whether the connection's registry record is gone:
+// its end was announced (by a survivor's sweep, the cleanup function, or
+// another bridge), so it is no longer waited for.
+func (b *Bridge) registryGone(ctx context.Context, token string) bool {
+	if b.kv == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := b.kv.Get(ctx, token)
+	return errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -21,8 +23,17 @@ import (
 // (instance id -> push URL) in the instances bucket, whose records age out
 // after InstanceTTL unless refreshed, so bridges route pushes by the id
 // alone; it announces its own connections with reason shutdown when it
-// stops; and it watches the other instances: when one's record is gone, the
-// registry records naming it are announced with reason lost and deleted.
+// stops; and it watches the other instances: when one's record is gone and
+// the instance does not answer at its push address either, the registry
+// records naming it are announced with reason lost and deleted.
+//
+// A record is not proof of life, nor its absence of death: an instance cut
+// off from NATS, or whose bucket is electing a leader, cannot refresh its
+// record, which ages out while the instance serves its clients. So nobody
+// ends a connection on a record's absence alone: survivors ask the
+// instance itself (answers), bridges keep pushing to its last address, and
+// the instance closes its own clients only when their registry records
+// were really deleted meanwhile (reconcile).
 type edge struct {
 	g     *Gateway
 	log   *slog.Logger
@@ -40,6 +51,12 @@ type edge struct {
 	sem chan struct{}
 
 	unannounced atomic.Int64 // shutdowns not announced: NATS was down
+
+	// addrs holds the push URL each other instance last advertised, to
+	// ask it whether it is alive once its record is gone; used by the
+	// watch loop only.
+	addrs map[string]instanceAddr
+	probe *http.Client
 
 	stopOnce sync.Once
 	quit     chan struct{}
@@ -65,8 +82,26 @@ func newEdge(g *Gateway) (*edge, error) {
 	return &edge{
 		g: g, log: g.log, names: names, js: js, record: rec,
 		sem: make(chan struct{}, announceConcurrency), quit: make(chan struct{}),
+		addrs: map[string]instanceAddr{},
+		probe: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 	}, nil
 }
+
+// instanceAddr is where another instance said it takes pushes.
+type instanceAddr struct {
+	pushURL string
+	read    time.Time
+}
+
+// addrReread is how long an instance's push URL is used before its record
+// is read again (an instance restarted elsewhere under the same id).
+const addrReread = time.Minute
+
+// HeaderInstance names, in every answer of an edge instance's push address,
+// the instance that answers: a survivor asks an instance whose record is
+// gone whether it is alive, and only the instance itself counts (another
+// may have its address now).
+const HeaderInstance = "Ws-Instance-Id"
 
 // start opens the instances bucket (creating it with InstanceTTL when it is
 // missing), announces as lost what an earlier life of this instance left in
@@ -97,10 +132,19 @@ func (e *edge) start(ctx context.Context) error {
 		e.ttl = st.TTL()
 	}
 	// No connection of this life exists yet: any record naming this
-	// instance is from an earlier one that did not shut down cleanly; and
-	// records of instances that vanished while none was watching go too.
+	// instance is from an earlier one that did not shut down cleanly.
+	// Records of other instances without a record now are theirs to keep
+	// if they are only cut off: they are watched like any instance that
+	// vanishes, and swept when they stay away (about three TTLs).
 	self := e.g.opts.InstanceID
-	if err := e.sweep(ctx, func(inst string, live map[string]bool) bool { return inst == self || !live[inst] }); err != nil {
+	absent := map[string]bool{}
+	err = e.sweep(ctx, func(inst string, live map[string]bool) bool {
+		if inst != self && !live[inst] {
+			absent[inst] = true
+		}
+		return inst == self
+	})
+	if err != nil {
 		e.log.Warn("sweep of an earlier life failed", "err", err)
 	}
 	if _, err := kv.Put(ctx, self, e.record); err != nil {
@@ -112,7 +156,12 @@ func (e *edge) start(ctx context.Context) error {
 	if err != nil {
 		known = map[string]bool{}
 	}
-	e.wg.Add(1)
+	e.learn(ctx, known)
+	for inst := range absent {
+		known[inst] = true
+	}
+	e.wg.Add(2)
+	go e.refreshLoop()
 	go e.loop(known)
 	return nil
 }
@@ -127,43 +176,80 @@ func (e *edge) replicas(ctx context.Context) int {
 	return max(s.CachedInfo().Config.Replicas, 1)
 }
 
-// loop refreshes the record every third of the TTL and checks the live set
-// every half: an instance seen before and missing twice since is swept.
+// Refresh retries: after a failed refresh the record is written again
+// after refreshRetry, doubling up to a third of the TTL, so that it is back
+// as soon as NATS takes it.
+const refreshRetry = 100 * time.Millisecond
+
+// refreshLoop rewrites the record every third of the TTL. A refresh that
+// fails is retried soon, not at the next tick: while the record is missing
+// the survivors suspect this instance and bridges push to an address they
+// only remember. It runs alone, so that listing the instances or sweeping,
+// which can wait out a slow NATS, never delays it.
+//
+// An instance whose refresh failed for longer than the TTL looks for its
+// connections' registry records afterwards: those swept meanwhile (deleted
+// and announced lost by a survivor or a bridge that took this instance for
+// dead) are closed, so no connection lives on that NATS has ended.
+func (e *edge) refreshLoop() {
+	defer e.wg.Done()
+	every := e.ttl / 3
+	t := time.NewTimer(every)
+	defer t.Stop()
+	lastRefresh := time.Now()
+	failures := 0
+	for {
+		select {
+		case <-e.quit:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), every)
+		_, err := e.instances.Put(ctx, e.g.opts.InstanceID, e.record)
+		cancel()
+		if err != nil {
+			failures++
+			if failures == 1 {
+				e.log.Warn("instance record not refreshed; retrying", "err", err)
+			} else {
+				e.log.Debug("instance record not refreshed; retrying", "failures", failures, "err", err)
+			}
+			t.Reset(min(refreshRetry<<min(failures-1, 10), every))
+			continue
+		}
+		if failures > 0 {
+			e.log.Info("instance record refreshed again", "failures", failures, "gap", time.Since(lastRefresh).Round(time.Millisecond))
+		}
+		failures = 0
+		if gap := time.Since(lastRefresh); gap > e.ttl {
+			e.log.Warn("instance record was not refreshed for longer than its TTL; checking for swept connections", "gap", gap.Round(time.Millisecond))
+			e.wg.Add(1)
+			go func() { defer e.wg.Done(); e.reconcile() }()
+		}
+		lastRefresh = time.Now()
+		t.Reset(every)
+	}
+}
+
+// loop checks the live set every half TTL: an instance seen before and
+// missing twice since is swept, unless it answers at its push address.
 //
 // A NATS outage longer than the TTL ages every record out, the living
 // instances' too. So absence is believed only once this instance has been
 // connected for two TTLs (every living instance has reconnected and
-// refreshed by then, unless it is cut off itself);
-// and an instance whose own refresh failed for longer than the TTL looks
-// for its connections' registry records afterwards: those swept meanwhile
-// are closed and announced lost, so no connection lives on unregistered.
+// refreshed by then, unless it is cut off itself), and even then an
+// instance that answers is alive.
 func (e *edge) loop(known map[string]bool) {
 	defer e.wg.Done()
-	refresh := time.NewTicker(e.ttl / 3)
-	defer refresh.Stop()
 	check := time.NewTicker(e.ttl / 2)
 	defer check.Stop()
-	lastRefresh, upSince := time.Now(), time.Now()
+	upSince := time.Now()
 	nc := e.g.opts.NATS
 	reconnects := nc.Stats().Reconnects
 	for {
 		select {
 		case <-e.quit:
 			return
-		case <-refresh.C:
-			ctx, cancel := context.WithTimeout(context.Background(), e.ttl/3)
-			_, err := e.instances.Put(ctx, e.g.opts.InstanceID, e.record)
-			cancel()
-			if err != nil {
-				e.log.Warn("instance record not refreshed", "err", err)
-				continue
-			}
-			if gap := time.Since(lastRefresh); gap > e.ttl {
-				e.log.Warn("instance record was not refreshed for longer than its TTL; checking for swept connections", "gap", gap.Round(time.Millisecond))
-				e.wg.Add(1)
-				go func() { defer e.wg.Done(); e.reconcile() }()
-			}
-			lastRefresh = time.Now()
 		case <-check.C:
 			// A reconnect between two checks counts too: this loop may
 			// have been busy for the whole outage.
@@ -192,10 +278,64 @@ func (e *edge) observe(known map[string]bool) map[string]bool {
 	if err != nil {
 		return known
 	}
+	e.learn(ctx, live)
 	for inst := range live {
 		known[inst] = true
 	}
 	return known
+}
+
+// learn reads the push URL of each live instance not read within
+// addrReread: what to ask if its record goes.
+func (e *edge) learn(ctx context.Context, live map[string]bool) {
+	now := time.Now()
+	for inst := range live {
+		if a, ok := e.addrs[inst]; inst == e.g.opts.InstanceID || ok && now.Sub(a.read) < addrReread {
+			continue
+		}
+		en, err := e.instances.Get(ctx, inst)
+		if err != nil {
+			continue // next time
+		}
+		var rec subjects.Instance
+		if err := json.Unmarshal(en.Value(), &rec); err != nil || rec.PushURL == "" {
+			e.log.Warn("gateway instance record without a push URL", "instance", inst, "err", err)
+			continue
+		}
+		e.addrs[inst] = instanceAddr{pushURL: rec.PushURL, read: now}
+	}
+}
+
+// answers reports whether inst answers at the push URL it last advertised:
+// every instance answers a GET there (405) naming itself in HeaderInstance.
+// One cut off from NATS answers; a dead one does not, nor does another
+// instance that took its address.
+func (e *edge) answers(ctx context.Context, inst string) bool {
+	a, ok := e.addrs[inst]
+	if !ok {
+		return false // never seen live by this instance: nothing to ask
+	}
+	ctx, cancel := context.WithTimeout(ctx, min(e.ttl/2, 2*time.Second))
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.pushURL, nil)
+	if err != nil {
+		return false
+	}
+	if tok := e.g.opts.PushToken; tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := e.probe.Do(req)
+	if err != nil {
+		e.log.Debug("gateway instance does not answer", "instance", inst, "err", err)
+		return false
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	_ = resp.Body.Close()
+	if got := resp.Header.Get(HeaderInstance); got != inst {
+		e.log.Debug("another gateway instance answers at a vanished one's push address", "instance", inst, "answered", got, "status", resp.StatusCode)
+		return false
+	}
+	return true
 }
 
 // check sweeps when an instance in known has been missing from the live
@@ -225,6 +365,9 @@ func (e *edge) check(known map[string]bool) map[string]bool {
 		}
 	}
 	if len(gone) > 0 {
+		gone = e.spare(gone, next)
+	}
+	if len(gone) > 0 {
 		e.log.Warn("gateway instances vanished; announcing their connections lost", "instances", gone)
 		dead := func(inst string, live map[string]bool) bool { return slices.Contains(gone, inst) && !live[inst] }
 		if err := e.sweep(ctx, dead); err != nil {
@@ -232,14 +375,44 @@ func (e *edge) check(known map[string]bool) map[string]bool {
 			for _, inst := range gone {
 				next[inst] = false // retried next time
 			}
+		} else {
+			for _, inst := range gone {
+				delete(e.addrs, inst)
+			}
 		}
 	}
 	return next
 }
 
-// reconcile closes the connections whose registry records are gone (swept
-// as lost by another instance while this one was cut off, which announced
-// them): their clients reconnect and register afresh.
+// spare asks each instance in gone whether it is alive (answers) and
+// returns those that are not; those that are stay suspects in next, asked
+// again at the next check, and keep their connections.
+func (e *edge) spare(gone []string, next map[string]bool) []string {
+	alive := make([]bool, len(gone))
+	var wg sync.WaitGroup
+	for i, inst := range gone {
+		wg.Add(1)
+		go func() { defer wg.Done(); alive[i] = e.answers(context.Background(), inst) }()
+	}
+	wg.Wait()
+	var dead []string
+	for i, inst := range gone {
+		if !alive[i] {
+			dead = append(dead, inst)
+			continue
+		}
+		next[inst] = false
+		e.log.Info("gateway instance has no record but answers at its push address; its connections stay", "instance", inst)
+	}
+	return dead
+}
+
+// reconcile closes the connections whose registry records were deleted
+// (swept as lost by another instance or a bridge while this one was cut
+// off, which announced them): their clients reconnect and register afresh.
+// A connection whose record is there, or has no trace at all (never
+// written, or aged out where the server leaves no marker), was not ended by
+// anyone and stays.
 func (e *edge) reconcile() {
 	ctx, cancel := context.WithTimeout(context.Background(), e.ttl)
 	defer cancel()
@@ -260,20 +433,56 @@ func (e *edge) reconcile() {
 	}
 	g.mu.Unlock()
 	closed := 0
+	var st jetstream.Stream // the registry's stream, once needed
 	for _, c := range open {
-		if _, err := reg.Get(ctx, subjects.Token(c.id)); errors.Is(err, jetstream.ErrKeyNotFound) {
-			if c.announce.CompareAndSwap(nil, &announceLost) {
-				closed++
-				go c.close(statusGoingAway, "connection state lost", discLost)
-			}
-		} else if err != nil {
+		swept, err := e.swept(ctx, reg, &st, subjects.Token(c.id))
+		if err != nil {
 			e.log.Warn("reconcile", "err", err)
 			return
+		}
+		if swept && c.announce.CompareAndSwap(nil, &announceLost) {
+			closed++
+			go c.close(statusGoingAway, "connection state lost", discLost)
 		}
 	}
 	if closed > 0 {
 		e.log.Warn("closed connections whose records were swept while this instance was cut off", "connections", closed)
 	}
+	e.log.Info("connections reconciled with the registry", "checked", len(open), "closed", closed)
+}
+
+// swept reports whether token's registry record was deleted: its latest
+// entry is a delete or purge marker (whoever wrote it announced the
+// connection's end, subjects.Names.Forget) or the server's marker of a
+// record that aged out (the bridges announce those expired). Read from the
+// bucket's stream, since a key's Get does not tell a deleted record from
+// one never written.
+func (e *edge) swept(ctx context.Context, reg jetstream.KeyValue, st *jetstream.Stream, token string) (bool, error) {
+	_, err := reg.Get(ctx, token)
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, err
+	}
+	bucket := reg.Bucket()
+	if *st == nil {
+		if *st, err = e.js.Stream(ctx, "KV_"+bucket); err != nil {
+			return false, fmt.Errorf("registry stream: %w", err)
+		}
+	}
+	m, err := (*st).GetLastMsgForSubject(ctx, "$KV."+bucket+"."+token)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("registry entry %s: %w", token, err)
+	}
+	switch m.Header.Get("KV-Operation") {
+	case "DEL", "PURGE":
+		return true, nil
+	}
+	return m.Header.Get("Nats-Marker-Reason") != "", nil
 }
 
 // live returns the instances whose records have not aged out.

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,20 +56,36 @@ func disconnects(t *testing.T, nc *nats.Conn, names subjects.Names) <-chan *nats
 
 // TestEdgeStartSweepsEarlierLife: an instance restarting under its old id
 // (a host that rebooted) announces the records its earlier life left as
-// lost, once each, and so those of instances that vanished while none ran;
-// records of live instances and of API Gateway stay.
+// lost, once each, and so, once they stay away past its grace period, those
+// of instances that vanished while none ran; records of live instances and
+// of API Gateway stay.
 func TestEdgeStartSweepsEarlierLife(t *testing.T) {
 	s := natstest.Start(t)
 	nc, js, names := provisioned(t, s)
 	ctx := context.Background()
 	reg, _ := js.KeyValue(ctx, names.Bucket())
-	inst, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: names.GatewayBucket(), TTL: time.Minute})
+	inst, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: names.GatewayBucket(), TTL: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// edge-y lives: it refreshes its record, as an instance does.
 	if _, err := inst.Put(ctx, "edge-y", []byte(`{"id":"edge-y","pushUrl":"http://127.0.0.1:1/push"}`)); err != nil {
 		t.Fatal(err)
 	}
+	quit := make(chan struct{})
+	refreshed := make(chan struct{})
+	go func() {
+		defer close(refreshed)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(200 * time.Millisecond):
+				_, _ = inst.Put(ctx, "edge-y", []byte(`{"id":"edge-y","pushUrl":"http://127.0.0.1:1/push"}`))
+			}
+		}
+	}()
+	defer func() { close(quit); <-refreshed }()
 	// edge-x restarted with records of its earlier life; edge-z vanished.
 	// Its earlier life's own record may still be there too.
 	if _, err := inst.Put(ctx, "edge-x", []byte(`{"id":"edge-x","pushUrl":"http://127.0.0.1:1/push"}`)); err != nil {
@@ -329,15 +347,16 @@ func TestEdgeSurvivesNATSOutage(t *testing.T) {
 // TestEdgeReconcileClosesSweptConnections: a connection whose registry
 // record was swept (and announced lost by another instance) while this one
 // was cut off is closed with 1001, not left unregistered, and its cleanup
-// is not invoked (its end was announced).
+// is not invoked (its end was announced). One whose record is there stays,
+// and so does one that never had a record: nobody ended it.
 func TestEdgeReconcileClosesSweptConnections(t *testing.T) {
 	s := natstest.Start(t)
 	_, js, names := provisioned(t, s)
 	srv, _ := startEdge(t, s.ClientURL(), "edge-a")
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	closed := make(chan websocket.StatusCode, 2)
-	for range 2 {
+	closed := make(chan websocket.StatusCode, 3)
+	for range 3 {
 		c, _, err := websocket.Dial(ctx, "ws://"+srv.ws+"/ws", nil)
 		if err != nil {
 			t.Fatal(err)
@@ -346,11 +365,11 @@ func TestEdgeReconcileClosesSweptConnections(t *testing.T) {
 		go func() { _, _, err := c.Read(context.Background()); closed <- websocket.CloseStatus(err) }()
 	}
 	var ids []string
-	waitFor(t, "two connections", func() bool { ids = srv.g.ConnectionIDs(); return len(ids) == 2 })
-	// The fake register function writes no records: write them as the
+	waitFor(t, "three connections", func() bool { ids = srv.g.ConnectionIDs(); return len(ids) == 3 })
+	// The fake register function writes no records: write two as the
 	// real one does, then take one away.
 	reg, _ := js.KeyValue(ctx, names.Bucket())
-	for _, id := range ids {
+	for _, id := range ids[:2] {
 		if _, err := reg.Put(ctx, subjects.Token(id), []byte(`{}`)); err != nil {
 			t.Fatal(err)
 		}
@@ -368,9 +387,9 @@ func TestEdgeReconcileClosesSweptConnections(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("no client closed")
 	}
-	waitFor(t, "one connection left", func() bool { return srv.g.Stats().ConnectionsOpen == 1 })
-	if got := srv.g.ConnectionIDs(); len(got) != 1 || got[0] != ids[1] {
-		t.Errorf("connections left %q, want %q", got, ids[1])
+	waitFor(t, "two connections left", func() bool { return srv.g.Stats().ConnectionsOpen == 2 })
+	if got := srv.g.ConnectionIDs(); len(got) != 2 || !slices.Contains(got, ids[1]) || !slices.Contains(got, ids[2]) {
+		t.Errorf("connections left %q, want %q", got, ids[1:])
 	}
 	if n := srv.fn.cleanups(sweptID); n != 0 {
 		t.Errorf("cleanup invoked %d times for the swept connection, want 0 (its end was announced)", n)
@@ -404,5 +423,66 @@ func TestPushForAnotherInstance(t *testing.T) {
 		if resp.StatusCode != tc.want {
 			t.Errorf("push for %q answered %d, want %d", tc.id, resp.StatusCode, tc.want)
 		}
+		if got := resp.Header.Get(HeaderInstance); got != "edge-a" {
+			t.Errorf("push for %q answered by %s %q, want edge-a", tc.id, HeaderInstance, got)
+		}
+	}
+}
+
+// TestEdgeSparesInstanceThatAnswers: an instance whose record aged out but
+// which answers at its push address, naming itself, is alive (cut off from
+// NATS, say): its connections are not swept. Once what answers there is
+// another instance, or nothing, it is gone, and they are announced lost.
+func TestEdgeSparesInstanceThatAnswers(t *testing.T) {
+	s := natstest.Start(t)
+	nc, js, names := provisioned(t, s)
+	ctx := context.Background()
+	discs := disconnects(t, nc, names)
+	var who atomic.Value
+	who.Store("edge-c")
+	edgeC := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(HeaderInstance, who.Load().(string))
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	}))
+	defer edgeC.Close()
+	// edge-c is live when edge-b starts, and then stops refreshing.
+	inst, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: names.GatewayBucket(), TTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := json.Marshal(subjects.Instance{ID: "edge-c", PushURL: edgeC.URL + DefaultPushPath})
+	if _, err := inst.Put(ctx, "edge-c", rec); err != nil {
+		t.Fatal(err)
+	}
+	reg, _ := js.KeyValue(ctx, names.Bucket())
+	token := subjects.Token(subjects.NewEdgeConnID("edge-c"))
+	if _, err := reg.Put(ctx, token, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, logs := serveEdgeAt(t, s.ClientURL(), "edge-b")
+	waitFor(t, "edge-c's record to age out", func() bool {
+		_, err := inst.Get(ctx, "edge-c")
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	})
+	waitFor(t, "edge-b to find edge-c alive", func() bool { return logs.has("no record but answers") })
+	select {
+	case m := <-discs:
+		t.Fatalf("disconnect while edge-c answers: %s", m.Data)
+	default:
+	}
+	if _, err := reg.Get(ctx, token); err != nil {
+		t.Fatalf("edge-c's connection record: %v, want kept", err)
+	}
+
+	who.Store("edge-d") // another instance at edge-c's address
+	select {
+	case m := <-discs:
+		var d subjects.DisconnectEvent
+		_ = json.Unmarshal(m.Data, &d)
+		if d.Token != token || d.Reason != subjects.ReasonLost {
+			t.Errorf("disconnect %+v, want %s lost", d, token)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("edge-c's connection was never announced lost")
 	}
 }

@@ -25,6 +25,10 @@ import (
 func (g *Gateway) servePush(w http.ResponseWriter, r *http.Request) {
 	var status, errNo int
 	var msg string
+	if g.edge != nil {
+		// Whoever asks whether this instance is alive learns who answers.
+		w.Header().Set(HeaderInstance, g.opts.InstanceID)
+	}
 	if g.opts.PushToken != "" && !bearerOK(r.Header.Get("Authorization"), g.opts.PushToken) {
 		status, errNo, msg = http.StatusUnauthorized, http.StatusUnauthorized, "push needs Authorization: Bearer <push token>"
 		w.Header().Set("WWW-Authenticate", `Bearer realm="wsbridge-push"`)
