@@ -145,10 +145,23 @@ func (p *part) offer(seq, prev uint64) (take bool, tokens []string, gap bool) {
 		delete(p.replay, seq)
 		return true, tk, false
 	}
-	if p.next <= prev || paused {
+	if p.next <= prev || p.replayBehind(prev) || paused {
 		return false, nil, !paused
 	}
 	return true, nil, false
+}
+
+// replayBehind reports whether a command the previous owner left pending
+// lies at or before prev, that is behind the reader: nothing newer may be
+// taken before it, or a connection would get it after newer ones; p.mu
+// held.
+func (p *part) replayBehind(prev uint64) bool {
+	for s := range p.replay {
+		if s <= prev {
+			return true
+		}
+	}
+	return false
 }
 
 // pass moves the partition past a command that is not its own (or that
@@ -161,7 +174,7 @@ func (p *part) pass(seq, prev uint64) (gap bool) {
 	defer p.mu.Unlock()
 	switch {
 	case seq < p.next:
-	case p.next <= prev:
+	case p.next <= prev || p.replayBehind(prev):
 		return true
 	default:
 		p.next = seq + 1
