@@ -34,6 +34,7 @@ const (
 	discError    = "error"    // the transfer function failed, or a write
 	discShutdown = "shutdown" // this instance stopped
 	discLost     = "lost"     // announced for a vanished instance
+	discInvalid  = "invalid"  // the client broke the protocol: a message cut off, past the size limit, or text not UTF-8
 )
 
 type gwMetrics struct {
@@ -87,7 +88,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 	for _, r := range []string{pushOK, pushGone, pushUnauthorized, pushInvalid, pushError} {
 		m.pushes.WithLabelValues(r)
 	}
-	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost} {
+	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost, discInvalid} {
 		m.disconnects.WithLabelValues(r)
 	}
 	for _, f := range []string{"register", "transfer", "cleanup"} {
