@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -357,6 +358,13 @@ func (c *conn) serve() {
 		data, err := io.ReadAll(r)
 		if err != nil {
 			c.readFailed(len(data), err)
+			return
+		}
+		if typ == websocket.MessageText && !utf8.Valid(data) {
+			// RFC 6455 §8.1: fail the connection. Forwarded, the bytes
+			// would reach the backend as U+FFFD, not as the client sent them.
+			g.log.Info("closing client: text message is not valid UTF-8", "conn", c.id, "bytes", len(data))
+			c.close(websocket.StatusInvalidFramePayloadData, "text message is not valid UTF-8", discInvalid)
 			return
 		}
 		c.touch()

@@ -202,3 +202,45 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestInvalidUTF8TextIsRefused is the attack of a client sending text
+// frames that are not UTF-8: they were forwarded as text with U+FFFD in
+// place of the bad bytes. RFC 6455 §8.1 has the endpoint fail the
+// connection with 1007 instead; nothing is forwarded. A character split
+// across two fragments is valid and forwarded whole, and binary messages
+// are not text.
+func TestInvalidUTF8TextIsRefused(t *testing.T) {
+	s := serveAll(t, nil)
+	for _, tc := range []struct {
+		name   string
+		frames [][]byte
+	}{
+		{"one frame", [][]byte{frame(true, opText, 5, []byte("ab\xffcd"))}},
+		{"a sequence cut short", [][]byte{frame(true, opText, 3, []byte("a\xc3b"))}},
+		{"a surrogate", [][]byte{frame(true, opText, 3, []byte("\xed\xa0\x80"))}},
+		{"across fragments", [][]byte{frame(false, opText, 2, []byte("ok")), frame(true, opContinuation, 2, []byte("\xc3("))}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(s.fn.transfers())
+			cleanups := len(s.fn.of(subjects.ActionClosing))
+			r := dialRaw(t, s.ws)
+			const valid = "caf\xc3"
+			// A valid message first, its é split across two fragments.
+			r.send(t, frame(false, opText, 4, []byte(valid)), frame(true, opContinuation, 1, []byte("\xa9")))
+			r.send(t, frame(true, opBinary, 2, []byte("\xff\xfe")))
+			r.send(t, tc.frames...)
+			if got := r.closeCode(t); got != 1007 {
+				t.Errorf("close code %d, want 1007", got)
+			}
+			_ = r.c.CloseWrite() // ends it in any case
+			waitFor(t, "the connection's cleanup", func() bool { return len(s.fn.of(subjects.ActionClosing)) > cleanups })
+			got := s.fn.transfers()[before:]
+			if len(got) != 2 || got[0] != "café" || got[1] != "//4=" {
+				t.Errorf("forwarded %q, want only \"café\" and the binary message", got)
+			}
+		})
+	}
+	if m := metricsText(t, s.ops); !strings.Contains(m, `wsbridge_gateway_disconnects_total{reason="invalid"} 4`) {
+		t.Errorf("the four refusals are not counted as invalid disconnects:\n%s", grepLines(m, "disconnects_total"))
+	}
+}
