@@ -46,6 +46,7 @@ type gwMetrics struct {
 	invocations     *prometheus.HistogramVec
 	disconnects     *prometheus.CounterVec
 	listenerRefused prometheus.Counter
+	listenerEvicted prometheus.Counter
 	framesIn        prometheus.Counter
 	framesOut       prometheus.Counter
 }
@@ -72,7 +73,9 @@ func newMetrics(g *Gateway) *gwMetrics {
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "disconnects_total",
 		Help: "Ended connections by reason."}, []string{"reason"})
 	m.listenerRefused = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "listener_refused_total",
-		Help: "TCP connections closed at once because a listener was at its connection cap."})
+		Help: "TCP connections closed at once because a listener was at a connection cap with none waiting for a request to close instead."})
+	m.listenerEvicted = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "listener_evicted_total",
+		Help: "TCP connections waiting for a request (silent since accepted, or idle between keep-alive requests) closed to make room for a new one at a listener's cap."})
 	natsUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nats_connected",
 		Help: "1 while the NATS connection is up (0 without NATS)."}, func() float64 {
 		if g.opts.NATS != nil && g.opts.NATS.Status() == nats.CONNECTED {
@@ -80,7 +83,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.invocations, m.disconnects, m.listenerRefused, natsUp)
+	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)

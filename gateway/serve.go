@@ -14,6 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/time/rate"
+
+	"github.com/wsbridge/wsbridge/internal/connlimit"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -122,6 +125,46 @@ func (g *Gateway) server(h http.Handler) *http.Server {
 	}
 }
 
+// clientServer is server for the client listener, where a connection that
+// is not upgraded yet has HandshakeTimeout for its TLS handshake (net/http
+// bounds it by ReadHeaderTimeout) and its request headers, and, when
+// pushes have a listener of their own, for idling between requests: a
+// WebSocket client sends one request.
+func (g *Gateway) clientServer(h http.Handler, pushesToo bool) *http.Server {
+	srv := g.server(h)
+	srv.ReadHeaderTimeout = min(g.opts.HandshakeTimeout, g.opts.ReadTimeout)
+	if !pushesToo {
+		srv.IdleTimeout = min(g.opts.HandshakeTimeout, g.opts.KeepAliveTimeout)
+	}
+	return srv
+}
+
+// capLogEvery spaces the log lines of a listener at its caps: a flood of
+// sockets gets one line per interval, not one per socket.
+const capLogEvery = 10 * time.Second
+
+// limitClients bounds the client listener: MaxConnections WebSockets plus
+// MaxHTTPConnections others in all, and MaxHTTPConnectionsPerIP not yet
+// upgraded per peer address (trusted proxies exempt).
+func (g *Gateway) limitClients(ln net.Listener) *connlimit.Listener {
+	name := "client"
+	every := rate.Sometimes{Interval: capLogEvery}
+	return connlimit.New(ln, connlimit.Options{
+		Max:     g.opts.MaxConnections + g.opts.MaxHTTPConnections,
+		PerAddr: g.opts.MaxHTTPConnectionsPerIP,
+		Exempt:  g.trustedAddr,
+		Refused: func() {
+			g.m.listenerRefused.Inc()
+			every.Do(func() {
+				g.log.Warn("listener at a connection cap: new connections closed at once", "listener", name,
+					"max_connections", g.opts.MaxConnections, "max_http_connections", g.opts.MaxHTTPConnections,
+					"max_http_connections_per_ip", g.opts.MaxHTTPConnectionsPerIP)
+			})
+		},
+		Evicted: func() { g.m.listenerEvicted.Inc() },
+	})
+}
+
 // ServeAll serves ls until ctx is done or Close is called, then closes
 // every connection (announcing each as shut down when the gateway is an edge
 // instance, else invoking cleanup) and the listeners.
@@ -152,7 +195,8 @@ func (g *Gateway) ServeAll(ctx context.Context, ls *Listeners) error {
 		ln  net.Listener
 	}
 	var all []served
-	wsLn := net.Listener(newLimitListener(ls.WS, g.opts.MaxConnections+g.opts.MaxHTTPConnections, refused))
+	clients := g.limitClients(ls.WS)
+	wsLn := net.Listener(clients)
 	if tlsConf != nil {
 		wsLn = tls.NewListener(wsLn, tlsConf)
 	}
@@ -161,7 +205,9 @@ func (g *Gateway) ServeAll(ctx context.Context, ls *Listeners) error {
 		wsHandler = g.clientHandler
 		all = append(all, served{g.server(g.pushHandler), newLimitListener(ls.Push, g.opts.MaxHTTPConnections, refused)})
 	}
-	all = append(all, served{g.server(wsHandler), wsLn})
+	wsSrv := g.clientServer(wsHandler, ls.Push == nil)
+	wsSrv.ConnState = clients.ConnState
+	all = append(all, served{wsSrv, wsLn})
 	if ls.HTTP != nil {
 		all = append(all, served{g.server(g.opsHandler()), newLimitListener(ls.HTTP, g.opts.MaxHTTPConnections, refused)})
 	}
