@@ -183,3 +183,48 @@ func TestHandshakeTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestOpsAndPushAnswerUnderIdleFlood is the attack of idle sockets on the
+// push and ops listeners: 1,024 of them filled each listener, and /healthz
+// was unreachable until they timed out (10 s per wave). With more idle
+// sockets than the cap, from one address or from many, /healthz and /push
+// still answer a client from another address.
+func TestOpsAndPushAnswerUnderIdleFlood(t *testing.T) {
+	const sockets = DefaultMaxHTTPConnections + 100
+	for _, tc := range []struct {
+		name  string
+		addrs int
+		send  string
+	}{
+		{"one address, no request", 1, ""},
+		{"one address, one GET then idle", 1, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"eleven addresses, no request", 11, ""},
+		{"eleven addresses, one GET then idle", 11, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := serveAll(t, nil)
+			for _, addr := range []string{s.ops, s.push} {
+				for i := range tc.addrs {
+					hold(t, "127.0.1."+strconv.Itoa(10+i), addr, sockets/tc.addrs, tc.send)
+				}
+			}
+			client := &http.Client{Transport: &http.Transport{DialContext: dialerFrom("127.0.0.250").DialContext}}
+			for _, c := range []struct {
+				url  string
+				want int
+			}{{"http://" + s.ops + "/healthz", http.StatusOK}, {"http://" + s.push + "/push", http.StatusMethodNotAllowed}} {
+				resp, err := client.Get(c.url)
+				if err != nil {
+					t.Fatalf("GET %s from 127.0.0.250: %v", c.url, err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != c.want {
+					t.Errorf("GET %s answered %d, want %d", c.url, resp.StatusCode, c.want)
+				}
+			}
+			refused := metric(t, s.ops, "wsbridge_gateway_listener_refused_total")
+			evicted := metric(t, s.ops, "wsbridge_gateway_listener_evicted_total")
+			t.Logf("%d idle sockets on each of ops and push from %d addresses: %d closed at once, %d closed to make room", sockets, tc.addrs, refused, evicted)
+		})
+	}
+}

@@ -131,20 +131,22 @@ func (l *Listener) admit(nc net.Conn) *conn {
 	}
 	l.wait(c)
 	l.mu.Unlock()
+	// Counted before the close, so whoever sees a connection closed sees
+	// it counted.
 	for _, v := range victims {
-		_ = v.Conn.Close()
 		if l.o.Evicted != nil {
 			l.o.Evicted()
 		}
+		_ = v.Conn.Close()
 	}
 	return c
 }
 
 func (l *Listener) refuse(nc net.Conn) {
-	_ = nc.Close()
 	if l.o.Refused != nil {
 		l.o.Refused()
 	}
+	_ = nc.Close()
 }
 
 // ConnState is the http.Server hook that tells the listener a connection's
