@@ -96,6 +96,9 @@ func (e *edge) start(ctx context.Context) error {
 		// The bucket's TTL decides, whoever created it.
 		e.ttl = st.TTL()
 	}
+	if err := e.claimID(ctx, kv); err != nil {
+		return err
+	}
 	// No connection of this life exists yet: any record naming this
 	// instance is from an earlier one that did not shut down cleanly; and
 	// records of instances that vanished while none was watching go too.
