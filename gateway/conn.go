@@ -225,11 +225,21 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		log.Warn("connection rejected: register failed", "err", err)
 		refuse(http.StatusBadGateway, http.StatusBadGateway, err.Error(), connectError)
+		g.forgetFailed(id)
 		return
 	}
 	if rep.ErrNo != 0 {
-		log.Info("connection rejected by register function", "errNo", rep.ErrNo, "errMsg", rep.ErrMsg)
-		refuse(http.StatusForbidden, rep.ErrNo, rep.ErrMsg, connectRejected)
+		status := registerStatus(rep.ErrNo)
+		if status == http.StatusForbidden {
+			log.Info("connection rejected by register function", "errNo", rep.ErrNo, "errMsg", rep.ErrMsg)
+			refuse(status, rep.ErrNo, rep.ErrMsg, connectRejected)
+			return
+		}
+		// The server's fault (NATS, configuration): a record the
+		// function may have stored must go.
+		log.Warn("connection rejected: register failed", "errNo", rep.ErrNo, "errMsg", rep.ErrMsg)
+		refuse(status, rep.ErrNo, rep.ErrMsg, connectError)
+		g.forgetFailed(id)
 		return
 	}
 

@@ -13,7 +13,7 @@ const (
 	connectAccepted = "accepted" // upgraded
 	connectRejected = "rejected" // the register function said no
 	connectRefused  = "refused"  // a limit, the Origin list, shutting down
-	connectError    = "error"    // the register invocation failed
+	connectError    = "error"    // the register invocation failed, or answered errNo 500-599
 )
 
 // Results of wsbridge_gateway_pushes_total.
@@ -62,7 +62,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 	m.connections = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections",
 		Help: "Open WebSocket connections."}, func() float64 { return float64(g.stats.open.Load()) })
 	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connects_total",
-		Help: "Upgrade requests by result: accepted, rejected (register said no), refused (limit, Origin, shutdown), error (register failed)."},
+		Help: "Upgrade requests by result: accepted, rejected (register said no), refused (limit, Origin, shutdown), error (register failed, or answered errNo 500-599)."},
 		[]string{"result"})
 	m.frames = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "frames_total",
 		Help: "WebSocket data frames, in from clients and out to them."}, []string{"direction"})
