@@ -118,7 +118,15 @@ func runBridgeDaemon(ctx context.Context, c bridgeConfig, log *slog.Logger) erro
 	} else {
 		var err error
 		nc, err = c.conn.Connect(
-			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err == nil {
+					// The bridge closing its own connection (stopping):
+					// nothing was lost.
+					log.Debug("nats connection closed")
+					return
+				}
+				log.Warn("nats disconnected", "err", err)
+			}),
 			nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "url", subjects.RedactURL(nc.ConnectedUrl())) }),
 		)
 		if err != nil {

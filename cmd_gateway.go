@@ -103,6 +103,8 @@ func gatewayFlags(fs *flag.FlagSet, g *gateway.Options) {
 		return nil
 	})
 	fs.IntVar(&g.MaxConnectionsPerIP, "max-connections-per-ip", 0, "most WebSocket connections of one client IP; beyond it upgrades get 429 (0: no limit)")
+	fs.IntVar(&g.MaxHTTPConnectionsPerIP, "max-http-connections-per-ip", 0, "most TCP connections of one peer address per listener that are not WebSockets (upgrades in progress, idle keep-alive); beyond it the address's longest idle one is closed, or the new one (0: a quarter of --max-http-connections; --trusted-proxies are exempt)")
+	fs.DurationVar(&g.HandshakeTimeout, "handshake-timeout", gateway.DefaultHandshakeTimeout, "on --addr, longest TLS handshake plus request headers of a new connection, and longest keep-alive idle time when /push has --push-addr")
 	fs.Func("trusted-proxies", "comma list of IPs and CIDRs of proxies whose X-Forwarded-For names the client IP (empty: the socket's peer is the client)", func(v string) error {
 		p, err := gateway.ParseTrustedProxies(v)
 		if err != nil {

@@ -6,11 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -64,7 +66,7 @@ var (
 )
 
 // disconnectReasons are the values of conn.why.
-var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown}
+var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discInvalid}
 
 func reasonIndex(reason string) int32 {
 	for i, r := range disconnectReasons {
@@ -252,11 +254,21 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		log.Warn("connection rejected: register failed", "err", err)
 		refuse(http.StatusBadGateway, http.StatusBadGateway, err.Error(), connectError)
+		g.forgetFailed(id)
 		return
 	}
 	if rep.ErrNo != 0 {
-		log.Info("connection rejected by register function", "errNo", rep.ErrNo, "errMsg", rep.ErrMsg)
-		refuse(http.StatusForbidden, rep.ErrNo, rep.ErrMsg, connectRejected)
+		status := registerStatus(rep.ErrNo)
+		if status == http.StatusForbidden {
+			log.Info("connection rejected by register function", "errNo", rep.ErrNo, "errMsg", rep.ErrMsg)
+			refuse(status, rep.ErrNo, rep.ErrMsg, connectRejected)
+			return
+		}
+		// The server's fault (NATS, configuration): a record the
+		// function may have stored must go.
+		log.Warn("connection rejected: register failed", "errNo", rep.ErrNo, "errMsg", rep.ErrMsg)
+		refuse(status, rep.ErrNo, rep.ErrMsg, connectError)
+		g.forgetFailed(id)
 		return
 	}
 
@@ -326,10 +338,11 @@ type smallBuffers struct{ http.ResponseWriter }
 
 // Hijack implements http.Hijacker.
 func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	hc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
+	nc := finConn{hc}
 	if err := brw.Writer.Flush(); err != nil {
 		_ = nc.Close()
 		return nil, nil, err
@@ -346,6 +359,26 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // Unwrap gives http.ResponseController the wrapped writer.
 func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// errCutOff is the end of a client's byte stream (TCP FIN), as a WebSocket
+// reads it. coder/websocket takes an io.EOF from the socket in the middle
+// of a message for the end of the message (v1.8.15 passes it through Read),
+// so a message cut off by a FIN (a frame shorter than its header says, a
+// first fragment without the rest) would be forwarded as complete. Any
+// other error fails the read of the message instead.
+var errCutOff = errors.New("the client ended the TCP connection without a close frame")
+
+// finConn is an upgraded connection whose reads end with errCutOff
+// instead of io.EOF.
+type finConn struct{ net.Conn }
+
+func (c finConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err == io.EOF {
+		err = errCutOff
+	}
+	return n, err
+}
+
 // serve reads frames in order and hands each to the transfer function
 // before reading the next, as the gateway does; it returns when the
 // connection ends, for whatever reason, and then cleans up once.
@@ -353,9 +386,24 @@ func (c *conn) serve() {
 	defer c.finish()
 	g := c.g
 	for {
-		typ, data, err := c.ws.Read(context.Background())
+		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
 			g.log.Debug("connection ended", "conn", c.id, "status", int(websocket.CloseStatus(err)), "err", err)
+			return
+		}
+		// A message is forwarded only once its last frame arrived: one the
+		// connection ended in the middle of, or one past the size limit
+		// (closed with 1009), goes nowhere.
+		data, err := io.ReadAll(r)
+		if err != nil {
+			c.readFailed(len(data), err)
+			return
+		}
+		if typ == websocket.MessageText && !utf8.Valid(data) {
+			// RFC 6455 §8.1: fail the connection. Forwarded, the bytes
+			// would reach the backend as U+FFFD, not as the client sent them.
+			g.log.Info("closing client: text message is not valid UTF-8", "conn", c.id, "bytes", len(data))
+			c.close(websocket.StatusInvalidFramePayloadData, "text message is not valid UTF-8", discInvalid)
 			return
 		}
 		c.touch()
@@ -372,6 +420,25 @@ func (c *conn) serve() {
 			c.close(statusInternal, "transfer function failed", discError)
 			return
 		}
+	}
+}
+
+// readFailed logs and counts a client message that could not be read
+// whole, after n bytes of it.
+func (c *conn) readFailed(n int, err error) {
+	var why string
+	switch {
+	case errors.Is(err, errCutOff):
+		why = "message cut off by the end of the connection"
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		why = "message larger than the limit"
+	default:
+		c.g.log.Debug("connection ended in a message", "conn", c.id, "status", int(websocket.CloseStatus(err)), "err", err)
+		return
+	}
+	c.g.log.Info("client message not forwarded: "+why, "conn", c.id, "read_bytes", n, "max_message_size", c.g.opts.MaxMessageSize)
+	if c.closing.CompareAndSwap(false, true) {
+		c.why.Store(reasonIndex(discInvalid))
 	}
 }
 

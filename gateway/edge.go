@@ -131,6 +131,9 @@ func (e *edge) start(ctx context.Context) error {
 		// The bucket's TTL decides, whoever created it.
 		e.ttl = st.TTL()
 	}
+	if err := e.claimID(ctx, kv); err != nil {
+		return err
+	}
 	// No connection of this life exists yet: any record naming this
 	// instance is from an earlier one that did not shut down cleanly.
 	// Records of other instances without a record now are theirs to keep

@@ -486,3 +486,39 @@ func TestEdgeSparesInstanceThatAnswers(t *testing.T) {
 		t.Fatal("edge-c's connection was never announced lost")
 	}
 }
+
+// TestInstanceIDOfAnEarlierLifeElsewhere: a record of this instance's id
+// naming another push URL (an earlier life on another address) that is not
+// refreshed does not stop the instance: it waits the record out and
+// advertises itself. (A refreshed one, a live duplicate, is refused:
+// test/edge TestDuplicateInstanceID, with the real binary.)
+func TestInstanceIDOfAnEarlierLifeElsewhere(t *testing.T) {
+	s := natstest.Start(t)
+	nc, js, names := provisioned(t, s)
+	ctx := context.Background()
+	inst, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: names.GatewayBucket(), TTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inst.Put(ctx, "edge-q", []byte(`{"id":"edge-q","pushUrl":"http://127.0.0.1:1/push"}`)); err != nil {
+		t.Fatal(err)
+	}
+	srv := serveAll(t, func(o *Options) { o.NATS, o.InstanceID, o.PushURL = nc, "edge-q", "http://127.0.0.1:2/push" })
+	// Clients are served once the instance has claimed its id and
+	// advertised itself.
+	dctx, cancel := context.WithTimeout(ctx, waitTimeout)
+	defer cancel()
+	c, _, err := websocket.Dial(dctx, "ws://"+srv.ws+"/ws", nil)
+	if err != nil {
+		t.Fatalf("edge-q did not serve a client: %v", err)
+	}
+	c.CloseNow()
+	e, err := inst.Get(ctx, "edge-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec subjects.Instance
+	if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.PushURL != "http://127.0.0.1:2/push" {
+		t.Errorf("edge-q's record %s, want this life's push URL", e.Value())
+	}
+}

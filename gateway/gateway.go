@@ -35,6 +35,13 @@ type Gateway struct {
 	pings chan struct{} // pings awaiting their pong, at most maxPings
 	stats counters
 
+	// unforgotten are the connection ids of failed registrations whose
+	// cleanup has not succeeded yet (forgetFailed).
+	forgetMu    sync.Mutex
+	unforgotten map[string]struct{}
+	forgetKick  chan struct{}
+	forgetOnce  sync.Once
+
 	janitorOnce sync.Once
 	closeOnce   sync.Once
 	closeErr    error
@@ -54,7 +61,10 @@ func New(opts Options) (*Gateway, error) {
 		conns: make(map[string]*conn),
 		perIP: make(map[string]int),
 		pings: make(chan struct{}, maxPings),
-		done:  make(chan struct{}),
+
+		unforgotten: make(map[string]struct{}),
+		forgetKick:  make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
 	g.m = newMetrics(g)
 	if opts.NATS != nil {

@@ -116,6 +116,9 @@ func TestRegisterReply(t *testing.T) {
 		wantStatus int    // 0: accepted
 		wantBody   string // for rejections, when exact
 		wantProto  string
+		// wantCleanup: the register failed on the server's side, so the
+		// record it may have stored is cleaned up; a refusal is not.
+		wantCleanup bool
 	}{
 		{name: "accept", register: reply(0, "ok", "")},
 		{name: "accept chooses one protocol", register: reply(0, "ok", "b"), protocols: []string{"a", "b"}, wantProto: "b"},
@@ -124,15 +127,17 @@ func TestRegisterReply(t *testing.T) {
 			return []byte(`{"errNo":0,"errMsg":"ok"}`), nil
 		}},
 		{name: "reject by errNo", register: reply(4001, "not allowed", ""), wantStatus: 403, wantBody: `{"errNo":4001,"errMsg":"not allowed"}`},
+		{name: "errNo of the server's fault", register: reply(503, "NATS unavailable", ""), wantStatus: 503,
+			wantBody: `{"errNo":503,"errMsg":"NATS unavailable"}`, wantCleanup: true},
 		{name: "failed invocation", register: func(subjects.GatewayWebSocket) ([]byte, error) {
 			return nil, errors.New("boom")
-		}, wantStatus: 502},
+		}, wantStatus: 502, wantCleanup: true},
 		{name: "reply not JSON", register: func(subjects.GatewayWebSocket) ([]byte, error) {
 			return []byte("ok"), nil
-		}, wantStatus: 502},
+		}, wantStatus: 502, wantCleanup: true},
 		{name: "panicking function", register: func(subjects.GatewayWebSocket) ([]byte, error) {
 			panic("bug in the function")
-		}, wantStatus: 502},
+		}, wantStatus: 502, wantCleanup: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,8 +169,13 @@ func TestRegisterReply(t *testing.T) {
 			if tt.wantBody != "" && string(body) != tt.wantBody {
 				t.Errorf("body %s, want %s", body, tt.wantBody)
 			}
-			if n := len(e.fn.of(subjects.ActionClosing)); n != 0 {
-				t.Errorf("cleanup invoked %d times for a rejected connection, want 0", n)
+			if tt.wantCleanup {
+				waitFor(t, "cleanup of the failed registration", func() bool { return len(e.fn.of(subjects.ActionClosing)) > 0 })
+				if id := e.fn.connID(t); e.fn.cleanups(id) != 1 {
+					t.Errorf("cleanup invoked %d times for %s, want once", e.fn.cleanups(id), id)
+				}
+			} else if n := len(e.fn.of(subjects.ActionClosing)); n != 0 {
+				t.Errorf("cleanup invoked %d times for a refused connection, want 0", n)
 			}
 			if s := e.g.Stats(); s.ConnectionsRejected != 1 || s.ConnectionsTotal != 0 {
 				t.Errorf("stats rejected %d total %d, want 1 and 0", s.ConnectionsRejected, s.ConnectionsTotal)

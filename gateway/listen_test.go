@@ -121,44 +121,59 @@ func TestSlowAndIdleHTTPConnectionsAreClosed(t *testing.T) {
 	}
 }
 
-// TestListenerConnectionCap: at the cap a connection is served, past it
-// one is closed at once, and counted.
+// TestListenerConnectionCap: at the cap, a new connection takes the place
+// of the one waiting longest for a request; when every one is busy with a
+// request it is closed at once; both are counted.
 func TestListenerConnectionCap(t *testing.T) {
-	s := serveAll(t, func(o *Options) { o.MaxHTTPConnections = 3 })
-	held := []net.Conn{dialTCP(t, s.push), dialTCP(t, s.push)}
-	// The third is at the cap: served.
-	third := dialTCP(t, s.push)
-	if _, err := io.WriteString(third, "GET /push HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+	s := serveAll(t, func(o *Options) { o.MaxHTTPConnections, o.MaxHTTPConnectionsPerIP = 3, 3 })
+	silent := []net.Conn{dialTCP(t, s.push), dialTCP(t, s.push), dialTCP(t, s.push)}
+	// Past the cap: the first silent one makes room. Asked to close, the
+	// server gives its place back once it has answered.
+	c := dialTCP(t, s.push)
+	if _, err := io.WriteString(c, "GET /push HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(third), nil)
+	_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
-		t.Fatalf("third connection (at the cap): %v", err)
+		t.Fatalf("connection past the cap: %v; want it served", err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("GET /push answered %d, want 405", resp.StatusCode)
 	}
-	// The fourth is past it: closed without an answer.
-	fourth := dialTCP(t, s.push)
-	_, _ = io.WriteString(fourth, "GET /push HTTP/1.1\r\nHost: x\r\n\r\n")
-	_ = fourth.SetReadDeadline(time.Now().Add(waitTimeout))
-	if n, err := fourth.Read(make([]byte, 1)); n != 0 || err == nil {
-		t.Fatalf("fourth connection (past the cap) read %d bytes, %v; want it closed", n, err)
+	if !closedByServer(silent[0]) {
+		t.Fatal("past the cap, the connection waiting longest is still open")
 	}
-	if !strings.Contains(metricsText(t, s.ops), "wsbridge_gateway_listener_refused_total 1") {
-		t.Error("the refused connection is not counted")
+	if !closedByServer(c) {
+		t.Fatal("a connection asked to close is still open")
 	}
-	// A slot freed is a slot usable again.
-	held[0].Close()
-	waitFor(t, "a freed slot to serve", func() bool {
+	// Three pushes whose bodies never come take the free place and the
+	// two silent ones' (a 100 Continue says the handler reads the body):
+	// every place is busy, and the next connection is closed at once.
+	for i := range 3 {
 		c := dialTCP(t, s.push)
-		_, _ = io.WriteString(c, "GET /push HTTP/1.1\r\nHost: x\r\n\r\n")
-		_ = c.SetReadDeadline(time.Now().Add(time.Second))
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		c.Close()
-		return err == nil && resp.StatusCode == http.StatusMethodNotAllowed
-	})
+		if _, err := io.WriteString(c, "POST /push HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || !strings.Contains(line, "100 Continue") {
+			t.Fatalf("busy push %d: %q, %v; want 100 Continue", i+1, line, err)
+		}
+	}
+	late := dialTCP(t, s.push)
+	_, _ = io.WriteString(late, "GET /push HTTP/1.1\r\nHost: x\r\n\r\n")
+	_ = late.SetReadDeadline(time.Now().Add(waitTimeout))
+	if resp, err := http.ReadResponse(bufio.NewReader(late), nil); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a connection past a cap of busy ones was answered %d; want it closed", resp.StatusCode)
+	}
+	m := metricsText(t, s.ops)
+	for _, want := range []string{"wsbridge_gateway_listener_refused_total 1", "wsbridge_gateway_listener_evicted_total 3"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }
 
 // TestMaxHeaderBytes: headers at the limit are read, past it (net/http

@@ -13,7 +13,7 @@ const (
 	connectAccepted = "accepted" // upgraded
 	connectRejected = "rejected" // the register function said no
 	connectRefused  = "refused"  // a limit, the Origin list, shutting down
-	connectError    = "error"    // the register invocation failed
+	connectError    = "error"    // the register invocation failed, or answered errNo 500-599
 )
 
 // Results of wsbridge_gateway_pushes_total.
@@ -34,6 +34,7 @@ const (
 	discError    = "error"    // the transfer function failed, or a write
 	discShutdown = "shutdown" // this instance stopped
 	discLost     = "lost"     // announced for a vanished instance
+	discInvalid  = "invalid"  // the client broke the protocol: a message cut off, past the size limit, or text not UTF-8
 )
 
 type gwMetrics struct {
@@ -46,6 +47,7 @@ type gwMetrics struct {
 	invocations     *prometheus.HistogramVec
 	disconnects     *prometheus.CounterVec
 	listenerRefused prometheus.Counter
+	listenerEvicted prometheus.Counter
 	framesIn        prometheus.Counter
 	framesOut       prometheus.Counter
 }
@@ -61,7 +63,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 	m.connections = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "connections",
 		Help: "Open WebSocket connections."}, func() float64 { return float64(g.stats.open.Load()) })
 	m.connects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connects_total",
-		Help: "Upgrade requests by result: accepted, rejected (register said no), refused (limit, Origin, shutdown), error (register failed)."},
+		Help: "Upgrade requests by result: accepted, rejected (register said no), refused (limit, Origin, shutdown), error (register failed, or answered errNo 500-599)."},
 		[]string{"result"})
 	m.frames = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "frames_total",
 		Help: "WebSocket data frames, in from clients and out to them."}, []string{"direction"})
@@ -74,7 +76,9 @@ func newMetrics(g *Gateway) *gwMetrics {
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "disconnects_total",
 		Help: "Ended connections by reason."}, []string{"reason"})
 	m.listenerRefused = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "listener_refused_total",
-		Help: "TCP connections closed at once because a listener was at its connection cap."})
+		Help: "TCP connections closed at once because a listener was at a connection cap with none waiting for a request to close instead."})
+	m.listenerEvicted = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "listener_evicted_total",
+		Help: "TCP connections waiting for a request (silent since accepted, or idle between keep-alive requests) closed to make room for a new one at a listener's cap."})
 	natsUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nats_connected",
 		Help: "1 while the NATS connection is up (0 without NATS)."}, func() float64 {
 		if g.opts.NATS != nil && g.opts.NATS.Status() == nats.CONNECTED {
@@ -82,7 +86,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.invocations, m.disconnects, m.listenerRefused, natsUp)
+	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)
@@ -90,7 +94,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 	for _, r := range []string{pushOK, pushGone, pushUnauthorized, pushInvalid, pushError} {
 		m.pushes.WithLabelValues(r)
 	}
-	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost} {
+	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost, discInvalid} {
 		m.disconnects.WithLabelValues(r)
 	}
 	for _, f := range []string{"register", "transfer", "cleanup"} {

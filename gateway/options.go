@@ -55,6 +55,10 @@ const (
 	// that are not WebSockets (push, ops, upgrades in progress); beyond it a
 	// connection is closed at once.
 	DefaultMaxHTTPConnections = 1024
+	// DefaultHandshakeTimeout bounds, on the client listener, the TLS
+	// handshake and request headers of a new connection, and how long a
+	// keep-alive connection may stay idle there.
+	DefaultHandshakeTimeout = 5 * time.Second
 	// DefaultPingInterval pings a client with no frame for this long; no
 	// pong within another interval closes it.
 	DefaultPingInterval = 30 * time.Second
@@ -126,6 +130,17 @@ type Options struct {
 	// MaxHTTPConnections bounds each listener's TCP connections that are
 	// not WebSockets.
 	MaxHTTPConnections int
+	// MaxHTTPConnectionsPerIP bounds the connections of one peer address
+	// that are not WebSockets, per listener (0: a quarter of
+	// MaxHTTPConnections); TrustedProxies are exempt. Past it, a new
+	// connection takes the place of that address's connection waiting
+	// longest for a request, or is closed at once.
+	MaxHTTPConnectionsPerIP int
+	// HandshakeTimeout bounds, on the client listener, a new connection's
+	// TLS handshake and request headers; with pushes on a listener of
+	// their own, it is also the keep-alive idle time there (a WebSocket
+	// client sends one request).
+	HandshakeTimeout time.Duration
 	// PingInterval pings quiet clients; a negative value turns pings off.
 	PingInterval time.Duration
 
@@ -201,6 +216,8 @@ func (o Options) withDefaults() Options {
 	orDefault(&o.MaxConnections, DefaultMaxConnections)
 	orDefault(&o.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	orDefault(&o.MaxHTTPConnections, DefaultMaxHTTPConnections)
+	orDefault(&o.MaxHTTPConnectionsPerIP, max(o.MaxHTTPConnections/4, 1))
+	orDefault(&o.HandshakeTimeout, DefaultHandshakeTimeout)
 	orDefault(&o.MaxMessageSize, DefaultMaxMessageSize)
 	orDefault(&o.Prefix, subjects.DefaultPrefix)
 	if o.Logger == nil {
@@ -234,6 +251,7 @@ func (o Options) Validate() error {
 		{"ShutdownTimeout", o.ShutdownTimeout},
 		{"ReadTimeout", o.ReadTimeout},
 		{"KeepAliveTimeout", o.KeepAliveTimeout},
+		{"HandshakeTimeout", o.HandshakeTimeout},
 		{"InstanceTTL", o.InstanceTTL},
 	} {
 		if d.v < 0 {
@@ -251,6 +269,7 @@ func (o Options) Validate() error {
 		{"MaxConnectionsPerIP", o.MaxConnectionsPerIP},
 		{"MaxHeaderBytes", o.MaxHeaderBytes},
 		{"MaxHTTPConnections", o.MaxHTTPConnections},
+		{"MaxHTTPConnectionsPerIP", o.MaxHTTPConnectionsPerIP},
 	} {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("gateway: %s %d must be positive", n.name, n.v))

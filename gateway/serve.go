@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"golang.org/x/time/rate"
+
+	"github.com/wsbridge/wsbridge/internal/connlimit"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -68,46 +70,6 @@ func Listen(ctx context.Context, o Options) (*Listeners, error) {
 	return &ls, nil
 }
 
-// limitListener closes connections beyond max at once rather than letting
-// them queue: a flood of idle sockets cannot take the listener's capacity.
-type limitListener struct {
-	net.Listener
-	max     int64
-	active  atomic.Int64
-	refused func()
-}
-
-func newLimitListener(ln net.Listener, max int, refused func()) *limitListener {
-	return &limitListener{Listener: ln, max: int64(max), refused: refused}
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if l.active.Add(1) > l.max {
-			l.active.Add(-1)
-			_ = c.Close()
-			l.refused()
-			continue
-		}
-		return &limitConn{Conn: c, l: l}, nil
-	}
-}
-
-type limitConn struct {
-	net.Conn
-	l    *limitListener
-	once sync.Once
-}
-
-func (c *limitConn) Close() error {
-	c.once.Do(func() { c.l.active.Add(-1) })
-	return c.Conn.Close()
-}
-
 // server returns an http.Server with the read, write, keep-alive and header
 // limits of every listener.
 func (g *Gateway) server(h http.Handler) *http.Server {
@@ -120,6 +82,46 @@ func (g *Gateway) server(h http.Handler) *http.Server {
 		MaxHeaderBytes:    g.opts.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 	}
+}
+
+// clientServer is server for the client listener, where a connection that
+// is not upgraded yet has HandshakeTimeout for its TLS handshake (net/http
+// bounds it by ReadHeaderTimeout) and its request headers, and, when
+// pushes have a listener of their own, for idling between requests: a
+// WebSocket client sends one request.
+func (g *Gateway) clientServer(h http.Handler, pushesToo bool) *http.Server {
+	srv := g.server(h)
+	srv.ReadHeaderTimeout = min(g.opts.HandshakeTimeout, g.opts.ReadTimeout)
+	if !pushesToo {
+		srv.IdleTimeout = min(g.opts.HandshakeTimeout, g.opts.KeepAliveTimeout)
+	}
+	return srv
+}
+
+// capLogEvery spaces the log lines of a listener at its caps: a flood of
+// sockets gets one line per interval, not one per socket.
+const capLogEvery = 10 * time.Second
+
+// limit bounds a listener: max connections in all, and
+// MaxHTTPConnectionsPerIP not yet upgraded per peer address (exempt ones
+// aside). Past either, a connection waiting for a request makes room, so
+// idle sockets cannot keep /healthz or /push from answering.
+func (g *Gateway) limit(name string, ln net.Listener, max int, exempt func(netip.Addr) bool) *connlimit.Listener {
+	every := rate.Sometimes{Interval: capLogEvery}
+	return connlimit.New(ln, connlimit.Options{
+		Max:     max,
+		PerAddr: g.opts.MaxHTTPConnectionsPerIP,
+		Exempt:  exempt,
+		Refused: func() {
+			g.m.listenerRefused.Inc()
+			every.Do(func() {
+				g.log.Warn("listener at a connection cap: new connections closed at once", "listener", name,
+					"max_connections", g.opts.MaxConnections, "max_http_connections", g.opts.MaxHTTPConnections,
+					"max_http_connections_per_ip", g.opts.MaxHTTPConnectionsPerIP)
+			})
+		},
+		Evicted: func() { g.m.listenerEvicted.Inc() },
+	})
 }
 
 // ServeAll serves ls until ctx is done or Close is called, then closes
@@ -146,24 +148,31 @@ func (g *Gateway) ServeAll(ctx context.Context, ls *Listeners) error {
 			return err
 		}
 	}
-	refused := func() { g.m.listenerRefused.Inc() }
 	type served struct {
 		srv *http.Server
 		ln  net.Listener
 	}
 	var all []served
-	wsLn := net.Listener(newLimitListener(ls.WS, g.opts.MaxConnections+g.opts.MaxHTTPConnections, refused))
+	add := func(srv *http.Server, ln *connlimit.Listener, wrap func(net.Listener) net.Listener) {
+		srv.ConnState = ln.ConnState
+		all = append(all, served{srv, wrap(ln)})
+	}
+	same := func(ln net.Listener) net.Listener { return ln }
+	// The client listener holds MaxConnections WebSockets beside the
+	// others; trusted proxies speak for many clients.
+	clients := g.limit("client", ls.WS, g.opts.MaxConnections+g.opts.MaxHTTPConnections, g.trustedAddr)
+	wrapTLS := same
 	if tlsConf != nil {
-		wsLn = tls.NewListener(wsLn, tlsConf)
+		wrapTLS = func(ln net.Listener) net.Listener { return tls.NewListener(ln, tlsConf) }
 	}
 	wsHandler := g.handler
 	if ls.Push != nil {
 		wsHandler = g.clientHandler
-		all = append(all, served{g.server(g.pushHandler), newLimitListener(ls.Push, g.opts.MaxHTTPConnections, refused)})
+		add(g.server(g.pushHandler), g.limit("push", ls.Push, g.opts.MaxHTTPConnections, nil), same)
 	}
-	all = append(all, served{g.server(wsHandler), wsLn})
+	add(g.clientServer(wsHandler, ls.Push == nil), clients, wrapTLS)
 	if ls.HTTP != nil {
-		all = append(all, served{g.server(g.opsHandler()), newLimitListener(ls.HTTP, g.opts.MaxHTTPConnections, refused)})
+		add(g.server(g.opsHandler()), g.limit("ops", ls.HTTP, g.opts.MaxHTTPConnections, nil), same)
 	}
 	errc := make(chan error, len(all))
 	for _, s := range all {

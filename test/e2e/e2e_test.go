@@ -130,7 +130,7 @@ func TestConnectAuth(t *testing.T) {
 			protocol: "chat.v2", user: "alice", groups: []string{"red", "blue"}},
 		{name: "required/deny", mode: functions.AuthRequired, authorizer: true,
 			offer: []string{"deny"}, status: http.StatusForbidden},
-		{name: "required/no authorizer", mode: functions.AuthRequired, status: http.StatusForbidden},
+		{name: "required/no authorizer", mode: functions.AuthRequired, status: http.StatusServiceUnavailable},
 		{name: "optional/no authorizer", mode: functions.AuthOptional, accept: true},
 		{name: "optional/deny", mode: functions.AuthOptional, authorizer: true,
 			offer: []string{"deny"}, status: http.StatusForbidden},
