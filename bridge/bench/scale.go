@@ -234,7 +234,7 @@ func failovers(natsURL, pushURL string, tg *slowTarget, js jetstream.JetStream, 
 			if err := start(fmt.Sprintf("%s-%d", victim, gen)); err != nil {
 				return nil, err
 			}
-			time.Sleep(14 * time.Second) // lease + ack wait, then the rebalance back
+			time.Sleep(10 * time.Second) // the lease, then the rebalance back
 			tg.mu.Lock()
 			pushes := slices.Clone(tg.pushes)
 			tg.mu.Unlock()
