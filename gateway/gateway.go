@@ -35,6 +35,8 @@ type Gateway struct {
 	pings chan struct{} // pings awaiting their pong, at most maxPings
 	stats counters
 
+	queuedBytes atomic.Int64 // in every connection's send queue
+
 	janitorOnce sync.Once
 	closeOnce   sync.Once
 	closeErr    error
