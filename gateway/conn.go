@@ -295,27 +295,45 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// writeFailed ends a connection whose frame could not be written. One that
-// is closing already (a push, idle, shutdown) keeps that reason; one whose
-// frame timed out is a client that stopped reading.
+// writeFailed ends a connection whose frame could not be written. One whose
+// frame stalled was marked slow and is closed at once; on any other error
+// the connection is ending already (closed by this instance, or broken),
+// which its reader sees.
 func (c *conn) writeFailed(err error) {
-	if !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, errStalled) {
 		c.g.log.Debug("write failed", "conn", c.id, "err", err)
-		return // the reader sees the connection break and ends it
+		return
 	}
-	if c.closing.CompareAndSwap(false, true) {
-		c.g.log.Info("closing client: write stalled", "conn", c.id, "write_timeout", c.g.opts.WriteTimeout)
-		c.why.Store(reasonIndex(discSlow))
-	}
+	c.g.log.Info("closing client: write stalled", "conn", c.id, "write_timeout", c.g.opts.WriteTimeout)
 	_ = c.ws.CloseNow()
 }
 
-// write sends one frame within WriteTimeout; past it coder/websocket
-// closes the connection, as a frame cannot be abandoned half written.
+// errStalled is a frame not written within WriteTimeout.
+var errStalled = errors.New("frame not written within the write timeout: client not reading")
+
+// write sends one frame within WriteTimeout. Past it the connection is
+// marked as ended slow (unless it is closing for another reason) before
+// coder/websocket closes it, a frame not being something to abandon half
+// written: its reader, which sees the close, counts it so.
 func (c *conn) write(typ websocket.MessageType, data []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), c.g.opts.WriteTimeout)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := c.ws.Write(ctx, typ, data); err != nil {
+	var state atomic.Int32 // 0 writing, 1 written, 2 stalled
+	t := time.AfterFunc(c.g.opts.WriteTimeout, func() {
+		if state.CompareAndSwap(0, 2) {
+			if c.closing.CompareAndSwap(false, true) {
+				c.why.Store(reasonIndex(discSlow))
+			}
+			cancel()
+		}
+	})
+	err := c.ws.Write(ctx, typ, data)
+	if !state.CompareAndSwap(0, 1) {
+		// Marked: whether or not the frame made it, the connection ends.
+		return errStalled
+	}
+	t.Stop()
+	if err != nil {
 		return err
 	}
 	c.touch()

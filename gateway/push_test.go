@@ -164,7 +164,9 @@ func TestSlowClient(t *testing.T) {
 	const size = 256 << 10
 	e := newEnv(t, nil, func(o *Options) {
 		o.MaxMessageSize = size
-		o.WriteTimeout = 300 * time.Millisecond
+		// Long enough that no frame to the fast client stalls on a loaded
+		// machine, short enough to wait for.
+		o.WriteTimeout = 2 * time.Second
 		// Never full here: the stalled write is what ends the client.
 		o.SendQueueBytes = 1 << 30
 		o.SendQueueMessages = 1 << 20
@@ -209,7 +211,8 @@ func TestSlowClient(t *testing.T) {
 
 	// 10 MiB: more than the socket buffers hold, so a write stalls. The
 	// pushes are taken until the stall ends the client; after that the
-	// connection is closed (410) or gone (404).
+	// connection is closed (410) or gone (404). The client's end is
+	// counted as slow whichever of its reader and its writer sees it first.
 	big := pushBody("data send", slowID, "text", strings.Repeat("x", size))
 	ended := false
 	for i := range 40 {
