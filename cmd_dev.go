@@ -35,6 +35,8 @@ func edgeFlags(fs *flag.FlagSet, g *gateway.Options, addrUsage string) {
 	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "deadline of each function invocation")
 	fs.DurationVar(&g.ReadTimeout, "read-timeout", g.ReadTimeout, "longest read of one HTTP request, headers and body, on every listener")
 	fs.DurationVar(&g.WriteTimeout, "write-timeout", g.WriteTimeout, "longest write of one frame to a client (a client slower than that is disconnected) and, doubled, of one HTTP answer")
+	fs.Int64Var(&g.SendQueueBytes, "send-queue-bytes", g.SendQueueBytes, "bytes pushed to one client and not yet written; a push past it closes the client with 1008 and gets 410")
+	fs.IntVar(&g.SendQueueMessages, "send-queue-messages", g.SendQueueMessages, "messages pushed to one client and not yet written; a push past it closes the client with 1008 and gets 410")
 	fs.DurationVar(&g.KeepAliveTimeout, "keep-alive-timeout", g.KeepAliveTimeout, "close a keep-alive HTTP connection idle this long")
 	fs.IntVar(&g.MaxHeaderBytes, "max-header-bytes", g.MaxHeaderBytes, "largest request line and headers of an HTTP request; beyond it 431")
 	fs.IntVar(&g.MaxHTTPConnections, "max-http-connections", g.MaxHTTPConnections, "TCP connections per listener that are not WebSockets (pushes, scrapes, upgrades in progress); beyond it they are closed at once")

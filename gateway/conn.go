@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -27,11 +28,11 @@ const (
 )
 
 // conn is one accepted client. It is kept small on purpose: the emulator is
-// sized for 10,000 connections, so there is no per-connection writer
-// goroutine, queue or timer. The handler goroutine that accepted the
-// connection reads it; pushes write from their own request goroutines and
-// coder/websocket serializes the frames; one janitor goroutine per gateway
-// enforces the idle timeout.
+// sized for 10,000 connections, so an idle connection has no writer
+// goroutine and no timer. A goroutine of its own reads it; pushes queue
+// their frames and a writer goroutine, started when the queue fills and
+// gone when it empties, writes them in order; one janitor goroutine per
+// gateway enforces the idle timeout.
 type conn struct {
 	g  *Gateway
 	id string
@@ -50,14 +51,20 @@ type conn struct {
 	// instance was cut off from NATS.
 	announce atomic.Pointer[string]
 
-	// order admits one push at a time to the connection, so checking a
-	// push's Ws-Seq against lastSeq, writing it and raising lastSeq are
-	// one step: two bridges pushing the same command at once (one of them
-	// a zombie) write it once, and an older command is never written after
-	// a newer one. A channel, so a waiting push gives up with its context.
-	order   chan struct{}
-	lastSeq uint64 // highest Ws-Seq written or closed at; guarded by order
-	seqSeen bool   // lastSeq holds one; guarded by order
+	// The send queue: pushes taken for the connection and not yet
+	// written, in order, drained by one writer goroutine that runs only
+	// while there is something to write (writeLoop). A push is answered
+	// once its frame is queued, so a client that does not read holds no
+	// push request, only its own queue, which is bounded.
+	qmu       sync.Mutex
+	queue     []outgoing // guarded by qmu
+	queued    int64      // bytes of queue and of the frame being written; guarded by qmu
+	pending   int        // messages likewise; guarded by qmu
+	writing   bool       // writeLoop runs; guarded by qmu
+	ended     bool       // takes no more pushes (closed by a push, overflowed, or over); guarded by qmu
+	closeWith *closeReq  // how writeLoop closes the connection once the queue is empty; guarded by qmu
+	lastSeq   uint64     // highest Ws-Seq taken; guarded by qmu
+	seqSeen   bool       // lastSeq holds one; guarded by qmu
 }
 
 var (
@@ -66,7 +73,7 @@ var (
 )
 
 // disconnectReasons are the values of conn.why.
-var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discInvalid}
+var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discInvalid, discSlow}
 
 func reasonIndex(reason string) int32 {
 	for i, r := range disconnectReasons {
@@ -122,30 +129,213 @@ func (c *conn) close(code websocket.StatusCode, reason, why string) {
 	}
 }
 
-// admit takes the connection's push order, at most until ctx ends, and
-// reports whether s is new: absent, or above every sequence written so far.
-// The caller releases the order with done, after its write.
-func (c *conn) admit(ctx context.Context, s seq) (fresh bool, err error) {
-	select {
-	case c.order <- struct{}{}:
-	case <-ctx.Done():
-		return false, ctx.Err()
-	}
-	return !s.set || !c.seqSeen || s.n > c.lastSeq, nil
+// outgoing is one queued frame.
+type outgoing struct {
+	typ  websocket.MessageType
+	data []byte
 }
 
-// done records s as written, when it was, and releases the push order.
-func (c *conn) done(s seq, written bool) {
-	if s.set && written {
+// closeReq is how the writer closes a connection once its queue is empty.
+type closeReq struct {
+	code   websocket.StatusCode
+	reason string
+	why    string
+}
+
+var (
+	// closeByPush follows the frames queued before a close push.
+	closeByPush = &closeReq{statusNormal, "", discClosed}
+	// closeSlow ends a client whose send queue overflowed: 1008, as a
+	// client that does not read breaks the one rule a push connection has.
+	closeSlow = &closeReq{websocket.StatusPolicyViolation, "send queue full: client not reading", discSlow}
+)
+
+// enqueued is what became of a push offered to a connection's queue.
+type enqueued int
+
+const (
+	enqueuedOK       enqueued = iota // queued in order (a close: will follow what is queued)
+	enqueuedRepeat                   // its Ws-Seq is at or below the last one taken: dropped
+	enqueuedEnded                    // the connection takes no more pushes
+	enqueuedOverflow                 // the queue is full: the client is closed with 1008
+)
+
+// send queues one frame unless s repeats a sequence already taken, the
+// connection takes no more pushes, or the queue is full; in that last case
+// the client is closed with 1008 once the frame being written is done (it
+// has no place for what is queued, which is dropped). Checking s, queueing
+// and raising lastSeq are one step under qmu, and the queue is written in
+// its order by one writer: two bridges pushing the same commands at once
+// (one cut off and not yet aware of it) write each once, never an older
+// one after a newer one.
+func (c *conn) send(s seq, typ websocket.MessageType, data []byte) enqueued {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.repeats(s) {
+		return enqueuedRepeat
+	}
+	if c.ended {
+		return enqueuedEnded
+	}
+	n := int64(len(data))
+	// An empty queue takes any frame the size limit allows, so the byte
+	// bound needs no relation to --max-message-size.
+	if c.pending > 0 && (c.pending >= c.g.opts.SendQueueMessages || c.queued+n > c.g.opts.SendQueueBytes) {
+		c.g.log.Info("closing client: send queue full", "conn", c.id,
+			"queued_messages", c.pending, "queued_bytes", c.queued, "push_bytes", n)
+		c.end(closeSlow)
+		return enqueuedOverflow
+	}
+	c.queue = append(c.queue, outgoing{typ: typ, data: data})
+	c.queued += n
+	c.pending++
+	c.g.queuedBytes.Add(n)
+	c.take(s)
+	c.startWriter()
+	return enqueuedOK
+}
+
+// closeAfterQueue asks for the close handshake (1000) once every frame
+// queued before it is written.
+func (c *conn) closeAfterQueue(s seq) enqueued {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if c.repeats(s) {
+		return enqueuedRepeat
+	}
+	if c.ended {
+		return enqueuedEnded
+	}
+	c.ended, c.closeWith = true, closeByPush
+	c.take(s)
+	c.startWriter()
+	return enqueuedOK
+}
+
+// repeats reports whether s is at or below the last sequence taken. qmu is
+// held.
+func (c *conn) repeats(s seq) bool { return s.set && c.seqSeen && s.n <= c.lastSeq }
+
+// take records s as the last sequence taken. qmu is held.
+func (c *conn) take(s seq) {
+	if s.set {
 		c.lastSeq, c.seqSeen = s.n, true
 	}
-	<-c.order
 }
 
-// write sends one frame; coder/websocket serializes concurrent writers and
-// ctx bounds the wait for a slow client (which is then disconnected).
-func (c *conn) write(ctx context.Context, typ websocket.MessageType, data []byte) error {
-	if err := c.ws.Write(ctx, typ, data); err != nil {
+// end takes no more pushes, drops what is queued and not yet being
+// written, and has the writer close the connection with how once the frame
+// being written is done (how nil: the connection is over already). qmu is
+// held.
+func (c *conn) end(how *closeReq) {
+	c.ended = true
+	c.closeWith = how
+	for i, m := range c.queue {
+		n := int64(len(m.data))
+		c.queued -= n
+		c.pending--
+		c.g.queuedBytes.Add(-n)
+		c.queue[i] = outgoing{}
+	}
+	c.queue = nil
+	if how != nil {
+		c.startWriter()
+	}
+}
+
+// startWriter runs writeLoop unless it runs. qmu is held, and the
+// connection is not over, so the gateway's wait group is still held by its
+// reader (or its handler) and may grow.
+func (c *conn) startWriter() {
+	if c.writing {
+		return
+	}
+	c.writing = true
+	c.g.wg.Add(1)
+	go c.writeLoop()
+}
+
+// writeLoop writes the queue in order, one frame at a time, each within
+// WriteTimeout, and returns when it is empty, closing the connection first
+// when that was asked for. A frame not written in time means a client that
+// does not read: it is disconnected.
+func (c *conn) writeLoop() {
+	defer c.g.wg.Done()
+	for {
+		c.qmu.Lock()
+		if len(c.queue) == 0 {
+			c.writing = false
+			how := c.closeWith
+			c.closeWith = nil
+			c.qmu.Unlock()
+			if how != nil {
+				c.close(how.code, how.reason, how.why)
+			}
+			return
+		}
+		m := c.queue[0]
+		c.queue[0] = outgoing{}
+		c.queue = c.queue[1:]
+		c.qmu.Unlock()
+
+		err := c.write(m.typ, m.data)
+
+		c.qmu.Lock()
+		n := int64(len(m.data))
+		c.queued -= n
+		c.pending--
+		c.g.queuedBytes.Add(-n)
+		if err != nil {
+			c.end(nil)
+			c.writing = false
+		}
+		c.qmu.Unlock()
+		if err != nil {
+			c.writeFailed(err)
+			return
+		}
+	}
+}
+
+// writeFailed ends a connection whose frame could not be written. One whose
+// frame stalled was marked slow and is closed at once; on any other error
+// the connection is ending already (closed by this instance, or broken),
+// which its reader sees.
+func (c *conn) writeFailed(err error) {
+	if !errors.Is(err, errStalled) {
+		c.g.log.Debug("write failed", "conn", c.id, "err", err)
+		return
+	}
+	c.g.log.Info("closing client: write stalled", "conn", c.id, "write_timeout", c.g.opts.WriteTimeout)
+	_ = c.ws.CloseNow()
+}
+
+// errStalled is a frame not written within WriteTimeout.
+var errStalled = errors.New("frame not written within the write timeout: client not reading")
+
+// write sends one frame within WriteTimeout. Past it the connection is
+// marked as ended slow (unless it is closing for another reason) before
+// coder/websocket closes it, a frame not being something to abandon half
+// written: its reader, which sees the close, counts it so.
+func (c *conn) write(typ websocket.MessageType, data []byte) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var state atomic.Int32 // 0 writing, 1 written, 2 stalled
+	t := time.AfterFunc(c.g.opts.WriteTimeout, func() {
+		if state.CompareAndSwap(0, 2) {
+			if c.closing.CompareAndSwap(false, true) {
+				c.why.Store(reasonIndex(discSlow))
+			}
+			cancel()
+		}
+	})
+	err := c.ws.Write(ctx, typ, data)
+	if !state.CompareAndSwap(0, 1) {
+		// Marked: whether or not the frame made it, the connection ends.
+		return errStalled
+	}
+	t.Stop()
+	if err != nil {
 		return err
 	}
 	c.touch()
@@ -215,7 +405,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	log := g.log.With("conn", id)
 	// Known to pushes from now on, so a reply to the connect event that
 	// overtakes the upgrade waits for it instead of finding nothing.
-	c := &conn{g: g, id: id, ip: ip, ready: make(chan struct{}), order: make(chan struct{}, 1)}
+	c := &conn{g: g, id: id, ip: ip, ready: make(chan struct{})}
 	if !g.add(c) {
 		g.refuse(w, http.StatusServiceUnavailable, "gateway is shutting down")
 		return
@@ -451,6 +641,9 @@ func (c *conn) finish() {
 	g := c.g
 	defer g.slots.Add(-1)
 	g.remove(c)
+	c.qmu.Lock()
+	c.end(nil) // what is queued has no connection to go to
+	c.qmu.Unlock()
 	_ = c.ws.CloseNow()
 	g.stats.open.Add(-1)
 	g.releaseIP(c.ip)

@@ -41,6 +41,7 @@ type Gateway struct {
 	unforgotten map[string]struct{}
 	forgetKick  chan struct{}
 	forgetOnce  sync.Once
+	queuedBytes atomic.Int64 // in every connection's send queue
 
 	janitorOnce sync.Once
 	closeOnce   sync.Once

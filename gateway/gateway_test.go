@@ -466,6 +466,8 @@ func TestOptionsValidate(t *testing.T) {
 		{"negative timeout", func(o *Options) { o.IdleTimeout = -time.Second }, "IdleTimeout"},
 		{"negative limit", func(o *Options) { o.MaxConnections = -1 }, "MaxConnections"},
 		{"negative per-IP limit", func(o *Options) { o.MaxConnectionsPerIP = -1 }, "MaxConnectionsPerIP"},
+		{"negative send queue bytes", func(o *Options) { o.SendQueueBytes = -1 }, "--send-queue-bytes"},
+		{"negative send queue messages", func(o *Options) { o.SendQueueMessages = -1 }, "--send-queue-messages"},
 		{"tls cert alone", func(o *Options) { o.TLSCert = "c.pem" }, "--tls-cert and --tls-key"},
 		{"push token with a space", func(o *Options) { o.PushToken = "a b" }, "push token"},
 		{"bad origin", func(o *Options) { o.AllowedOrigins = []string{"app.example.com"} }, "allowed origin"},

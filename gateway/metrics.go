@@ -35,6 +35,7 @@ const (
 	discShutdown = "shutdown" // this instance stopped
 	discLost     = "lost"     // announced for a vanished instance
 	discInvalid  = "invalid"  // the client broke the protocol: a message cut off, past the size limit, or text not UTF-8
+	discSlow     = "slow"     // its send queue overflowed or a frame to it stalled
 )
 
 type gwMetrics struct {
@@ -44,6 +45,7 @@ type gwMetrics struct {
 	frames          *prometheus.CounterVec
 	pushes          *prometheus.CounterVec
 	pushesRepeated  prometheus.Counter
+	sendQueueBytes  prometheus.GaugeFunc
 	invocations     *prometheus.HistogramVec
 	disconnects     *prometheus.CounterVec
 	listenerRefused prometheus.Counter
@@ -71,6 +73,9 @@ func newMetrics(g *Gateway) *gwMetrics {
 		Help: "Reverse-push requests by result."}, []string{"result"})
 	m.pushesRepeated = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pushes_repeated_total",
 		Help: "Pushes answered as delivered but not written, their Ws-Seq at or below the last one the connection took (also in pushes_total as ok)."})
+	m.sendQueueBytes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "send_queue_bytes",
+		Help: "Bytes of pushed frames queued for clients and not yet written, every connection together."},
+		func() float64 { return float64(g.queuedBytes.Load()) })
 	m.invocations = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "invocation_duration_seconds",
 		Help: "Function invocation latency.", Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12)}, []string{"function"})
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "disconnects_total",
@@ -86,7 +91,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp)
+	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)
@@ -94,7 +99,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 	for _, r := range []string{pushOK, pushGone, pushUnauthorized, pushInvalid, pushError} {
 		m.pushes.WithLabelValues(r)
 	}
-	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost, discInvalid} {
+	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost, discInvalid, discSlow} {
 		m.disconnects.WithLabelValues(r)
 	}
 	for _, f := range []string{"register", "transfer", "cleanup"} {

@@ -41,6 +41,12 @@ const (
 	// DefaultWriteTimeout bounds one frame write to a client, so a slow
 	// client cannot hold a push request.
 	DefaultWriteTimeout = 10 * time.Second
+	// DefaultSendQueueBytes and DefaultSendQueueMessages bound what one
+	// connection may have been pushed and not yet written; past either the
+	// client is closed with 1008. With a reading client the queue stays
+	// near empty: the socket's buffers take the frames as they come.
+	DefaultSendQueueBytes    = 1 << 20
+	DefaultSendQueueMessages = 1024
 	// DefaultShutdownTimeout bounds Close.
 	DefaultShutdownTimeout = 10 * time.Second
 	// DefaultReadTimeout bounds reading one HTTP request, headers and body
@@ -94,9 +100,15 @@ type Options struct {
 	MaxConnections int
 	// FunctionTimeout is the deadline of every invocation.
 	FunctionTimeout time.Duration
-	// WriteTimeout bounds one push's frame write; a client that cannot
-	// take it in time is disconnected and the push gets 410.
+	// WriteTimeout bounds writing one pushed frame to a client; a client
+	// that cannot take it in time is disconnected (it does not read).
 	WriteTimeout time.Duration
+	// SendQueueBytes and SendQueueMessages bound a connection's send
+	// queue: frames pushed (and answered 200) but not yet written. A push
+	// that would pass either closes the client with 1008 and gets 410.
+	// An empty queue takes any frame MaxMessageSize allows.
+	SendQueueBytes    int64
+	SendQueueMessages int
 	// ShutdownTimeout bounds Close.
 	ShutdownTimeout time.Duration
 
@@ -122,7 +134,8 @@ type Options struct {
 	TrustedProxies []netip.Prefix
 	// ReadTimeout, KeepAliveTimeout and MaxHeaderBytes apply to every
 	// listener's HTTP requests, and so does WriteTimeout (twice it bounds an
-	// answer: a push may wait that long for its frame); a WebSocket leaves
+	// answer: a push may wait that long for a connection still being
+	// registered); a WebSocket leaves
 	// them once upgraded.
 	ReadTimeout      time.Duration
 	KeepAliveTimeout time.Duration
@@ -219,6 +232,8 @@ func (o Options) withDefaults() Options {
 	orDefault(&o.MaxHTTPConnectionsPerIP, max(o.MaxHTTPConnections/4, 1))
 	orDefault(&o.HandshakeTimeout, DefaultHandshakeTimeout)
 	orDefault(&o.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&o.SendQueueBytes, DefaultSendQueueBytes)
+	orDefault(&o.SendQueueMessages, DefaultSendQueueMessages)
 	orDefault(&o.Prefix, subjects.DefaultPrefix)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -260,6 +275,12 @@ func (o Options) Validate() error {
 	}
 	if o.MaxMessageSize < 0 {
 		errs = append(errs, fmt.Errorf("gateway: MaxMessageSize %d must be positive", o.MaxMessageSize))
+	}
+	if o.SendQueueBytes < 0 {
+		errs = append(errs, fmt.Errorf("gateway: --send-queue-bytes %d must be positive", o.SendQueueBytes))
+	}
+	if o.SendQueueMessages < 0 {
+		errs = append(errs, fmt.Errorf("gateway: --send-queue-messages %d must be positive", o.SendQueueMessages))
 	}
 	for _, n := range []struct {
 		name string

@@ -118,52 +118,41 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 			return http.StatusRequestEntityTooLarge, http.StatusRequestEntityTooLarge,
 				fmt.Sprintf("message of %d bytes exceeds the %d byte limit", len(data), g.opts.MaxMessageSize)
 		}
-		// Not the request's context: a push whose caller gives up must not
-		// cut a frame in half, which would kill the client's connection.
-		ctx, cancel := context.WithTimeout(context.Background(), g.opts.WriteTimeout)
-		defer cancel()
-		c, status, errNo, msg := g.find(ctx, ws.SecConnectionID)
+		c, status, errNo, msg := g.awaitConn(ws.SecConnectionID)
 		if c == nil {
 			return status, errNo, msg
 		}
-		fresh, err := c.admit(ctx, sq)
-		if err != nil {
-			return http.StatusGone, http.StatusGone, "connection closed: " + err.Error()
-		}
-		if !fresh {
-			c.done(sq, false)
+		switch c.send(sq, typ, data) {
+		case enqueuedRepeat:
 			g.repeated()
-			return http.StatusOK, 0, "ok"
-		}
-		err = c.write(ctx, typ, data)
-		c.done(sq, err == nil)
-		if err != nil {
-			return http.StatusGone, http.StatusGone, "connection closed: " + err.Error()
+		case enqueuedEnded:
+			return http.StatusGone, http.StatusGone, "connection closed"
+		case enqueuedOverflow:
+			// Unreachable at once: later pushes get 404 without waiting.
+			g.remove(c)
+			return http.StatusGone, http.StatusGone, fmt.Sprintf(
+				"client not reading: its send queue is full (at most %d messages, %d bytes); closing it with 1008",
+				g.opts.SendQueueMessages, g.opts.SendQueueBytes)
 		}
 		return http.StatusOK, 0, "ok"
 
 	case subjects.ActionClosing:
-		ctx, cancel := context.WithTimeout(context.Background(), g.opts.WriteTimeout)
-		defer cancel()
-		c, status, errNo, msg := g.find(ctx, ws.SecConnectionID)
+		c, status, errNo, msg := g.awaitConn(ws.SecConnectionID)
 		if c == nil {
 			return status, errNo, msg
 		}
-		fresh, err := c.admit(ctx, sq)
-		if err != nil {
-			return http.StatusGone, http.StatusGone, "connection closed: " + err.Error()
-		}
-		if !fresh {
-			c.done(sq, false)
+		switch c.closeAfterQueue(sq) {
+		case enqueuedRepeat:
 			g.repeated()
-			return http.StatusOK, 0, "ok"
+		case enqueuedOK:
+			// Unreachable at once, so later pushes get 404; the frames
+			// queued before the close are written first, and the handshake
+			// runs in the background because a client that never answers
+			// would hold this request for seconds. The reader then invokes
+			// cleanup.
+			g.remove(c)
 		}
-		// Unreachable at once, so later pushes get 404; the handshake runs
-		// in the background because a client that never answers would hold
-		// this request for seconds. The reader then invokes cleanup.
-		g.remove(c)
-		c.done(sq, true)
-		go c.close(statusNormal, "", discClosed)
+		// enqueuedEnded: closing already, as asked.
 		return http.StatusOK, 0, "ok"
 
 	default:
@@ -207,6 +196,14 @@ func (g *Gateway) repeated() {
 func bearerOK(header, token string) bool {
 	got, ok := strings.CutPrefix(header, "Bearer ")
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+// awaitConn is find bounded by WriteTimeout. Not the request's context:
+// the frame a push queues must not depend on whether its caller waited.
+func (g *Gateway) awaitConn(id string) (_ *conn, status, errNo int, msg string) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.opts.WriteTimeout)
+	defer cancel()
+	return g.find(ctx, id)
 }
 
 // find returns the accepted connection id, waiting while it is still being

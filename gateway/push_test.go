@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wsbridge/wsbridge/subjects"
 )
@@ -155,13 +156,20 @@ func TestPushRefused(t *testing.T) {
 	}
 }
 
-// TestSlowClient fills the socket of a client that never reads: its push
-// times out, the gateway drops it (410, then cleanup), and pushes to another
-// client keep succeeding meanwhile.
+// TestSlowClient: a client whose socket stops taking frames is disconnected
+// once a frame has waited WriteTimeout, as a client that does not read;
+// its pushes are answered as they are queued meanwhile, and pushes to
+// another client keep succeeding.
 func TestSlowClient(t *testing.T) {
+	const size = 256 << 10
 	e := newEnv(t, nil, func(o *Options) {
-		o.MaxMessageSize = 1 << 20
-		o.WriteTimeout = 300 * time.Millisecond
+		o.MaxMessageSize = size
+		// Long enough that no frame to the fast client stalls on a loaded
+		// machine, short enough to wait for.
+		o.WriteTimeout = 2 * time.Second
+		// Never full here: the stalled write is what ends the client.
+		o.SendQueueBytes = 1 << 30
+		o.SendQueueMessages = 1 << 20
 	})
 	fast := e.dial(t, nil)
 	fastID := e.fn.connID(t)
@@ -201,22 +209,70 @@ func TestSlowClient(t *testing.T) {
 		}
 	}()
 
-	big := pushBody("data send", slowID, "text", strings.Repeat("x", 1<<20))
-	status := 0
-	for i := 0; i < 500 && status != http.StatusGone; i++ {
-		status, _ = e.push(t, big)
-	}
-	close(stop)
-	if status != http.StatusGone {
-		t.Fatalf("pushes to a client that never reads kept succeeding; want 410 after the write timeout")
-	}
-	if err := <-fastDone; err != nil {
-		t.Errorf("fast client while the slow one blocked: %v", err)
+	// 10 MiB: more than the socket buffers hold, so a write stalls. The
+	// pushes are taken until the stall ends the client; after that the
+	// connection is closed (410) or gone (404). The client's end is
+	// counted as slow whichever of its reader and its writer sees it first.
+	big := pushBody("data send", slowID, "text", strings.Repeat("x", size))
+	ended := false
+	for i := range 40 {
+		st, body := e.push(t, big)
+		switch {
+		case st == http.StatusOK && !ended:
+		case st == http.StatusGone || st == http.StatusNotFound:
+			ended = true
+		default:
+			t.Fatalf("push %d to the slow client: %d %s (after the end: %v)", i, st, body, ended)
+		}
 	}
 	waitFor(t, "cleanup of the slow client", func() bool { return e.fn.cleanups(slowID) == 1 })
-	if s := e.g.Stats(); s.PushesFailed == 0 {
-		t.Errorf("Stats.PushesFailed = 0, want the 410 counted")
+	close(stop)
+	if err := <-fastDone; err != nil {
+		t.Errorf("fast client while the slow one stalled: %v", err)
 	}
+	waitFor(t, "the slow client's end counted as slow", func() bool {
+		return testutil.ToFloat64(e.g.m.disconnects.WithLabelValues(discSlow)) == 1
+	})
+	if st, _ := e.push(t, big); st != http.StatusNotFound {
+		t.Errorf("push after the slow client ended: %d, want 404", st)
+	}
+	waitFor(t, "the send queues empty", func() bool { return e.g.Stats().SendQueueBytes == 0 })
+}
+
+// TestCloseFollowsQueuedFrames: a close push waits for the frames queued
+// before it, which the client then reads in full before the 1000; the
+// connection takes no push after it.
+func TestCloseFollowsQueuedFrames(t *testing.T) {
+	const size, n = 128 << 10, 40 // 5 MiB: more than the socket buffers hold
+	e := newEnv(t, nil, func(o *Options) {
+		o.MaxMessageSize = size
+		o.SendQueueBytes = 64 << 20
+	})
+	c := e.dial(t, nil)
+	c.SetReadLimit(size)
+	id := e.fn.connID(t)
+	for i := range n {
+		data := itoa(i) + ":" + strings.Repeat("x", size-len(itoa(i))-1)
+		if st, body := e.push(t, pushBody("data send", id, "text", data)); st != 200 {
+			t.Fatalf("push %d: %d %s", i, st, body)
+		}
+	}
+	if st, body := e.push(t, pushBody("closing", id, "", "")); st != 200 {
+		t.Fatalf("close: %d %s", st, body)
+	}
+	if st, _ := e.push(t, pushBody("data send", id, "text", "late")); st != http.StatusNotFound {
+		t.Errorf("push after the close: %d, want 404", st)
+	}
+	for i := range n {
+		_, data := read(t, c)
+		if got, _, _ := strings.Cut(string(data), ":"); got != itoa(i) {
+			t.Fatalf("message %d is %q…, want %d: a frame queued before the close was lost or reordered", i, data[:min(len(data), 12)], i)
+		}
+	}
+	if got := closeStatus(t, c); got != websocket.StatusNormalClosure {
+		t.Errorf("close status %v, want 1000 after the queued frames", got)
+	}
+	waitFor(t, "cleanup after the close", func() bool { return e.fn.cleanups(id) == 1 })
 }
 
 // TestPushDuringRegister answers the connect event before the upgrade is

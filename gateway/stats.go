@@ -17,7 +17,8 @@ type Stats struct {
 	PushesRepeated      uint64 // of PushesOK, not written: Ws-Seq at or below the connection's last
 	PushesNotFound      uint64 // push to an unknown connection (404)
 	PushesInvalid       uint64 // malformed push: 400, 405, 413
-	PushesFailed        uint64 // push that failed: write error (410), still registering (503)
+	PushesFailed        uint64 // push that failed: connection closed or send queue full (410), still registering (503)
+	SendQueueBytes      int64  // queued for clients, not yet written
 }
 
 type counters struct {
@@ -45,5 +46,6 @@ func (g *Gateway) Stats() Stats {
 		PushesNotFound:      c.pushNotFound.Load(),
 		PushesInvalid:       c.pushInvalid.Load(),
 		PushesFailed:        c.pushFailed.Load(),
+		SendQueueBytes:      g.queuedBytes.Load(),
 	}
 }
