@@ -78,6 +78,16 @@ func (b *Bridge) commit(ctx context.Context, p *part) error {
 		p.mu.Unlock()
 		return nil
 	case isConflict(err):
+		if own, orev, ok := b.ownPosition(ctx, p.n, rev); ok {
+			// A commit of ours whose answer was lost (a timeout during a
+			// leader election) was applied: adopt it and write again.
+			p.mu.Lock()
+			if orev > p.rev {
+				p.rev, p.committed = orev, own
+			}
+			p.mu.Unlock()
+			return b.commit(ctx, p)
+		}
 		b.pm.Commits.WithLabelValues("conflict").Inc()
 		if !p.broken.Swap(true) {
 			b.log.Warn("partition position written by another bridge; giving the partition up", "partition", p.n)
@@ -87,6 +97,22 @@ func (b *Bridge) commit(ctx context.Context, p *part) error {
 	}
 	b.pm.Commits.WithLabelValues("error").Inc()
 	return fmt.Errorf("commit position of partition %d: %w", p.n, err)
+}
+
+// ownPosition reports whether partition p's position, found at another
+// revision than the one this bridge last wrote (rev), was written by this
+// bridge (a commit answered late but applied): only this bridge writes its
+// own id in a position, and a taker's claim writes the taker's.
+func (b *Bridge) ownPosition(ctx context.Context, p int, rev uint64) (subjects.Position, uint64, bool) {
+	e, err := b.positions.Get(ctx, subjects.PositionKey(p))
+	if err != nil || e.Revision() <= rev {
+		return subjects.Position{}, 0, false
+	}
+	pos, err := subjects.DecodePosition(e.Value())
+	if err != nil || pos.Owner != b.id {
+		return subjects.Position{}, 0, false
+	}
+	return pos, e.Revision(), true
 }
 
 func samePending(x, y subjects.PendingCommand) bool {
