@@ -161,7 +161,11 @@ func TestPushRefused(t *testing.T) {
 func TestSlowClient(t *testing.T) {
 	e := newEnv(t, nil, func(o *Options) {
 		o.MaxMessageSize = 1 << 20
-		o.WriteTimeout = 300 * time.Millisecond
+		// The fast client's frames must never come near it: a write that
+		// ends just as its deadline passes can still close the connection
+		// (coder/websocket's timeout watcher), and the next push is a 404.
+		// 300 ms did on a loaded machine.
+		o.WriteTimeout = 3 * time.Second
 	})
 	fast := e.dial(t, nil)
 	fastID := e.fn.connID(t)
