@@ -112,7 +112,11 @@ func runBridgeDaemon(ctx context.Context, c bridgeConfig, log *slog.Logger) erro
 		if err != nil {
 			return err
 		}
-		log.Info("connected to NATS", "url", subjects.RedactURL(nc.ConnectedUrl()))
+		if err := subjects.CheckServerVersion(nc); err != nil {
+			nc.Close()
+			return err
+		}
+		log.Info("connected to NATS", "url", subjects.RedactURL(nc.ConnectedUrl()), "server_version", nc.ConnectedServerVersion())
 	}
 	defer nc.Close()
 	reg := metrics.NewProcessRegistry()

@@ -96,6 +96,12 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		fmt.Fprintf(stderr, "wsbridge %s: %v\n", name, err)
 		return 1
 	}
+	if o.NATS.URL != "" {
+		if err := checkNATSVersion(o.NATS); err != nil {
+			log.Error("connect to NATS", "err", err)
+			return 1
+		}
+	}
 	o.Logger = log
 	st, err := stack.Start(ctx, *o)
 	if err != nil {
@@ -136,6 +142,18 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		return 1
 	}
 	return code
+}
+
+// checkNATSVersion connects to an external NATS once to refuse a server
+// older than wsbridge needs before anything starts on it.
+func checkNATSVersion(co subjects.ConnOptions) error {
+	co.Name = "wsbridge-version-check"
+	nc, err := co.Connect(nats.MaxReconnects(0))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return subjects.CheckServerVersion(nc)
 }
 
 // printBanner tells where everything is: entries are (what, where) pairs.

@@ -166,6 +166,11 @@ func serveGateway(ctx context.Context, c *gatewayConfig, ls *gateway.Listeners, 
 		return 1
 	}
 	defer func() { _ = nc.Drain() }()
+	if err := subjects.CheckServerVersion(nc); err != nil {
+		ls.Close()
+		log.Error("connect to NATS", "err", err)
+		return 1
+	}
 	names := subjects.MustNew(c.gw.Prefix)
 	if err := provisionMissing(ctx, nc, names); err != nil {
 		ls.Close()

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests use besides Go (the nats CLI and
-# Chromium for the end-to-end suites, helm and promtool for the operator's
-# kit), checks formatting and vet, runs every test with the race detector,
-# then the tests of the kit under deploy/ (a module of its own: chart,
-# dashboard, alerts, image build context, release script).
+# Chromium for the end-to-end suites, Debian's nats-server 2.9 for the
+# too-old-server checks, helm and promtool for the operator's kit), checks
+# formatting and vet, runs every test with the race detector, then the tests
+# of the kit under deploy/ (a module of its own: chart, dashboard, alerts,
+# image build context, release script).
 #
 # Every stage runs even when an earlier one failed; the end lists each
 # stage's and each package's result and exits 1 if anything failed.
@@ -66,6 +67,14 @@ install_chromium() {
   apt_install chromium
 }
 
+# A NATS server older than wsbridge needs: the bridge and gateway binaries
+# must refuse it in one line (TestRefuseOldNATS). Debian ships 2.9.
+install_old_nats_server() {
+  command -v nats-server >/dev/null 2>&1 && return 0
+  echo "installing Debian's nats-server (2.9) for the version check"
+  apt_install nats-server
+}
+
 check_gofmt() {
   local unformatted
   unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
@@ -87,6 +96,7 @@ stage "install nats CLI" install_nats_cli
 stage "install helm" install_helm
 stage "install promtool" install_promtool
 stage "install chromium" install_chromium
+stage "install nats-server 2.9" install_old_nats_server
 stage "gofmt" check_gofmt
 stage "go vet" go vet ./...
 stage "go vet (deploy/kit)" bash -c 'cd deploy/kit && go vet ./...'

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -145,4 +146,26 @@ func (p *Process) Reload(t testing.TB, conf string) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// InstalledServer returns the nats-server on PATH and its version (from
+// --version, without the v), skipping the test when there is none.
+// test/run.sh installs Debian's (2.9), older than wsbridge needs, for the
+// checks that an old server is refused.
+func InstalledServer(t testing.TB) (bin, version string) {
+	t.Helper()
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		t.Skip("no nats-server on PATH (test/run.sh installs Debian's 2.9 for this test)")
+	}
+	out, err := exec.Command(bin, "--version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s --version: %v\n%s", bin, err, out)
+	}
+	// "nats-server: v2.9.10"
+	f := strings.Fields(string(out))
+	if len(f) == 0 {
+		t.Fatalf("%s --version printed nothing", bin)
+	}
+	return bin, strings.TrimPrefix(f[len(f)-1], "v")
 }
