@@ -40,6 +40,8 @@ func edgeFlags(fs *flag.FlagSet, g *gateway.Options, addrUsage string) {
 	fs.IntVar(&g.MaxHTTPConnections, "max-http-connections", g.MaxHTTPConnections, "TCP connections per listener that are not WebSockets (pushes, scrapes, upgrades in progress); beyond it they are closed at once")
 	fs.DurationVar(&g.PingInterval, "ping-interval", g.PingInterval, "ping a client quiet this long; no pong within as long again closes it (negative: no pings)")
 	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "time open connections get to close on SIGINT/SIGTERM")
+	fs.StringVar(&g.ServiceID, "service-id", gateway.DefaultServiceID, "requestContext.serviceId of the connect events (API Gateway's service id, e.g. service-0ck2a1q4, for backends that check it)")
+	fs.StringVar(&g.Stage, "stage", gateway.DefaultStage, "requestContext.stage of the connect events (API Gateway's environment: release, prepub or test)")
 }
 
 // functionFlags registers how the three functions run.
