@@ -226,8 +226,13 @@ func TestNATSAccounts(t *testing.T) {
 	// The operator's commands.
 	for _, args := range [][]string{
 		{"conns"}, {"partitions"}, {"send", token, "from the operator"},
+		{"dlq", "list"}, {"dlq", "show", "1"}, {"dlq", "redrive", "--reason", "gone", "--execute"},
 	} {
-		cmd := append(append([]string{args[0]}, as("operator")...), args[1:]...)
+		name := 1
+		if args[0] == "dlq" {
+			name = 2
+		}
+		cmd := append(append(append([]string{}, args[:name]...), as("operator")...), args[name:]...)
 		code, stdout, stderr := runCmd(t, cmd...)
 		if code != 0 {
 			t.Errorf("wsbridge %s as the operator: exit %d\n%s%s", args[0], code, stdout, stderr)
