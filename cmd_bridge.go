@@ -113,7 +113,11 @@ func runBridgeDaemon(ctx context.Context, c bridgeConfig, log *slog.Logger) erro
 			return err
 		}
 		defer en.Close()
-		log.Info("embedded NATS with JetStream", "url", en.URL(), "data_dir", en.Dir)
+		// Loud: run as a production example without its NATS, a bridge
+		// used to start this second NATS silently, beside the real one.
+		log.Warn("NO --nats-url: this bridge started an EMBEDDED NATS server of its own, for trying wsbridge out; "+
+			"gateways, functions and backends on your NATS will never reach it. Give --nats-url (WSBRIDGE_NATS_URL) to use your NATS",
+			"embedded_url", en.URL(), "data_dir", en.Dir)
 		nc = en.Conn
 	} else {
 		var err error
@@ -132,7 +136,11 @@ func runBridgeDaemon(ctx context.Context, c bridgeConfig, log *slog.Logger) erro
 		if err != nil {
 			return err
 		}
-		log.Info("connected to NATS", "url", subjects.RedactURL(nc.ConnectedUrl()))
+		if err := subjects.CheckServerVersion(nc); err != nil {
+			nc.Close()
+			return err
+		}
+		log.Info("connected to NATS", "url", subjects.RedactURL(nc.ConnectedUrl()), "server_version", nc.ConnectedServerVersion())
 	}
 	defer nc.Close()
 	reg := metrics.NewProcessRegistry()

@@ -42,6 +42,8 @@ func edgeFlags(fs *flag.FlagSet, g *gateway.Options, addrUsage string) {
 	fs.IntVar(&g.MaxHTTPConnections, "max-http-connections", g.MaxHTTPConnections, "TCP connections per listener that are not WebSockets (pushes, scrapes, upgrades in progress); beyond it they are closed at once")
 	fs.DurationVar(&g.PingInterval, "ping-interval", g.PingInterval, "ping a client quiet this long; no pong within as long again closes it (negative: no pings)")
 	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "time open connections get to close on SIGINT/SIGTERM")
+	fs.StringVar(&g.ServiceID, "service-id", gateway.DefaultServiceID, "requestContext.serviceId of the connect events (API Gateway's service id, e.g. service-0ck2a1q4, for backends that check it)")
+	fs.StringVar(&g.Stage, "stage", gateway.DefaultStage, "requestContext.stage of the connect events (API Gateway's environment: release, prepub or test)")
 }
 
 // functionFlags registers how the three functions run.
@@ -98,6 +100,12 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		fmt.Fprintf(stderr, "wsbridge %s: %v\n", name, err)
 		return 1
 	}
+	if o.NATS.URL != "" {
+		if err := checkNATSVersion(o.NATS); err != nil {
+			log.Error("connect to NATS", "err", err)
+			return 1
+		}
+	}
 	o.Logger = log
 	st, err := stack.Start(ctx, *o)
 	if err != nil {
@@ -138,6 +146,18 @@ func runStack(ctx context.Context, name string, fs *flag.FlagSet, args []string,
 		return 1
 	}
 	return code
+}
+
+// checkNATSVersion connects to an external NATS once to refuse a server
+// older than wsbridge needs before anything starts on it.
+func checkNATSVersion(co subjects.ConnOptions) error {
+	co.Name = "wsbridge-version-check"
+	nc, err := co.Connect(nats.MaxReconnects(0))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return subjects.CheckServerVersion(nc)
 }
 
 // printBanner tells where everything is: entries are (what, where) pairs.

@@ -68,6 +68,10 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stderr, "wsbridge gateway:", err)
 		return 2
 	}
+	if !flagSet(fs, "nats-url") {
+		log.Warn("NO --nats-url: this gateway connects to "+defaultOpsURL+", where 'wsbridge dev' and a bridge without --nats-url run an EMBEDDED NATS. Give --nats-url (WSBRIDGE_NATS_URL) to use your NATS",
+			"nats_url", c.conn.URL)
+	}
 	if code := checkGateway(&c, stderr); code != 0 {
 		return code
 	}
@@ -168,6 +172,11 @@ func serveGateway(ctx context.Context, c *gatewayConfig, ls *gateway.Listeners, 
 		return 1
 	}
 	defer func() { _ = nc.Drain() }()
+	if err := subjects.CheckServerVersion(nc); err != nil {
+		ls.Close()
+		log.Error("connect to NATS", "err", err)
+		return 1
+	}
 	names := subjects.MustNew(c.gw.Prefix)
 	if err := provisionMissing(ctx, nc, names); err != nil {
 		ls.Close()

@@ -13,7 +13,7 @@ import (
 // file (the README once sent newcomers to a SPEC link that went nowhere).
 func TestReadmeLinks(t *testing.T) {
 	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
-	for _, doc := range []string{"README.md", "ARCHITECTURE.md", "docs/CONTRACT.md", "deploy/README.md", "bridge/README.md", "gateway/README.md"} {
+	for _, doc := range []string{"README.md", "ARCHITECTURE.md", "docs/CONTRACT.md", "deploy/README.md", "bridge/README.md", "gateway/README.md", "docs/NATS.md"} {
 		body, err := os.ReadFile(doc)
 		if err != nil {
 			t.Fatal(err)

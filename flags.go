@@ -59,6 +59,14 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 	return errors.Join(errs...)
 }
 
+// flagSet reports whether the flag name was given, on the command line or
+// through its environment variable (parseFlags sets both).
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 func lookup(getenv func(string) string, name string) (string, bool) {
 	v := getenv(name)
 	return v, v != ""

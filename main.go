@@ -4,7 +4,7 @@
 //	wsbridge bridge     the daemon: outbound NATS subjects -> reverse-push posts
 //	wsbridge dev        everything on one machine: NATS, bridge, gateway emulator, demo
 //	wsbridge gateway    the self-hosted WebSocket edge that replaces API Gateway
-//	wsbridge send|close|broadcast|tail|conns   operator commands
+//	wsbridge send|close|broadcast|tail|conns|partitions|dlq   operator commands
 //	wsbridge version    version, VCS revision and Go version of this binary
 package main
 
@@ -35,6 +35,7 @@ func commands() map[string]command {
 		"broadcast":  {"send a message to every connection (or a group or user)", runBroadcast},
 		"tail":       {"print inbound events (and optionally dead letters) as they happen", runTail},
 		"conns":      {"list registered connections", runConns},
+		"dlq":        {"list, show and redrive the dead letters stored in WS_DLQ", runDLQ},
 		"partitions": {"show each outbound partition's owner, backlog and lag", runPartitions},
 		"version":    {"print the version, VCS revision and Go version", runVersion},
 	}

@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -198,41 +196,13 @@ func buildNATSServer(t *testing.T) string {
 // used the old one and refuses their reconnects.
 func startNATSProcess(t *testing.T, bin, token string) (url string, revoke func(newToken string)) {
 	t.Helper()
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "nats.conf")
-	port := natstest.FreePort(t)
-	write := func(tok string) {
-		c := fmt.Sprintf("listen: \"127.0.0.1:%d\"\nauthorization { token: %q }\njetstream { store_dir: %q }\n", port, tok, filepath.Join(dir, "js"))
-		if err := os.WriteFile(conf, []byte(c), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	store := t.TempDir()
+	conf := func(tok string) string {
+		return fmt.Sprintf("authorization { token: %q }\njetstream { store_dir: %q }\n", tok, store)
 	}
-	write(token)
-	var out buildtest.SyncBuffer
-	cmd := exec.Command(bin, "-c", conf)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nats-server did not listen on %s:\n%s", addr, out.String())
-		}
-	}
-	return "nats://" + addr, func(newToken string) {
+	p := natstest.StartProcess(t, bin, conf(token))
+	return p.URL, func(newToken string) {
 		t.Helper()
-		write(newToken)
-		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
+		p.Reload(t, conf(newToken))
 	}
 }

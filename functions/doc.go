@@ -2,8 +2,10 @@
 // and cleanup handlers that Tencent API Gateway invokes for WebSocket
 // connect, message and disconnect events, as a library. The binaries in
 // functions/register, functions/transfer, functions/cleanup and
-// functions/websocket serve them with scf-go-lib's cloudfunction.Start; the
-// gateway emulator calls them in-process through Invoker.
+// functions/websocket serve them with scfrpc.Start (under SCF exactly
+// scf-go-lib's cloudfunction.Start; under `wsbridge gateway --functions`
+// on a loopback listener the gateway hands over); the gateway emulator
+// calls them in-process through Invoker.
 //
 // Every handler turns one gateway event into a JetStream-acknowledged message
 // on the inbound subjects of the subjects package, so a nil error (or errNo 0)

@@ -278,6 +278,10 @@ func dial(ctx context.Context, cfg *config) (*nats.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+	if err := subjects.CheckServerVersion(nc); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	return nc, nil
 }
 

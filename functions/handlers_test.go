@@ -16,6 +16,7 @@ import (
 
 	"github.com/wsbridge/wsbridge/functions"
 	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/test/natstest"
 )
 
 func TestRegisterAccepts(t *testing.T) {
@@ -603,6 +604,29 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := functions.New(functions.Options{}, nil); !errors.Is(err, functions.ErrConfig) {
 		t.Errorf("New(zero Options): error %v, want ErrConfig", err)
+	}
+}
+
+// TestOldServerRefused: functions dialling a NATS server older than
+// wsbridge needs answer every invocation with one line naming both
+// versions, and register rejects with 500.
+func TestOldServerRefused(t *testing.T) {
+	bin, version := natstest.InstalledServer(t)
+	if subjects.VersionAtLeast(version, subjects.MinServerVersion) {
+		t.Skipf("the nats-server on PATH (%s) is not older than %s: no old server to refuse", version, subjects.MinServerVersion)
+	}
+	old := natstest.StartProcess(t, bin, "")
+	f := newFunctions(t, old.URL, nil)
+	out, err := f.Register(invocation(t, "", 5*time.Second), json.RawMessage(connectEvent(connID, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := reply(t, out); r.ErrNo != 500 || !strings.Contains(r.ErrMsg, version) || !strings.Contains(r.ErrMsg, subjects.MinServerVersion) {
+		t.Errorf("register on nats-server %s: reply %s, want errNo 500 naming %s and %s", version, out, version, subjects.MinServerVersion)
+	}
+	_, err = f.Transfer(invocation(t, "", 5*time.Second), json.RawMessage(dataEvent(connID, "text", "x")))
+	if !errors.Is(err, subjects.ErrServerTooOld) || strings.Contains(err.Error(), "\n") {
+		t.Errorf("transfer on nats-server %s: %v, want one line saying the server is too old", version, err)
 	}
 }
 

@@ -2,11 +2,9 @@ package functions_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,30 +24,30 @@ func buildFunctions(t testing.TB, pkgs ...string) string {
 	return buildtest.BuildT(t, pkgs...)
 }
 
-// startFunction runs a function binary as SCF does, listening on
-// $_LAMBDA_SERVER_PORT, with env (NAME=value) on top of a WSBRIDGE_-free
-// environment, and returns a client once Function.Ping answers. The process
-// is killed when the test ends.
+// startFunction runs a function binary as wsbridge gateway does, serving on
+// a loopback listener handed over (scfrpc.Handover), with env (NAME=value)
+// on top of a WSBRIDGE_-free environment, and returns a client once
+// Function.Ping answers. The process is killed when the test ends.
 func startFunction(t testing.TB, bin string, env ...string) *scfrpc.Client {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	h, err := scfrpc.NewHandover()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close() // the child listens on it; a rare clash shows as "not ready"
-
 	cmd := exec.Command(bin)
+	cmd.Env = []string{}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "WSBRIDGE_") && !strings.HasPrefix(kv, "_LAMBDA_SERVER_PORT=") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "_LAMBDA_SERVER_PORT="+port)
 	cmd.Env = append(cmd.Env, env...)
+	h.Attach(cmd)
 	var out buildtest.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	h.Close() // the child holds its own copy: a child that dies closes it
+	if err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
 	t.Cleanup(func() {
@@ -61,7 +59,7 @@ func startFunction(t testing.TB, bin string, env ...string) *scfrpc.Client {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c, err := scfrpc.WaitReady(ctx, net.JoinHostPort("127.0.0.1", port), 20*time.Millisecond)
+	c, err := scfrpc.WaitReady(ctx, h.Addr(), 20*time.Millisecond)
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", filepath.Base(bin), err, out.String())
 	}

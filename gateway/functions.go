@@ -23,8 +23,8 @@ const functionStartTimeout = 20 * time.Second
 type FunctionsOptions struct {
 	// Dir is "" to run the handlers in process (on Conn), a directory
 	// holding the register, transfer and cleanup binaries, or the path of
-	// the single websocket binary. Binaries are started with
-	// _LAMBDA_SERVER_PORT and invoked over SCF's net/rpc, and get the
+	// the single websocket binary. Binaries serve SCF's net/rpc on a
+	// loopback listener handed to them (StartBinary), and get the
 	// environment of SPEC §4 pointing at NATSURL.
 	Dir string
 	// Functions are the handlers' settings (prefix, auth, message size);

@@ -23,9 +23,11 @@ const (
 	DefaultAddr     = "127.0.0.1:8080"
 	DefaultWSPath   = "/ws"
 	DefaultPushPath = "/push"
-	// DefaultServiceID and DefaultStage fill requestContext like a real
-	// gateway service published to its release environment.
-	DefaultServiceID = "service-emulator"
+	// DefaultServiceID and DefaultStage fill the connecting event's
+	// requestContext (--service-id, --stage): the edge names itself, and
+	// the stage is API Gateway's published environment, which backends
+	// moved from API Gateway expect.
+	DefaultServiceID = "wsbridge-gateway"
 	DefaultStage     = "release"
 	// DefaultIdleTimeout closes connections with no frame in either
 	// direction for this long.

@@ -164,9 +164,11 @@ func TestSlowClient(t *testing.T) {
 	const size = 256 << 10
 	e := newEnv(t, nil, func(o *Options) {
 		o.MaxMessageSize = size
-		// Long enough that no frame to the fast client stalls on a loaded
-		// machine, short enough to wait for.
-		o.WriteTimeout = 2 * time.Second
+		// The fast client's frames must never come near it: a write that
+		// ends just as its deadline passes can still close the connection
+		// (coder/websocket's timeout watcher), and the next push is a 404.
+		// 300 ms did on a loaded machine.
+		o.WriteTimeout = 3 * time.Second
 		// Never full here: the stalled write is what ends the client.
 		o.SendQueueBytes = 1 << 30
 		o.SendQueueMessages = 1 << 20

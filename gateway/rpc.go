@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -65,23 +63,29 @@ func withReadyTimeout(ctx context.Context) (context.Context, context.CancelFunc)
 	return context.WithTimeout(ctx, readyTimeout)
 }
 
-// StartBinary starts a function binary the way SCF does, with
-// _LAMBDA_SERVER_PORT set to a free port, and waits until it answers
-// Function.Ping (ctx bounds only this wait; at most 10s when ctx has no
-// deadline). env is added to the current environment. The process's output
-// goes to this process's stderr. Close kills the process.
+// StartBinary starts a function binary the way SCF does and waits until it
+// answers Function.Ping (ctx bounds only this wait; at most 10s when ctx
+// has no deadline). The binary serves on a loopback listener opened here
+// and handed to it (scfrpc.Handover; the function binaries serve with
+// scfrpc.Start): its unauthenticated net/rpc port is never reachable from
+// the network, and no other process can take the port between its choice
+// and its use. env is added to the current environment. The process's
+// output goes to this process's stderr. Close kills the process.
 func StartBinary(ctx context.Context, path string, env []string) (*RPCInvoker, error) {
-	port, err := freePort()
+	h, err := scfrpc.NewHandover()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("start function %s: %w", path, err)
 	}
 	cmd := exec.Command(path)
-	cmd.Env = append(append(os.Environ(), env...), "_LAMBDA_SERVER_PORT="+strconv.Itoa(port))
+	cmd.Env = append(os.Environ(), env...)
+	h.Attach(cmd)
 	cmd.Stdout = os.Stderr
 	cmd.Stderr = os.Stderr
 	cmd.WaitDelay = time.Second
 	dieWithParent(cmd)
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	h.Close() // the child holds its own copy: a child that dies closes it
+	if err != nil {
 		return nil, fmt.Errorf("start function %s: %w", path, err)
 	}
 	r := &RPCInvoker{name: filepath.Base(path), cmd: cmd, exited: make(chan struct{})}
@@ -101,25 +105,15 @@ func StartBinary(ctx context.Context, path string, env []string) (*RPCInvoker, e
 		case <-wctx.Done():
 		}
 	}()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	r.Client, err = scfrpc.WaitReady(wctx, addr, readyInterval, scfrpc.Name(r.name))
+	r.Client, err = scfrpc.WaitReady(wctx, h.Addr(), readyInterval, scfrpc.Name(r.name))
 	if err != nil {
 		_ = r.Close()
+		if errors.Is(err, ErrFunctionExited) {
+			err = fmt.Errorf("%w (a function binary run here serves on the listener it is handed: build it with scfrpc.Start, as functions/* are)", err)
+		}
 		return nil, fmt.Errorf("start function %s: %w", path, err)
 	}
 	return r, nil
-}
-
-// freePort asks the kernel for a port that is free now. Another process may
-// take it before the function binds it; the wait for Ping then fails with a
-// clear error rather than talking to a stranger for long.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // processExited reports the process's end, if it has ended.

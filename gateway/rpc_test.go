@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os/exec"
 	"strings"
 	"testing"
@@ -103,14 +104,49 @@ func TestRPCInvoker(t *testing.T) {
 	}
 }
 
-func TestDialRPCNobodyThere(t *testing.T) {
-	port, err := freePort()
+// TestStartBinaryOnLoopbackOnly: a function binary the gateway starts
+// answers on loopback and on no other address of the host (its net/rpc
+// port has no authentication: anyone reaching it could invoke transfer as
+// any connection).
+func TestStartBinaryOnLoopbackOnly(t *testing.T) {
+	inv := startEchoFn(t, buildEchoFn(t))
+	host, port, err := net.SplitHostPort(inv.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		t.Errorf("function answers on %s, want a loopback address", inv.Addr())
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok || n.IP.IsLoopback() {
+			continue
+		}
+		if c, err := net.DialTimeout("tcp", net.JoinHostPort(n.IP.String(), port), waitTimeout); err == nil {
+			c.Close()
+			t.Errorf("function started by the gateway accepted a connection on %s port %s", n.IP, port)
+		}
+	}
+	// And it still answers where it was told to.
+	if _, err := inv.Invoke(context.Background(), []byte(`{}`)); err != nil {
+		t.Errorf("Invoke: %v", err)
+	}
+}
+
+func TestDialRPCNobodyThere(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err = DialRPC(ctx, "127.0.0.1:"+itoa(port))
+	_, err = DialRPC(ctx, addr)
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("DialRPC to a closed port: %v, want not ready (deadline exceeded)", err)
 	}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -159,18 +158,6 @@ func exposedNames(body []byte) map[string]bool {
 	return names
 }
 
-// freeAddr returns a loopback address with a port free at the time of the
-// call, for a command that does not report the port it bound.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // operatorSeries is every series the dashboard and the alert rules select,
 // with where each is used.
 func operatorSeries(t *testing.T) map[string][]string {
@@ -223,10 +210,11 @@ func checkServed(t *testing.T, series map[string][]string, served map[string]boo
 func TestOperatorSeriesServed(t *testing.T) {
 	series := operatorSeries(t)
 	bin := wsbridgeBinary(t)
-	// The embedded server takes a concrete port (its port 0 would mean 4222).
-	bridge := start(t, bin, "bridge", "--push-url", "http://127.0.0.1:9/push", "--nats-listen", freeAddr(t),
+	// Every port is chosen by the process that listens on it and read from
+	// its output: a port picked here could be taken before it is bound.
+	bridge := start(t, bin, "bridge", "--push-url", "http://127.0.0.1:9/push", "--nats-listen", "127.0.0.1:0",
 		"--data-dir", "data", "--http-addr", "127.0.0.1:0")
-	natsURL := bridge.waitLog(t, "the embedded NATS URL", regexp.MustCompile(`embedded NATS with JetStream".*? url=(\S+)`))
+	natsURL := bridge.waitLog(t, "the embedded NATS URL", regexp.MustCompile(`EMBEDDED NATS.*? embedded_url=(\S+)`))
 	opsAddr := bridge.waitLog(t, "the ops address", regexp.MustCompile(`serving ops endpoints".*? addr=(\S+)`))
 
 	t.Run("bridge", func(t *testing.T) {
@@ -244,9 +232,9 @@ func TestOperatorSeriesServed(t *testing.T) {
 		checkServed(t, series, served, want)
 	})
 	t.Run("gateway", func(t *testing.T) {
-		httpAddr := freeAddr(t)
-		gw := start(t, bin, "gateway", "--nats-url", natsURL, "--addr", "127.0.0.1:0", "--http-addr", httpAddr)
-		served := gw.scrapeNames(t, "http://"+httpAddr+"/metrics")
+		gw := start(t, bin, "gateway", "--nats-url", natsURL, "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+		metricsURL := gw.waitLog(t, "the ops address", regexp.MustCompile(`gateway ops +(http://\S+/metrics)`))
+		served := gw.scrapeNames(t, metricsURL)
 		checkServed(t, series, served, func(n string) bool { return strings.HasPrefix(n, "wsbridge_gateway_") })
 	})
 }

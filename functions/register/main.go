@@ -9,9 +9,8 @@
 package main
 
 import (
-	"github.com/tencentyun/scf-go-lib/cloudfunction"
-
 	"github.com/wsbridge/wsbridge/functions"
+	"github.com/wsbridge/wsbridge/functions/scfrpc"
 )
 
 func main() {
@@ -19,5 +18,5 @@ func main() {
 	// with the first invocation, and bad configuration must become a clear
 	// answer to every invocation, not a crash loop.
 	fn := functions.NewFromEnv(nil)
-	cloudfunction.Start(fn.Register)
+	scfrpc.Start(fn.Register)
 }

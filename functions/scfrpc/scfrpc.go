@@ -4,6 +4,12 @@
 // SCF client of wsbridge: the gateway invokes function binaries through it
 // (gateway.RPCInvoker adds the process around it), and tests and benchmarks
 // drive the real binaries with it.
+//
+// It is also the server side of the function binaries (Start): under SCF
+// scf-go-lib's runtime, unchanged; run by a wsbridge process (Handover), the
+// same service on a loopback listener that process opened, because
+// scf-go-lib listens on every interface and its net/rpc port has no
+// authentication.
 package scfrpc
 
 import (

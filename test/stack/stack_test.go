@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,13 +17,15 @@ const startTimeout = 60 * time.Second
 
 func testOptions(t *testing.T) Options {
 	o := DefaultOptions()
-	o.NATSListen = freeAddr(t)
+	o.NATSListen = "127.0.0.1:0"
 	o.Gateway.Addr = "127.0.0.1:0"
 	o.BridgeOptions.HTTPAddr = "127.0.0.1:0"
 	o.Demo = false
 	return o
 }
 
+// freeAddr is a loopback address free now, for a test that must know an
+// address before Start fails; another process may take it meanwhile.
 func freeAddr(t *testing.T) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(natstest.FreePort(t)))
 }
@@ -53,13 +56,14 @@ func TestStartAndClose(t *testing.T) {
 		resp.Body.Close()
 	}
 	gw := st.gwAddr.String()
+	natsAddr := strings.TrimPrefix(st.NATSURL(), "nats://")
 	if err := st.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
 	if err := st.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	for _, a := range []string{o.NATSListen, gw} {
+	for _, a := range []string{natsAddr, gw} {
 		if !free(a) {
 			t.Errorf("%s still bound after Close", a)
 		}
@@ -73,6 +77,7 @@ func TestStartAndClose(t *testing.T) {
 // fail: everything started before it is stopped again.
 func TestStartFailsCleanly(t *testing.T) {
 	o := testOptions(t)
+	o.NATSListen = freeAddr(t)
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -7,11 +7,11 @@ import (
 	"context"
 	"encoding/json"
 
-	"github.com/tencentyun/scf-go-lib/cloudfunction"
+	"github.com/wsbridge/wsbridge/functions/scfrpc"
 )
 
 var ok = json.RawMessage(`{"errNo":0,"errMsg":"ok"}`)
 
 func main() {
-	cloudfunction.Start(func(context.Context, json.RawMessage) (json.RawMessage, error) { return ok, nil })
+	scfrpc.Start(func(context.Context, json.RawMessage) (json.RawMessage, error) { return ok, nil })
 }

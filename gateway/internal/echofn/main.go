@@ -13,8 +13,9 @@ import (
 	"errors"
 	"strings"
 
-	"github.com/tencentyun/scf-go-lib/cloudfunction"
 	"github.com/tencentyun/scf-go-lib/functioncontext"
+
+	"github.com/wsbridge/wsbridge/functions/scfrpc"
 )
 
 type webSocket struct {
@@ -58,5 +59,5 @@ func handle(ctx context.Context, ev json.RawMessage) (json.RawMessage, error) {
 }
 
 func main() {
-	cloudfunction.Start(handle)
+	scfrpc.Start(handle)
 }
