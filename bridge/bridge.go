@@ -1,17 +1,13 @@
 package bridge
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
-	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -308,62 +304,8 @@ func (b *Bridge) Start(ctx context.Context) error {
 // the unit of partition fences.
 func (b *Bridge) since() int64 { return int64(time.Since(b.epoch)) }
 
-func (b *Bridge) addPart(p *part) {
-	b.pmu.Lock()
-	b.parts[p.n] = p
-	b.snapParts()
-	b.pmu.Unlock()
-}
-
-func (b *Bridge) removePart(p *part) {
-	b.pmu.Lock()
-	if b.parts[p.n] == p {
-		delete(b.parts, p.n)
-		b.snapParts()
-	}
-	b.pmu.Unlock()
-	b.pm.Backlog.DeleteLabelValues(strconv.Itoa(p.n))
-}
-
-// snapParts publishes the list of partitions held, in partition order, for
-// ownedParts; b.pmu held.
-func (b *Bridge) snapParts() {
-	out := make([]*part, 0, len(b.parts))
-	for _, p := range b.parts {
-		out = append(out, p)
-	}
-	slices.SortFunc(out, func(x, y *part) int { return cmp.Compare(x.n, y.n) })
-	b.partList.Store(&out)
-}
-
-// ownedParts returns the partitions held, in partition order. The slice is
-// shared: callers must not modify it.
-func (b *Bridge) ownedParts() []*part {
-	if l := b.partList.Load(); l != nil {
-		return *l
-	}
-	return nil
-}
-
-// ownedCount is how many partitions this bridge works now (ownedParts
-// without building and sorting the list: it is asked for every fan-out).
-func (b *Bridge) ownedCount() int {
-	b.pmu.Lock()
-	defer b.pmu.Unlock()
-	return len(b.parts)
-}
-
 // ID is this instance's name in the partition leases.
 func (b *Bridge) ID() string { return b.id }
-
-// Owned returns the partitions this bridge holds, in order.
-func (b *Bridge) Owned() []int {
-	var out []int
-	for _, p := range b.ownedParts() {
-		out = append(out, p.n)
-	}
-	return out
-}
 
 // Ready reports why the bridge cannot do its work, or nil: NATS connected,
 // registry index loaded, consumer running.
@@ -444,90 +386,4 @@ func (b *Bridge) stop(ctx context.Context) error {
 	}
 	b.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 	return errors.Join(errs...)
-}
-
-func (b *Bridge) heldCount() int {
-	n := 0
-	for _, p := range b.ownedParts() {
-		n += p.heldCount()
-	}
-	return n
-}
-
-type attemptResult int
-
-const (
-	resolved attemptResult = iota
-	retry
-)
-
-// attempt pushes one item once and acts on the decision.
-func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
-	d := it.d
-	if it.dl != nil {
-		// The outcome is known; only its dead letter is left to publish.
-		return b.finish(it)
-	}
-	if it.payload == nil {
-		p, err := b.payload(it)
-		if err != nil {
-			o := Outcome{Class: Invalid, Err: err}
-			it.dl = &pendingDL{reason: Decide(o, it.attempts, b.policy, 0).Reason, o: o}
-			return b.finish(it)
-		}
-		it.payload = p
-	}
-	if it.close && it.attempts == 0 {
-		b.markClosing(it.token)
-	}
-	it.attempts++
-	b.m.InFlight.Inc()
-	start := time.Now()
-	// A push never outlives the partition's fence: past it, the lease
-	// may be another bridge's.
-	ctx, cancel := context.WithDeadline(b.pushCtx, d.part.deadline())
-	o := b.push(ctx, it)
-	fenced := ctx.Err() != nil
-	cancel()
-	done := time.Now()
-	b.m.InFlight.Dec()
-	b.m.PushDuration.Observe(done.Sub(start).Seconds())
-	b.pushes.inc(it.close, o.Class)
-	if b.pushCtx.Err() != nil && o.Class != OK {
-		// Cut short by shutdown: neither the command's nor the gateway's
-		// fault; it stays for the partition's next owner.
-		o = Outcome{Class: Abandoned, Err: o.Err}
-	}
-	if fenced && o.Class != OK && o.Class != Abandoned {
-		// Cut at the fence: not an attempt; the lane waits for the
-		// renewal or the partition's drop.
-		it.attempts--
-		b.pm.Fenced.Inc()
-		return retry, fenceRecheck
-	}
-	if d.redelivered && o.Class == OK {
-		b.pm.Duplicates.Inc()
-	}
-	dec := Decide(o, it.attempts, b.policy, rand.Float64())
-	switch dec.Action {
-	case Ack:
-		b.m.DeliveryLag.Observe(done.Sub(d.stamp).Seconds())
-		if it.close {
-			b.forget(it.token, subjects.ReasonClosed)
-		} else {
-			b.maybeRefresh(it.token, done)
-		}
-		return resolved, 0
-	case Release:
-		// Cut short by shutdown: the item stays pending in the
-		// position; the partition's next owner pushes it.
-		return retry, dec.Delay
-	case Retry:
-		b.m.Retries.Inc()
-		b.log.Debug("push failed, will retry", "kind", d.kind, "token", it.token, "status", o.Status,
-			"attempt", it.attempts, "delay", dec.Delay, "err", o.Err)
-		return retry, dec.Delay
-	}
-	it.dl = &pendingDL{reason: dec.Reason, o: o, attempts: it.attempts, gone: dec.Gone}
-	return b.finish(it)
 }

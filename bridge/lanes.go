@@ -1,6 +1,8 @@
 package bridge
 
 import (
+	"context"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -251,4 +253,82 @@ func (b *Bridge) resolve(it *item) {
 	if it.d.remaining.Add(-1) == 0 {
 		it.d.part.resolved(it.d)
 	}
+}
+
+type attemptResult int
+
+const (
+	resolved attemptResult = iota
+	retry
+)
+
+// attempt pushes one item once and acts on the decision.
+func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
+	d := it.d
+	if it.dl != nil {
+		// The outcome is known; only its dead letter is left to publish.
+		return b.finish(it)
+	}
+	if it.payload == nil {
+		p, err := b.payload(it)
+		if err != nil {
+			o := Outcome{Class: Invalid, Err: err}
+			it.dl = &pendingDL{reason: Decide(o, it.attempts, b.policy, 0).Reason, o: o}
+			return b.finish(it)
+		}
+		it.payload = p
+	}
+	if it.close && it.attempts == 0 {
+		b.markClosing(it.token)
+	}
+	it.attempts++
+	b.m.InFlight.Inc()
+	start := time.Now()
+	// A push never outlives the partition's fence: past it, the lease
+	// may be another bridge's.
+	ctx, cancel := context.WithDeadline(b.pushCtx, d.part.deadline())
+	o := b.push(ctx, it)
+	fenced := ctx.Err() != nil
+	cancel()
+	done := time.Now()
+	b.m.InFlight.Dec()
+	b.m.PushDuration.Observe(done.Sub(start).Seconds())
+	b.pushes.inc(it.close, o.Class)
+	if b.pushCtx.Err() != nil && o.Class != OK {
+		// Cut short by shutdown: neither the command's nor the gateway's
+		// fault; it stays for the partition's next owner.
+		o = Outcome{Class: Abandoned, Err: o.Err}
+	}
+	if fenced && o.Class != OK && o.Class != Abandoned {
+		// Cut at the fence: not an attempt; the lane waits for the
+		// renewal or the partition's drop.
+		it.attempts--
+		b.pm.Fenced.Inc()
+		return retry, fenceRecheck
+	}
+	if d.redelivered && o.Class == OK {
+		b.pm.Duplicates.Inc()
+	}
+	dec := Decide(o, it.attempts, b.policy, rand.Float64())
+	switch dec.Action {
+	case Ack:
+		b.m.DeliveryLag.Observe(done.Sub(d.stamp).Seconds())
+		if it.close {
+			b.forget(it.token, subjects.ReasonClosed)
+		} else {
+			b.maybeRefresh(it.token, done)
+		}
+		return resolved, 0
+	case Release:
+		// Cut short by shutdown: the item stays pending in the
+		// position; the partition's next owner pushes it.
+		return retry, dec.Delay
+	case Retry:
+		b.m.Retries.Inc()
+		b.log.Debug("push failed, will retry", "kind", d.kind, "token", it.token, "status", o.Status,
+			"attempt", it.attempts, "delay", dec.Delay, "err", o.Err)
+		return retry, dec.Delay
+	}
+	it.dl = &pendingDL{reason: dec.Reason, o: o, attempts: it.attempts, gone: dec.Gone}
+	return b.finish(it)
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -381,4 +382,66 @@ func (p *part) stop(ctx context.Context, handoff bool) bool {
 	p.mu.Unlock()
 	b.release(size)
 	return finished
+}
+
+func (b *Bridge) addPart(p *part) {
+	b.pmu.Lock()
+	b.parts[p.n] = p
+	b.snapParts()
+	b.pmu.Unlock()
+}
+
+func (b *Bridge) removePart(p *part) {
+	b.pmu.Lock()
+	if b.parts[p.n] == p {
+		delete(b.parts, p.n)
+		b.snapParts()
+	}
+	b.pmu.Unlock()
+	b.pm.Backlog.DeleteLabelValues(strconv.Itoa(p.n))
+}
+
+// snapParts publishes the list of partitions held, in partition order, for
+// ownedParts; b.pmu held.
+func (b *Bridge) snapParts() {
+	out := make([]*part, 0, len(b.parts))
+	for _, p := range b.parts {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(x, y *part) int { return cmp.Compare(x.n, y.n) })
+	b.partList.Store(&out)
+}
+
+// ownedParts returns the partitions held, in partition order. The slice is
+// shared: callers must not modify it.
+func (b *Bridge) ownedParts() []*part {
+	if l := b.partList.Load(); l != nil {
+		return *l
+	}
+	return nil
+}
+
+// ownedCount is how many partitions this bridge works now (ownedParts
+// without building and sorting the list: it is asked for every fan-out).
+func (b *Bridge) ownedCount() int {
+	b.pmu.Lock()
+	defer b.pmu.Unlock()
+	return len(b.parts)
+}
+
+// Owned returns the partitions this bridge holds, in order.
+func (b *Bridge) Owned() []int {
+	var out []int
+	for _, p := range b.ownedParts() {
+		out = append(out, p.n)
+	}
+	return out
+}
+
+func (b *Bridge) heldCount() int {
+	n := 0
+	for _, p := range b.ownedParts() {
+		n += p.heldCount()
+	}
+	return n
 }
