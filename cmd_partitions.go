@@ -67,7 +67,7 @@ func runPartitions(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 // partitionRows reads the outbound stream's partition count, the leases and
-// each partition consumer's state.
+// each partition's position.
 func partitionRows(ctx context.Context, js jetstream.JetStream, n subjects.Names) ([]partitionRow, int, error) {
 	st, err := js.Stream(ctx, n.StreamOut())
 	if err != nil {

@@ -59,11 +59,11 @@ type Metrics struct {
 	DeadLetters *prometheus.CounterVec
 	// InFlight is the number of pushes currently waiting for the gateway.
 	InFlight prometheus.Gauge
-	// ConsumerPending is the number of outbound messages not yet delivered
-	// to any bridge (the backlog).
+	// ConsumerPending is the number of outbound log entries the owned
+	// partition furthest behind has not read yet (the backlog).
 	ConsumerPending prometheus.Gauge
-	// AckPending is the number of outbound messages delivered to a bridge
-	// and not yet acknowledged.
+	// AckPending is the number of outbound commands the owned partitions
+	// took and have not resolved yet.
 	AckPending prometheus.Gauge
 	// HeldBytes is what the messages this bridge holds count against its
 	// --max-held-bytes budget.
@@ -115,11 +115,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		ConsumerPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "consumer_pending",
-			Help: "Outbound messages in the stream not yet delivered to a bridge.",
+			Help: "Outbound log entries the owned partition furthest behind has not read yet.",
 		}),
 		AckPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "consumer_ack_pending",
-			Help: "Outbound messages delivered to a bridge and not yet acknowledged.",
+			Help: "Outbound commands the owned partitions took and have not resolved (pushed or dead-lettered) yet.",
 		}),
 		HeldBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "held_bytes",

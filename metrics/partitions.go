@@ -21,9 +21,9 @@ type Partitions struct {
 	Rewinds prometheus.Counter
 	// Commits counts partition position writes by result.
 	Commits *prometheus.CounterVec
-	// Backlog is the number of messages of each owned partition not yet
-	// delivered to a bridge; the label is the partition number, bounded by
-	// the partition count.
+	// Backlog is the number of outbound log entries each owned partition
+	// has not read yet; the label is the partition number, bounded by the
+	// partition count.
 	Backlog *prometheus.GaugeVec
 }
 
@@ -60,5 +60,8 @@ func NewPartitions(reg prometheus.Registerer) *Partitions {
 		}, []string{"partition"}),
 	}
 	reg.MustRegister(m.Owned, m.Rebalances, m.Fenced, m.Duplicates, m.Rewinds, m.Commits, m.Backlog)
+	for _, r := range []string{"ok", "conflict", "error"} {
+		m.Commits.WithLabelValues(r)
+	}
 	return m
 }

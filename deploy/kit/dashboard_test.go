@@ -146,6 +146,7 @@ func TestDashboardShape(t *testing.T) {
 		"wsbridge_pushes_total", "wsbridge_push_duration_seconds_bucket", "wsbridge_delivery_lag_seconds_bucket",
 		"wsbridge_retries_total", "wsbridge_dead_letters_total", "wsbridge_consumer_pending",
 		"wsbridge_consumer_ack_pending", "wsbridge_held_bytes", "wsbridge_dead_letter_failures_total", "wsbridge_registry_connections", "wsbridge_inbound_events_total",
+		"wsbridge_position_commits_total", "wsbridge_log_rewinds_total",
 		"wsbridge_nats_connected", "wsbridge_nats_reconnects_total", "process_cpu_seconds_total",
 		"process_resident_memory_bytes", "wsbridge_gateway_connections", "wsbridge_gateway_connects_total",
 		"wsbridge_gateway_frames_total", "wsbridge_gateway_pushes_total",

@@ -219,6 +219,12 @@ func TestOperatorSeriesServed(t *testing.T) {
 
 	t.Run("bridge", func(t *testing.T) {
 		want := func(n string) bool { return n != "up" && !strings.HasPrefix(n, "wsbridge_gateway_") }
+		// Position commits are counted by result once a partition's
+		// position moves: one broadcast (to nobody), published once the
+		// bridge has provisioned WS_OUT and reads it, moves every
+		// partition's.
+		bridge.waitLog(t, "the bridge reading WS_OUT", regexp.MustCompile(`msg=(consuming) `))
+		runIn(t, repo, nil, bin, "broadcast", "--nats-url", natsURL, "hello")
 		// Per-partition series appear once the bridge holds its leases
 		// and has sampled them: scrape until every series is there (or a
 		// generous deadline passes, then report what is missing).
