@@ -484,7 +484,9 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		g.m.connects.WithLabelValues(connectError).Inc()
 		g.remove(c)
 		c.settle(nil)
-		g.cleanup(id)
+		if !g.cleanup(id) {
+			g.forgetFailed(id)
+		}
 		return
 	}
 	ws.SetReadLimit(g.opts.MaxMessageSize)
@@ -636,9 +638,11 @@ func (c *conn) readFailed(n int, err error) {
 // connection ended by this edge instance's shutdown is announced with reason
 // shutdown instead of invoking cleanup (which would announce it as the
 // client's doing), one found swept as lost: one disconnect event per
-// connection.
+// connection. An edge instance whose cleanup NATS failed retries the end
+// until NATS takes it.
 func (c *conn) finish() {
 	g := c.g
+	ended := time.Now()
 	defer g.slots.Add(-1)
 	g.remove(c)
 	c.qmu.Lock()
@@ -650,21 +654,31 @@ func (c *conn) finish() {
 	why := disconnectReasons[c.why.Load()]
 	if reason := c.announce.Load(); reason != nil && g.edge != nil {
 		why = *reason
-		g.edge.announce(subjects.Token(c.id), *reason)
+		g.edge.announce(c.id, *reason)
 		g.stats.cleanups.Add(1)
-	} else {
-		g.cleanup(c.id)
+	} else if !g.cleanup(c.id) && g.edge != nil {
+		// SPEC §6: retried until NATS takes it, never dropped. (The
+		// emulator invokes cleanup once, as API Gateway does.)
+		g.retries.add(&endJob{g: g, id: c.id, reason: endReason(why), at: ended, registered: true}, 1)
 	}
 	g.m.disconnects.WithLabelValues(why).Inc()
 }
 
-func (g *Gateway) cleanup(id string) {
+// cleanup invokes the cleanup function for id and reports whether it
+// succeeded.
+func (g *Gateway) cleanup(id string) bool {
 	// Counted once the invocation has returned, so a reader of Stats that
 	// sees the cleanup also sees its invocation counted.
 	defer g.stats.cleanups.Add(1)
 	if _, err := g.invoke(context.Background(), "cleanup", g.opts.Cleanup, newClosingEvent(id)); err != nil {
-		g.log.Warn("cleanup failed", "conn", id, "err", err)
+		if g.edge != nil {
+			g.log.Warn("cleanup failed; retrying the end until NATS takes it", "conn", id, "err", err)
+		} else {
+			g.log.Warn("cleanup failed", "conn", id, "err", err)
+		}
+		return false
 	}
+	return true
 }
 
 // startJanitor starts the idle reaper with the first connection, so a

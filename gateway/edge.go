@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,7 +49,8 @@ type edge struct {
 	// connections would otherwise publish 10,000 at once).
 	sem chan struct{}
 
-	unannounced atomic.Int64 // shutdowns not announced: NATS was down
+	inMu sync.Mutex
+	in   jetstream.Stream // WS_IN, once needed
 
 	// addrs holds the push URL each other instance last advertised, to
 	// ask it whether it is alive once its record is gone; used by the
@@ -518,7 +518,7 @@ func (e *edge) sweep(ctx context.Context, dead func(inst string, live map[string
 	if err != nil {
 		return fmt.Errorf("list registry: %w", err)
 	}
-	type rec struct{ token, inst string }
+	type rec struct{ id, inst string }
 	var recs []rec
 	for token := range keys.Keys() {
 		id, err := subjects.ConnID(token)
@@ -526,7 +526,7 @@ func (e *edge) sweep(ctx context.Context, dead func(inst string, live map[string
 			continue
 		}
 		if inst, ok := subjects.EdgeInstance(id); ok {
-			recs = append(recs, rec{token, inst})
+			recs = append(recs, rec{id, inst})
 		}
 	}
 	if len(recs) == 0 {
@@ -546,7 +546,7 @@ func (e *edge) sweep(ctx context.Context, dead func(inst string, live map[string
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e.announce(r.token, subjects.ReasonLost)
+			e.announce(r.id, subjects.ReasonLost)
 		}()
 	}
 	wg.Wait()
@@ -579,30 +579,101 @@ func (e *edge) registryKV(ctx context.Context) (jetstream.KeyValue, error) {
 // announce ends a connection on NATS the one way every component does
 // (subjects.Names.Forget): whoever deletes its registry record publishes
 // its one disconnect event, here with reason shutdown or lost; when the
-// record is already gone, its end was announced by someone else. Failures
-// are logged: the registry TTL is the safety net.
-func (e *edge) announce(token, reason string) {
-	if reason == subjects.ReasonShutdown && !e.g.opts.NATS.IsConnected() {
-		// Stopping without NATS: waiting for each announcement to time
-		// out would outlast any shutdown timeout. The record of this
-		// instance ages out and the survivors announce the rest lost.
-		e.unannounced.Add(1)
+// record is already gone, its end was announced by someone else. What NATS
+// does not take at once is retried until it does (endJob, conclude).
+func (e *edge) announce(id, reason string) {
+	j := &endJob{g: e.g, id: id, reason: reason, at: time.Now(), registered: true}
+	if !e.g.opts.NATS.IsConnected() {
+		// Each attempt would only wait out its timeout (a shutdown of
+		// thousands of connections, one after the other): the retries
+		// take them once NATS is back.
+		e.g.retries.add(j, 1)
 		return
 	}
 	e.sem <- struct{}{}
 	defer func() { <-e.sem }()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), natsStepTimeout)
 	defer cancel()
+	token := subjects.Token(id)
 	reg, err := e.registryKV(ctx)
-	if reg == nil {
+	if reg != nil {
+		_, err = e.names.Forget(ctx, e.js, reg, token, reason, j.at)
+	}
+	if err != nil {
+		e.log.Warn("disconnect not taken by NATS; retrying until it is", "token", token, "reason", reason, "err", err)
+		e.g.retries.add(j, 1)
+	}
+}
+
+// conclude ends j's connection on NATS, whatever an earlier attempt left
+// done: its record deleted and its one disconnect event stored.
+//
+// The record may still be there (nothing was done: Forget does it all), or
+// be gone with no event stored. An attempt that deleted it and then failed
+// to publish leaves that (the delete taken, the publish not: a stream
+// without a leader while a NATS node restarts, an acknowledgement that
+// never came), whether it was this instance's or the cleanup function's,
+// and retrying Forget would then find nothing to do. So the event is
+// published when WS_IN has none, under its Nats-Msg-Id
+// (subjects.DisconnectMsgID): if another component deleted the record and
+// is publishing at the same moment, the stream keeps one of the two, and
+// an event older than its duplicate window is found in WS_IN first. One
+// event per connection either way.
+func (e *edge) conclude(ctx context.Context, j *endJob) error {
+	token := subjects.Token(j.id)
+	reg, err := e.registryKV(ctx)
+	if err != nil {
+		return err
+	}
+	if reg != nil {
+		announced, err := e.names.Forget(ctx, e.js, reg, token, j.reason, j.at)
 		if err != nil {
-			e.log.Warn("disconnect not recorded", "token", token, "reason", reason, "err", err)
+			return err
 		}
-		return
+		if announced != "" {
+			return nil
+		}
 	}
-	if _, err := e.names.Forget(ctx, e.js, reg, token, reason, time.Now()); err != nil {
-		e.log.Warn("disconnect not recorded", "token", token, "reason", reason, "err", err)
+	in, err := e.inbound(ctx)
+	if err != nil {
+		return err
 	}
+	switch _, err := in.GetLastMsgForSubject(ctx, e.names.Disconnect(token)); {
+	case err == nil:
+		return nil // announced
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return fmt.Errorf("disconnect event of %s: %w", token, err)
+	}
+	if !j.registered {
+		// A failed registration is owed an end only if its connect event
+		// was stored.
+		switch _, err := in.GetLastMsgForSubject(ctx, e.names.Connect(token)); {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return nil
+		case err != nil:
+			return fmt.Errorf("connect event of %s: %w", token, err)
+		}
+	}
+	if err := e.names.PublishDisconnect(ctx, e.js, token, j.reason, j.at); err != nil {
+		return err
+	}
+	e.log.Info("disconnect event published for a registry record deleted without one", "token", token, "reason", j.reason)
+	return nil
+}
+
+// inbound returns WS_IN.
+func (e *edge) inbound(ctx context.Context) (jetstream.Stream, error) {
+	e.inMu.Lock()
+	defer e.inMu.Unlock()
+	if e.in != nil {
+		return e.in, nil
+	}
+	st, err := e.js.Stream(ctx, e.names.StreamIn())
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", e.names.StreamIn(), err)
+	}
+	e.in = st
+	return st, nil
 }
 
 // stop ends the refresh loop and withdraws the instance record, once every
@@ -611,9 +682,6 @@ func (e *edge) stop() {
 	e.stopOnce.Do(func() {
 		close(e.quit)
 		e.wg.Wait()
-		if n := e.unannounced.Load(); n > 0 {
-			e.log.Warn("NATS down while stopping: connections not announced; the other instances will announce them lost", "connections", n)
-		}
 		if e.instances == nil {
 			return
 		}

@@ -35,12 +35,9 @@ type Gateway struct {
 	pings chan struct{} // pings awaiting their pong, at most maxPings
 	stats counters
 
-	// unforgotten are the connection ids of failed registrations whose
-	// cleanup has not succeeded yet (forgetFailed).
-	forgetMu    sync.Mutex
-	unforgotten map[string]struct{}
-	forgetKick  chan struct{}
-	forgetOnce  sync.Once
+	// retries holds what NATS must take and could not at once: ends of
+	// connections, dead letters (retry.go).
+	retries     *retryQueue
 	queuedBytes atomic.Int64 // in every connection's send queue
 
 	janitorOnce sync.Once
@@ -62,11 +59,9 @@ func New(opts Options) (*Gateway, error) {
 		conns: make(map[string]*conn),
 		perIP: make(map[string]int),
 		pings: make(chan struct{}, maxPings),
-
-		unforgotten: make(map[string]struct{}),
-		forgetKick:  make(chan struct{}, 1),
-		done:        make(chan struct{}),
+		done:  make(chan struct{}),
 	}
+	g.retries = newRetryQueue(g)
 	g.m = newMetrics(g)
 	if opts.NATS != nil {
 		e, err := newEdge(g)
@@ -119,10 +114,12 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 // Close rejects new connections, closes every open one with 1001 and waits
 // for them, at most ShutdownTimeout. An edge instance announces each with
 // reason shutdown and then withdraws its instance record; the emulator
-// invokes cleanup for each, as when a client leaves. It is idempotent; later
-// calls return the first result.
+// invokes cleanup for each, as when a client leaves. What NATS has not
+// taken yet (ends of connections, dead letters) gets the rest of
+// ShutdownTimeout. It is idempotent; later calls return the first result.
 func (g *Gateway) Close() error {
 	g.closeOnce.Do(func() {
+		deadline := time.Now().Add(g.opts.ShutdownTimeout)
 		g.mu.Lock()
 		g.closed = true
 		open := make([]*conn, 0, len(g.conns))
@@ -154,6 +151,9 @@ func (g *Gateway) Close() error {
 		case <-t.C:
 			g.closeErr = fmt.Errorf("gateway: %d connections still closing after %v", g.slots.Load(), g.opts.ShutdownTimeout)
 		}
+		// Before the edge withdraws its record: while it is there, no
+		// other instance sweeps these connections.
+		g.retries.drain(deadline)
 	})
 	return g.closeErr
 }

@@ -52,6 +52,9 @@ type gwMetrics struct {
 	listenerEvicted prometheus.Counter
 	framesIn        prometheus.Counter
 	framesOut       prometheus.Counter
+	retries         *prometheus.CounterVec
+	retryDropped    *prometheus.CounterVec
+	retryPending    *prometheus.GaugeVec
 }
 
 func newMetrics(g *Gateway) *gwMetrics {
@@ -84,6 +87,14 @@ func newMetrics(g *Gateway) *gwMetrics {
 		Help: "TCP connections closed at once because a listener was at a connection cap with none waiting for a request to close instead."})
 	m.listenerEvicted = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "listener_evicted_total",
 		Help: "TCP connections waiting for a request (silent since accepted, or idle between keep-alive requests) closed to make room for a new one at a listener's cap."})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
+		Help: "Attempts to hand NATS what an earlier attempt failed to: a connection's end (registry delete and disconnect event), a dead letter."},
+		[]string{"what"})
+	m.retryDropped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_dropped_total",
+		Help: "Work for NATS given up without being taken: the retry queue was full, or the gateway stopped with it waiting."},
+		[]string{"what", "why"})
+	m.retryPending = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "retries_pending",
+		Help: "Work waiting in the retry queue for NATS to take it."}, []string{"what"})
 	natsUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nats_connected",
 		Help: "1 while the NATS connection is up (0 without NATS)."}, func() float64 {
 		if g.opts.NATS != nil && g.opts.NATS.Status() == nats.CONNECTED {
@@ -91,7 +102,8 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp)
+	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp,
+		m.retries, m.retryDropped, m.retryPending)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)
@@ -101,6 +113,13 @@ func newMetrics(g *Gateway) *gwMetrics {
 	}
 	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost, discInvalid, discSlow} {
 		m.disconnects.WithLabelValues(r)
+	}
+	for _, w := range []string{retryDisconnect} {
+		m.retries.WithLabelValues(w)
+		m.retryPending.WithLabelValues(w)
+		for _, why := range []string{dropFull, dropStopped} {
+			m.retryDropped.WithLabelValues(w, why)
+		}
 	}
 	for _, f := range []string{"register", "transfer", "cleanup"} {
 		m.invocations.WithLabelValues(f)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"time"
+
+	"github.com/wsbridge/wsbridge/subjects"
 )
 
 // registerStatus is the HTTP status of an upgrade the register function
@@ -18,77 +20,53 @@ func registerStatus(errNo int) int {
 	return http.StatusForbidden
 }
 
-// maxUnforgotten bounds the failed registrations waiting for their cleanup
-// to be taken; past it the registry's TTL is their only safety net.
-const maxUnforgotten = 10000
-
 // forgetFailed makes sure a registration that failed leaves no registry
-// record. A register function that failed on NATS may have stored the
-// record before it failed, and could not delete it in the invocation's
-// time; the cleanup function deletes it (announcing the disconnect if it
-// did) and is tried again, with a growing pause, until it succeeds or the
-// gateway stops.
+// record, nor a connect event without its disconnect event. A register
+// function that failed on NATS may have stored the record (and even the
+// connect event, when only its acknowledgement was lost) before it failed,
+// and could not delete it in the invocation's time. The end is a job of the
+// retry queue: tried at once and again until NATS takes it, as the ends of
+// accepted connections are (endJob).
 func (g *Gateway) forgetFailed(id string) {
-	g.forgetMu.Lock()
-	if len(g.unforgotten) >= maxUnforgotten {
-		g.forgetMu.Unlock()
-		g.log.Warn("failed registration not cleaned up: too many waiting; the registry TTL removes its record", "conn", id, "waiting", maxUnforgotten)
-		return
-	}
-	g.unforgotten[id] = struct{}{}
-	g.forgetMu.Unlock()
-	g.forgetOnce.Do(func() { go g.forgetLoop() })
-	select {
-	case g.forgetKick <- struct{}{}:
-	default:
-	}
+	g.retries.add(&endJob{g: g, id: id, reason: subjects.ReasonClient, at: time.Now()}, 0)
 }
 
-// forgetLoop invokes cleanup for the failed registrations until each one
-// succeeds, pausing 100 ms to 5 s between rounds that left some.
-func (g *Gateway) forgetLoop() {
-	const first, most = 100 * time.Millisecond, 5 * time.Second
-	pause := first
-	t := time.NewTimer(0)
-	defer t.Stop()
-	for {
-		select {
-		case <-g.done:
-			g.forgetMu.Lock()
-			n := len(g.unforgotten)
-			g.forgetMu.Unlock()
-			if n > 0 {
-				g.log.Warn("stopping with failed registrations not cleaned up; the registry TTL removes their records", "connections", n)
-			}
-			return
-		case <-g.forgetKick:
-		case <-t.C:
-		}
-		g.forgetMu.Lock()
-		ids := make([]string, 0, len(g.unforgotten))
-		for id := range g.unforgotten {
-			ids = append(ids, id)
-		}
-		g.forgetMu.Unlock()
-		left := 0
-		for _, id := range ids {
-			if g.isClosed() {
-				break
-			}
-			if _, err := g.invoke(context.Background(), "cleanup", g.opts.Cleanup, newClosingEvent(id)); err != nil {
-				g.log.Debug("cleanup of a failed registration failed; trying again", "conn", id, "err", err)
-				left++
-				continue
-			}
-			g.forgetMu.Lock()
-			delete(g.unforgotten, id)
-			g.forgetMu.Unlock()
-		}
-		if left == 0 {
-			pause = first
-			continue
-		}
-		t.Reset(pause)
-		pause = min(2*pause, most)
+// endJob ends connection id on NATS: its registry record deleted and its
+// one disconnect event stored. An edge instance does it itself
+// (edge.conclude), which also finishes an end whose record an earlier
+// attempt deleted without storing the event; the emulator invokes the
+// cleanup function again.
+type endJob struct {
+	g      *Gateway
+	id     string
+	reason string    // the disconnect reason, when this instance is the one to announce it
+	at     time.Time // when the connection ended
+	// registered says the connection was stored (accepted after its
+	// register, or listed in the registry); a failed registration may
+	// never have been.
+	registered bool
+}
+
+func (j *endJob) key() string     { return "end " + j.id }
+func (j *endJob) what() string    { return retryDisconnect }
+func (j *endJob) size() int64     { return 0 }
+func (j *endJob) logAttrs() []any { return []any{"conn", j.id, "reason", j.reason} }
+
+func (j *endJob) run(ctx context.Context) error {
+	if j.g.edge != nil {
+		return j.g.edge.conclude(ctx, j)
 	}
+	_, err := j.g.invoke(ctx, "cleanup", j.g.opts.Cleanup, newClosingEvent(j.id))
+	return err
+}
+
+// endReason is the reason an edge instance announces a connection with
+// when the cleanup function could not: what the function would have said.
+// A close a backend asked for is also marked on the record, which Forget
+// prefers while the record is there.
+func endReason(why string) string {
+	if why == discClosed {
+		return subjects.ReasonClosed
+	}
+	return subjects.ReasonClient
 }

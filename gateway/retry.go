@@ -1,0 +1,328 @@
+package gateway
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// What NATS has to take and could not take at once: the end of a
+// connection (its registry record deleted and its one disconnect event,
+// SPEC §6: "retried until it is taken, never dropped") and, from an edge
+// instance, the dead letter of a frame it took for a client and never
+// wrote. Each is a job in the gateway's retry queue, tried again in rounds,
+// 100 ms to 5 s apart (with jitter), until NATS takes it, for as long as
+// the instance lives; when it stops, Close gives what is left the rest of
+// ShutdownTimeout.
+//
+// A round stops handing out attempts at the first failure: NATS fails them
+// all alike, and a mass disconnect during an outage would otherwise cost
+// one timeout per connection per round. A round while the NATS connection
+// is down tries nothing.
+
+// Jobs, by what they hand NATS: the label of the retry metrics.
+const (
+	retryDisconnect = "disconnect"
+	retryDeadLetter = "dead_letter"
+)
+
+// Why a job was given up: the label of retries_dropped_total.
+const (
+	dropFull    = "full"    // the queue was at its bound
+	dropStopped = "stopped" // the gateway stopped with it still waiting
+)
+
+const (
+	// maxRetryJobs bounds the jobs waiting: ten times the default
+	// connection limit, so a mass disconnect during an outage fits many
+	// times over.
+	maxRetryJobs = 100_000
+	// maxRetryBytes bounds the frames held by dead letters waiting (each
+	// was in a connection's send queue, bounded there, when it was dropped).
+	maxRetryBytes = 256 << 20
+	retryFirst    = 100 * time.Millisecond
+	retryMost     = 5 * time.Second
+	// retryDraining caps the pause between rounds while Close waits for
+	// the queue.
+	retryDraining = 500 * time.Millisecond
+	// retryConcurrency bounds a round's attempts in flight.
+	retryConcurrency = 64
+	// natsStepTimeout bounds one attempt, as it bounds a first one.
+	natsStepTimeout = 5 * time.Second
+)
+
+// retryJob is one piece of work for NATS. run reports nil once NATS took it
+// (or there turned out to be nothing to do).
+type retryJob interface {
+	key() string  // one job per key waits at a time
+	what() string // retryDisconnect or retryDeadLetter
+	size() int64  // bytes it holds, towards maxRetryBytes
+	run(ctx context.Context) error
+	logAttrs() []any
+}
+
+// retryQueue holds the jobs waiting and runs their rounds on a goroutine
+// that starts with the first job and ends when Close has drained it.
+type retryQueue struct {
+	g *Gateway
+
+	mu       sync.Mutex
+	jobs     map[string]*waiting
+	bytes    int64
+	draining bool // Close is waiting for the queue; rounds come faster
+	stopped  bool // the queue takes nothing more
+	started  bool
+
+	kick    chan struct{} // a job was added
+	emptied chan struct{} // the queue became empty
+	quit    chan struct{} // closed when Close is done waiting
+	exited  chan struct{} // closed when the loop has returned
+
+	dropLog rate.Sometimes // a full queue logs once in a while, not per job
+}
+
+// waiting is a job in the queue.
+type waiting struct {
+	job   retryJob
+	tries int // failed attempts so far
+	since time.Time
+}
+
+func newRetryQueue(g *Gateway) *retryQueue {
+	return &retryQueue{
+		g: g, jobs: map[string]*waiting{},
+		kick: make(chan struct{}, 1), emptied: make(chan struct{}, 1),
+		quit: make(chan struct{}), exited: make(chan struct{}),
+		dropLog: rate.Sometimes{Interval: 10 * time.Second},
+	}
+}
+
+// add queues j, after tries failed attempts (0: it was never tried). A job
+// whose key is waiting already is that job. Past the queue's bounds, or
+// once the gateway has stopped, j is dropped: counted and logged.
+func (q *retryQueue) add(j retryJob, tries int) {
+	q.mu.Lock()
+	if _, ok := q.jobs[j.key()]; ok {
+		q.mu.Unlock()
+		return
+	}
+	if q.stopped {
+		q.mu.Unlock()
+		q.drop(j, dropStopped)
+		q.dropLog.Do(func() {
+			q.g.log.Warn("NATS did not take this and the gateway has stopped: given up (counted in retries_dropped_total)",
+				append([]any{"what", j.what()}, j.logAttrs()...)...)
+		})
+		return
+	}
+	if len(q.jobs) >= maxRetryJobs || q.bytes+j.size() > maxRetryBytes {
+		jobs, bytes := len(q.jobs), q.bytes
+		q.mu.Unlock()
+		q.drop(j, dropFull)
+		q.dropLog.Do(func() {
+			q.g.log.Warn("retry queue full: given up (counted in retries_dropped_total)", append([]any{"what", j.what(),
+				"waiting", jobs, "waiting_bytes", bytes, "max_jobs", maxRetryJobs, "max_bytes", maxRetryBytes}, j.logAttrs()...)...)
+		})
+		return
+	}
+	q.jobs[j.key()] = &waiting{job: j, tries: tries, since: time.Now()}
+	q.bytes += j.size()
+	start := !q.started
+	q.started = true
+	q.mu.Unlock()
+	q.g.m.retryPending.WithLabelValues(j.what()).Inc()
+	if start {
+		go q.loop()
+	}
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (q *retryQueue) drop(j retryJob, why string) {
+	q.g.m.retryDropped.WithLabelValues(j.what(), why).Inc()
+}
+
+// remove takes a job that NATS took out of the queue.
+func (q *retryQueue) remove(w *waiting) {
+	q.mu.Lock()
+	if q.jobs[w.job.key()] != w {
+		q.mu.Unlock() // given up meanwhile: Close stopped waiting
+		return
+	}
+	delete(q.jobs, w.job.key())
+	q.bytes -= w.job.size()
+	empty := len(q.jobs) == 0
+	q.mu.Unlock()
+	q.g.m.retryPending.WithLabelValues(w.job.what()).Dec()
+	if empty {
+		select {
+		case q.emptied <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// pending reports how many jobs wait.
+func (q *retryQueue) pending() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.jobs)
+}
+
+// loop runs rounds: at once when a job comes while the last round went
+// well, else after a pause that doubles from retryFirst to retryMost with
+// each failed round, with jitter, so that instances that lost NATS
+// together do not all come back at the same instant.
+func (q *retryQueue) loop() {
+	defer close(q.exited)
+	// Close's end of waiting cancels the attempts in flight.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-q.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	fails := 0
+	for {
+		select {
+		case <-q.quit:
+			return
+		case <-q.kick:
+			if fails > 0 {
+				continue // the next round, already timed, takes it
+			}
+		case <-t.C:
+		}
+		if q.round(ctx) {
+			fails = 0
+			continue
+		}
+		fails++
+		pause := min(retryFirst<<min(fails-1, 10), retryMost)
+		q.mu.Lock()
+		if q.draining {
+			pause = min(pause, retryDraining)
+		}
+		q.mu.Unlock()
+		// Equal jitter: between half the pause and all of it.
+		t.Reset(pause/2 + rand.N(pause/2+1))
+	}
+}
+
+// round tries every waiting job once, up to retryConcurrency at a time,
+// and reports whether none failed. It stops handing out attempts at the
+// first failure.
+func (q *retryQueue) round(ctx context.Context) bool {
+	q.mu.Lock()
+	batch := make([]*waiting, 0, len(q.jobs))
+	for _, w := range q.jobs {
+		batch = append(batch, w)
+	}
+	q.mu.Unlock()
+	if len(batch) == 0 {
+		return true
+	}
+	if nc := q.g.opts.NATS; nc != nil && !nc.IsConnected() {
+		return false
+	}
+	var failed atomic.Bool
+	var retried atomic.Int64
+	sem := make(chan struct{}, retryConcurrency)
+	var wg sync.WaitGroup
+	for _, w := range batch {
+		if failed.Load() || ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			q.mu.Lock()
+			tries := w.tries
+			q.mu.Unlock()
+			if tries > 0 {
+				q.g.m.retries.WithLabelValues(w.job.what()).Inc()
+			}
+			actx, acancel := context.WithTimeout(ctx, natsStepTimeout)
+			err := w.job.run(actx)
+			acancel()
+			if err != nil {
+				q.mu.Lock()
+				w.tries++
+				tries = w.tries
+				q.mu.Unlock()
+				failed.Store(true)
+				q.g.log.Debug("NATS did not take it; trying again", append([]any{"what", w.job.what(), "tries", tries, "err", err}, w.job.logAttrs()...)...)
+				return
+			}
+			q.remove(w)
+			if tries > 0 {
+				retried.Add(1)
+				q.g.log.Debug("NATS took it after retries", append([]any{"what", w.job.what(), "tries", tries + 1,
+					"waited", time.Since(w.since).Round(time.Millisecond)}, w.job.logAttrs()...)...)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := retried.Load(); n > 0 {
+		q.g.log.Info("NATS took what it had refused before", "jobs", n, "still_waiting", q.pending())
+	}
+	return !failed.Load()
+}
+
+// drain gives the jobs waiting until deadline to be taken, then stops the
+// queue: what is left is counted and logged as given up, and later jobs
+// are given up at once.
+func (q *retryQueue) drain(deadline time.Time) {
+	q.mu.Lock()
+	q.draining = true
+	started := q.started
+	q.mu.Unlock()
+	if started {
+		select {
+		case q.kick <- struct{}{}:
+		default:
+		}
+		t := time.NewTimer(time.Until(deadline))
+	wait:
+		for q.pending() > 0 {
+			select {
+			case <-q.emptied:
+			case <-t.C:
+				break wait
+			}
+		}
+		t.Stop()
+	}
+	q.mu.Lock()
+	q.stopped = true
+	started = q.started
+	left := q.jobs
+	q.jobs = map[string]*waiting{}
+	q.bytes = 0
+	q.mu.Unlock()
+	close(q.quit)
+	if started {
+		<-q.exited
+	}
+	byWhat := map[string]int{}
+	for _, w := range left {
+		q.g.m.retryPending.WithLabelValues(w.job.what()).Dec()
+		q.drop(w.job, dropStopped)
+		byWhat[w.job.what()]++
+	}
+	for what, n := range byWhat {
+		q.g.log.Warn("stopping with work NATS has not taken: given up (counted in retries_dropped_total)", "what", what, "jobs", n)
+	}
+}
