@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -109,23 +110,27 @@ func TestCrashLosesNothing(t *testing.T) {
 	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
 
 	dups := e.tg.delivered() - conns*per
-	t.Logf("killed after %d pushes; %d messages in total, %d duplicates", killedAt, conns*per, dups)
+	// A partition the restarted bridge dropped (a renewal that missed its
+	// fence on a loaded machine) is cut off like a crash: its next owner may
+	// repeat what was pushed since the last commit, once more.
+	windows := 1 + strings.Count(out2.String(), "partition dropped")
+	t.Logf("killed after %d pushes; %d messages in total, %d duplicates; repeated windows allowed per connection: %d", killedAt, conns*per, dups, windows)
 	for c := 0; c < conns; c++ {
 		id := fmt.Sprintf("k%d", c)
 		seen := map[string]bool{}
 		next, ordered := 0, true
 		// What the dead bridge pushed after its last commit may come
-		// again, once, in order: one step back at most, then straight on.
+		// again, in order: one step back per window, then straight on.
 		last, backs := -1, 0
 		for _, p := range e.tg.of(id) {
 			v, _ := strconv.Atoi(p.Data)
 			switch {
 			case v == last+1:
-			case v <= last && backs == 0:
+			case v <= last && backs < windows:
 				backs++
 			default:
 				t.Errorf("%s: message %d after %d (step backs so far %d): not a single repeated window", id, v, last, backs)
-				backs = 2
+				backs = windows + 1
 			}
 			last = v
 			if seen[p.Data] {
