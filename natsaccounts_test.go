@@ -141,7 +141,9 @@ func TestNATSAccounts(t *testing.T) {
 
 	// A backend with a durable consumer on WS_IN that greets every
 	// connection and collects what clients send.
-	ctx, cancel := context.WithTimeout(context.Background(), accountsWait)
+	// One bound for the whole run, a hang's: under the race detector
+	// beside the rest of the suite, its steps together took over a minute.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*accountsWait)
 	defer cancel()
 	backend, err := subjects.NewClient(connect("backend"), "")
 	if err != nil {
@@ -199,7 +201,7 @@ func TestNATSAccounts(t *testing.T) {
 	if err := backend.SendText(ctx, gone, "nobody"); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := dlq.NextMsg(accountsWait); err != nil || m.Header.Get(subjects.HeaderReason) != "gone" {
+	if m, err := dlq.NextMsg(2 * accountsWait); err != nil || m.Header.Get(subjects.HeaderReason) != "gone" {
 		t.Errorf("dead letter of a send to a connection that is not there: %v, %v; want one, reason gone", m, err)
 	}
 
