@@ -1,9 +1,12 @@
-// Command wsbridge connects WebSocket clients behind Tencent Cloud API Gateway
-// to business services over NATS.
+// Command wsbridge runs WebSocket applications with NATS behind them: its own
+// WebSocket edge turns clients' connects, messages and disconnects into NATS
+// messages, and a bridge pushes the commands business services publish back to
+// the edge holding each connection (Tencent Cloud API Gateway with SCF
+// functions is the other supported front).
 //
-//	wsbridge bridge     the daemon: outbound NATS subjects -> reverse-push posts
-//	wsbridge dev        everything on one machine: NATS, bridge, gateway emulator, demo
-//	wsbridge gateway    the self-hosted WebSocket edge that replaces API Gateway
+//	wsbridge gateway    the WebSocket edge (also what replaces API Gateway)
+//	wsbridge bridge     the daemon: outbound NATS commands -> pushes to the edge
+//	wsbridge dev        everything on one machine: NATS, bridge, gateway, demo
 //	wsbridge send|close|broadcast|tail|conns|partitions|dlq   operator commands
 //	wsbridge version    version, VCS revision and Go version of this binary
 package main
@@ -27,9 +30,9 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"bridge":     {"run the bridge daemon (outbound subjects -> reverse push)", runBridge},
-		"dev":        {"run NATS, the bridge, the gateway emulator and a demo on this machine", runDev},
-		"gateway":    {"run the self-hosted WebSocket edge that replaces API Gateway", runGateway},
+		"bridge":     {"run the bridge daemon (outbound NATS commands -> pushes to the edge or API Gateway)", runBridge},
+		"dev":        {"run NATS, the bridge, the gateway and a demo on this machine", runDev},
+		"gateway":    {"run the WebSocket edge: clients connect here, their events go to NATS", runGateway},
 		"send":       {"send a message to one connection", runSend},
 		"close":      {"close one connection", runClose},
 		"broadcast":  {"send a message to every connection (or a group or user)", runBroadcast},
@@ -67,7 +70,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func usage(w io.Writer, cmds map[string]command) {
-	fmt.Fprintln(w, "usage: wsbridge <command> [flags]\n\ncommands:")
+	fmt.Fprintln(w, "wsbridge: WebSocket applications with NATS behind them. Clients connect to the\n"+
+		"edge (wsbridge gateway, or Tencent API Gateway with SCF functions); their events\n"+
+		"go to NATS; the bridge pushes what services publish back to each connection.\n\n"+
+		"usage: wsbridge <command> [flags]\n\ncommands:")
 	names := make([]string, 0, len(cmds))
 	for n := range cmds {
 		names = append(names, n)
