@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -194,6 +195,12 @@ func TestPushSeqMalformed(t *testing.T) {
 	}
 	if _, data := read(t, c); string(data) != "max" {
 		t.Errorf("client got %q first, want max: a malformed push was written", data)
+	}
+	// The writer counts a frame once its write returned, which can be just
+	// after the client read it.
+	deadline := time.Now().Add(10 * time.Second)
+	for e.g.Stats().FramesOut < 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
 	}
 	if s := e.g.Stats(); s.PushesInvalid != uint64(len(bad)) || s.FramesOut != 1 {
 		t.Errorf("PushesInvalid %d FramesOut %d, want %d and 1", s.PushesInvalid, s.FramesOut, len(bad))
