@@ -45,7 +45,7 @@ func (b *Bridge) commits() {
 				defer func() { <-sem }()
 				ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
 				defer cancel()
-				if err := b.commit(ctx, p); err != nil && !errors.Is(err, errPositionTaken) && ctx.Err() == nil {
+				if err := b.commitPeriodic(ctx, p); err != nil && !errors.Is(err, errPositionTaken) && ctx.Err() == nil {
 					b.log.Debug("position not committed; next round tries again", "partition", p.n, "err", err)
 				}
 			}()
@@ -54,12 +54,35 @@ func (b *Bridge) commits() {
 	}
 }
 
+// commitPeriodic is commit for the periodic round: nothing once the
+// partition is stopping, whose stop makes the last commit itself.
+func (b *Bridge) commitPeriodic(ctx context.Context, p *part) error {
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
+	if p.stopping.Load() {
+		return nil
+	}
+	return b.commitLocked(ctx, p)
+}
+
 // commit writes p's position if it changed since the last write, with a
 // compare-and-set on the revision this bridge wrote last: a bridge that
 // lost the partition (a zombie) cannot move it. A conflict breaks the
-// partition, which the lease keeper then drops.
+// partition, which the lease keeper then drops. Commits of one partition
+// are made one at a time: a periodic one that raced a stop's could
+// otherwise write, after the stop let go of what it held, a position
+// without the commands still pending.
 func (b *Bridge) commit(ctx context.Context, p *part) error {
-	pos := p.position()
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
+	return b.commitLocked(ctx, p)
+}
+
+func (b *Bridge) commitLocked(ctx context.Context, p *part) error {
+	pos, ok := p.position()
+	if !ok {
+		return nil // let go of: nothing left to say
+	}
 	p.mu.Lock()
 	rev, last := p.rev, p.committed
 	p.mu.Unlock()
@@ -86,7 +109,7 @@ func (b *Bridge) commit(ctx context.Context, p *part) error {
 				p.rev, p.committed = orev, own
 			}
 			p.mu.Unlock()
-			return b.commit(ctx, p)
+			return b.commitLocked(ctx, p)
 		}
 		b.pm.Commits.WithLabelValues("conflict").Inc()
 		if !p.broken.Swap(true) {

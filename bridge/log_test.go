@@ -182,7 +182,7 @@ func TestLateCommitIsOurs(t *testing.T) {
 	waitFor(t, "the partition to begin", 10*time.Second, p.begun.Load)
 	// What a commit applied after its timeout leaves: a newer revision
 	// written by this bridge.
-	pos := p.position()
+	pos, _ := p.position()
 	pos.At = time.Now()
 	if _, err := b.positions.Put(context.Background(), subjects.PositionKey(pn), pos.Encode()); err != nil {
 		t.Fatal(err)

@@ -45,6 +45,8 @@ type part struct {
 	paused atomic.Bool
 	// pushing counts pushes in flight, which a hand-off waits for.
 	pushing atomic.Int64
+	// commitMu makes the partition's commits one at a time.
+	commitMu sync.Mutex
 	// begun is set once the partition knows where it starts (begin):
 	// the reader offers it nothing before.
 	begun atomic.Bool
@@ -278,10 +280,14 @@ const (
 	maxTokensRecorded  = 4096
 )
 
-// position is what the partition has resolved, to commit.
-func (p *part) position() subjects.Position {
+// position is what the partition has resolved, to commit; false once stop
+// let go of what it held.
+func (p *part) position() (subjects.Position, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.cleared {
+		return subjects.Position{}, false
+	}
 	pos := subjects.Position{Next: p.next, Stream: p.committed.Stream, Owner: p.b.id}
 	tokens := 0
 	for _, d := range p.inflight {
@@ -318,7 +324,7 @@ func (p *part) position() subjects.Position {
 			pos.Pending = pos.Pending[:keep]
 		}
 	}
-	return pos
+	return pos, true
 }
 
 func (p *part) heldCount() int {
