@@ -12,8 +12,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wsbridge/wsbridge/metrics"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -135,7 +137,7 @@ func TestStalledPartitionDoesNotSlowOthers(t *testing.T) {
 // replayed the pending ones after it (the edge then dropped them as older
 // than what it had written).
 func TestReplayBeforeNewer(t *testing.T) {
-	b := &Bridge{}
+	b := &Bridge{m: metrics.New(prometheus.NewRegistry())}
 	p := newPart(b, 0)
 	p.begin(subjects.Position{Next: 10, Pending: []subjects.PendingCommand{{Seq: 5}, {Seq: 7, Tokens: []string{"a"}}}}, 1, 0)
 	if take, _, gap := p.offer(10, 9); take || !gap {
@@ -143,6 +145,10 @@ func TestReplayBeforeNewer(t *testing.T) {
 	}
 	if gap := p.pass(10, 9); !gap {
 		t.Errorf("passing over 10 with 5 and 7 pending: no gap")
+	}
+	// Nor a pending command while an older pending one is behind.
+	if take, _, gap := p.offer(7, 6); take || !gap {
+		t.Errorf("offered pending 7 right after 6 with pending 5 behind: take %v gap %v; want a gap", take, gap)
 	}
 	if from, ok := p.from(); !ok || from != 5 {
 		t.Errorf("reads from %d (%v), want 5", from, ok)
@@ -157,6 +163,23 @@ func TestReplayBeforeNewer(t *testing.T) {
 		if take != c.take || gap || fmt.Sprint(tokens) != fmt.Sprint(c.tokens) {
 			t.Errorf("offer %d after %d: take %v tokens %v gap %v; want take %v tokens %v", c.seq, c.prev, take, tokens, gap, c.take, c.tokens)
 		}
+		if take && !p.hold(&delivery{seq: c.seq}) {
+			t.Fatalf("hold %d refused", c.seq)
+		}
+	}
+	// A pending command offered but not held (the partition stopped in
+	// between) stays pending in the position.
+	q := newPart(b, 1)
+	q.begin(subjects.Position{Next: 10, Pending: []subjects.PendingCommand{{Seq: 5}}}, 1, 0)
+	if take, _, _ := q.offer(5, 4); !take {
+		t.Fatal("pending 5 not offered")
+	}
+	q.stopping.Store(true)
+	if q.hold(&delivery{seq: 5}) {
+		t.Fatal("a stopping partition held 5")
+	}
+	if pos, ok := q.position(); !ok || len(pos.Pending) != 1 || pos.Pending[0].Seq != 5 {
+		t.Errorf("position after an offer not held: %+v, want 5 still pending", pos)
 	}
 }
 

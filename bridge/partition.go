@@ -141,11 +141,17 @@ func (p *part) offer(seq, prev uint64) (take bool, tokens []string, gap bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if seq < p.next {
+		// Left in replay until hold takes it: a partition stopped in
+		// between must still list it as pending.
 		tk, ok := p.replay[seq]
 		if !ok || paused {
 			return false, nil, false
 		}
-		delete(p.replay, seq)
+		if p.replayBehind(prev) {
+			// An older pending command is behind the reader: read
+			// again from it first.
+			return false, nil, true
+		}
 		return true, tk, false
 	}
 	if p.next <= prev || p.replayBehind(prev) || paused {
@@ -196,6 +202,8 @@ func (p *part) hold(d *delivery) bool {
 	}
 	if d.seq >= p.next {
 		p.next = d.seq + 1
+	} else {
+		delete(p.replay, d.seq)
 	}
 	d.redelivered = d.seq < p.repeatBelow
 	i, _ := slices.BinarySearchFunc(p.inflight, d.seq, func(x *delivery, s uint64) int { return cmp.Compare(x.seq, s) })
