@@ -58,9 +58,6 @@ type delivery struct {
 
 	one   item    // the item of a send or close (saves an allocation)
 	items []*item // a fan-out's items, one per target in the partition
-	// partial: the fan-out's targets are those a previous owner left
-	// pending, not its whole expansion.
-	partial bool
 
 	remaining atomic.Int64 // items not yet resolved
 	done      bool         // resolved; guarded by part.mu

@@ -309,9 +309,9 @@ func (p *part) position() (subjects.Position, bool) {
 					pc.Tokens = append(pc.Tokens, it.token)
 				}
 			}
-			if len(pc.Tokens) == len(d.items) && !d.partial {
-				pc.Tokens = nil // every target
-			}
+			// Listed even when none is done: a next owner expanding it
+			// again would reach connections registered since, after
+			// newer commands they already got.
 		}
 		tokens += len(pc.Tokens)
 		pos.Pending = append(pos.Pending, pc)

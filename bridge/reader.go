@@ -292,8 +292,6 @@ func (r *reader) handle(m jetstream.Msg, stamp time.Time, seq, prev uint64) {
 				byPart = b.expand(subj, m)
 			}
 			tokens = byPart[p.n]
-		} else {
-			d.partial = true
 		}
 		if len(tokens) == 0 {
 			if p.pass(seq, prev) {

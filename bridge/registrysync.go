@@ -94,7 +94,9 @@ func (b *Bridge) indexCurrent(stamp time.Time) {
 		return
 	}
 	sent := time.Now()
-	ctx, cancel := context.WithTimeout(b.bgCtx, 2*time.Second)
+	// A fan-out waits for the index rather than miss a connection: up to
+	// 10 s (a watcher behind on a loaded machine catches up within it).
+	ctx, cancel := context.WithTimeout(b.bgCtx, 10*time.Second)
 	defer cancel()
 	st, err := b.js.Stream(ctx, "KV_"+b.names.Bucket())
 	if err != nil {
