@@ -122,11 +122,10 @@ func (p *part) from() (uint64, bool) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	low := p.next
-	for s := range p.replay {
-		low = min(low, s)
+	if low, ok := p.replayLow(); ok && low < p.next {
+		return low, true
 	}
-	return low, true
+	return p.next, true
 }
 
 // offer is the reader's question for the command at seq, read right after
@@ -165,12 +164,20 @@ func (p *part) offer(seq, prev uint64) (take bool, tokens []string, gap bool) {
 // taken before it, or a connection would get it after newer ones; p.mu
 // held.
 func (p *part) replayBehind(prev uint64) bool {
+	low, ok := p.replayLow()
+	return ok && low <= prev
+}
+
+// replayLow is the lowest pending command of the previous owner not yet
+// held, if any; p.mu held.
+func (p *part) replayLow() (uint64, bool) {
+	var low uint64
 	for s := range p.replay {
-		if s <= prev {
-			return true
+		if low == 0 || s < low {
+			low = s
 		}
 	}
-	return false
+	return low, len(p.replay) > 0
 }
 
 // pass moves the partition past a command that is not its own (or that

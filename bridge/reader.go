@@ -257,8 +257,8 @@ func (r *reader) handle(m jetstream.Msg, stamp time.Time, seq, prev uint64) {
 		}
 		if p.full(size, share, b.opts.MaxHeldBytes) {
 			// Over its share: it stops here and reads the log again
-			// from this command once it drained.
-			p.unoffer(seq, tokens)
+			// from this command once it drained (a pending one stays in
+			// its replay list until it is held).
 			p.pause()
 			continue
 		}
@@ -311,19 +311,6 @@ func (r *reader) handle(m jetstream.Msg, stamp time.Time, seq, prev uint64) {
 		for _, it := range d.items {
 			b.enqueue(it)
 		}
-	}
-}
-
-// unoffer gives back a command offer took but the partition cannot hold
-// now: it reads it again after its pause.
-func (p *part) unoffer(seq uint64, tokens []string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if seq < p.next {
-		if p.replay == nil {
-			p.replay = map[uint64][]string{}
-		}
-		p.replay[seq] = tokens
 	}
 }
 
