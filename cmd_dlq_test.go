@@ -148,6 +148,27 @@ func TestDLQCommand(t *testing.T) {
 		}
 	}
 
+	// The subscription sees a dead letter as the stream stores it, not
+	// after: wait until all three are stored before listing them.
+	dlq, err := js.Stream(ctx, n.StreamDLQ())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		info, err := dlq.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs >= 3 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("WS_DLQ holds %d dead letters, want 3", info.State.Msgs)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+
 	url := []string{"--nats-url", s.ClientURL()}
 	list := func(args ...string) []deadLetter {
 		t.Helper()
