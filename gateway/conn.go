@@ -402,6 +402,9 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	id := g.newConnID()
+	if g.edge != nil {
+		g.edge.handedOut(id)
+	}
 	log := g.log.With("conn", id)
 	// Known to pushes from now on, so a reply to the connect event that
 	// overtakes the upgrade waits for it instead of finding nothing.
