@@ -2,12 +2,14 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbridge/wsbridge/subjects"
 )
@@ -55,6 +57,9 @@ type deadLetterJob struct {
 	f     outgoing
 	cause string
 	n     uint64 // tells apart the frames of pushes without a Ws-Seq
+	// minimal: NATS refused the whole dead letter for good; the
+	// metadata alone is tried.
+	minimal bool
 }
 
 func (j *deadLetterJob) key() string {
@@ -110,9 +115,22 @@ func (e *edge) deadLetter(ctx context.Context, j *deadLetterJob) error {
 		h.Set(subjects.HeaderMsgID, "dlq-"+n+"-"+token)
 	}
 	m := &nats.Msg{Subject: e.names.DeadLetter(subjects.KindSend, token), Data: j.f.data, Header: h}
+	if j.minimal {
+		m.Data = nil
+		h.Set(subjects.HeaderTruncated, strconv.Itoa(len(j.f.data)))
+	}
 	fitPayload(m, e.g.opts.NATS.MaxPayload())
 	if _, err := e.js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("publish dead letter %s: %w", m.Subject, err)
+		err = fmt.Errorf("publish dead letter %s: %w", m.Subject, err)
+		switch {
+		case transientPublishErr(err):
+			return err
+		case !j.minimal:
+			// As the bridge does: the metadata alone may be taken.
+			j.minimal = true
+			return err
+		}
+		return giveUp{err}
 	}
 	e.g.m.deadLetters.Inc()
 	e.log.Debug("dead letter", "conn", j.id, "seq", h.Get(subjects.HeaderSeq), "bytes", len(j.f.data), "cause", cause)
@@ -139,4 +157,25 @@ func fitPayload(m *nats.Msg, maxPayload int64) {
 	if int64(len(m.Data)) > room {
 		m.Data = m.Data[:room]
 	}
+}
+
+// transientPublishErr reports a publish error that NATS may not give
+// again (no stream leader yet, a timeout, a reconnect), as the bridge
+// classifies its dead letters' publishes; any other (a permission, a
+// limit of the stream) it will.
+func transientPublishErr(err error) bool {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrDisconnected):
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 503: JetStream not ready, no quorum; 404: the stream is gone
+		// (provisioned again).
+		return apiErr.Code == 503 || apiErr.Code == 404 || apiErr.Code >= 500
+	}
+	return false
 }

@@ -310,4 +310,62 @@ func TestDroppedFramesAreDeadLettered(t *testing.T) {
 			t.Errorf("%d dead letters, want at least the 3 frames queued behind the one being written", n)
 		}
 	})
+
+	t.Run("NATS refuses the whole dead letter", func(t *testing.T) {
+		t.Parallel()
+		for _, tt := range []struct {
+			name    string
+			maxSize int32 // of a WS_DLQ message, headers included
+			taken   bool  // the metadata fits
+		}{{"the metadata is taken", 2048, true}, {"nothing is taken", 64, false}} {
+			t.Run(tt.name, func(t *testing.T) {
+				srv, js, names := serve(t, func(o *Options) { o.WriteTimeout = time.Hour })
+				ctx := context.Background()
+				st, err := js.Stream(ctx, names.StreamDLQ())
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := st.CachedInfo().Config
+				cfg.MaxMsgSize = tt.maxSize
+				if _, err := js.UpdateStream(ctx, cfg); err != nil {
+					t.Fatal(err)
+				}
+				c, id := nonReader(t, srv)
+				for seq := uint64(1); srv.g.Stats().SendQueueBytes < 4*size; seq++ {
+					if seq > 2000 {
+						t.Fatal("2000 frames to a client that does not read never queued")
+					}
+					dataType, data := frameData(seq, size)
+					if st := pushSeq(t, srv.push, id, seq, dataType, data); st != http.StatusOK {
+						t.Fatalf("push %d: %d", seq, st)
+					}
+				}
+				_ = c.CloseNow()
+				var dropped float64
+				waitFor(t, "every dead letter taken or given up", func() bool {
+					dropped = testutilValue(t, srv.g, "wsbridge_gateway_frames_dropped_total", `reason="ended"`)
+					done := testutilValue(t, srv.g, "wsbridge_gateway_dead_letters_total") +
+						testutilValue(t, srv.g, "wsbridge_gateway_retries_dropped_total", `what="dead_letter"`, `why="refused"`)
+					return dropped > 0 && done == dropped
+				})
+				dls := deadLetters(t, js, names)
+				if !tt.taken {
+					if len(dls) != 0 {
+						t.Errorf("%d dead letters stored in a stream that takes %d bytes", len(dls), tt.maxSize)
+					}
+					return
+				}
+				if len(dls) != int(dropped) {
+					t.Fatalf("%d dead letters for %v frames dropped", len(dls), dropped)
+				}
+				for _, m := range dls {
+					if len(m.Data) != 0 || m.Header.Get(subjects.HeaderTruncated) != strconv.Itoa(size) ||
+						m.Header.Get(subjects.HeaderSeq) == "" || m.Header.Get(subjects.HeaderReason) != "gone" {
+						t.Errorf("dead letter of the metadata alone: %d bytes, headers %v; want none, Ws-Truncated %d, Ws-Seq, Ws-Reason gone",
+							len(m.Data), m.Header, size)
+					}
+				}
+			})
+		}
+	})
 }

@@ -93,7 +93,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		Help: "Attempts to hand NATS what an earlier attempt failed to: a connection's end (registry delete and disconnect event), a dead letter."},
 		[]string{"what"})
 	m.retryDropped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_dropped_total",
-		Help: "Work for NATS given up without being taken: the retry queue was full, or the gateway stopped with it waiting."},
+		Help: "Work for NATS given up without being taken: the retry queue was full, the gateway stopped with it waiting, or NATS refuses it for good."},
 		[]string{"what", "why"})
 	m.retryPending = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "retries_pending",
 		Help: "Work waiting in the retry queue for NATS to take it."}, []string{"what"})
@@ -127,7 +127,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 	for _, w := range []string{retryDisconnect, retryDeadLetter} {
 		m.retries.WithLabelValues(w)
 		m.retryPending.WithLabelValues(w)
-		for _, why := range []string{dropFull, dropStopped} {
+		for _, why := range []string{dropFull, dropStopped, dropRefused} {
 			m.retryDropped.WithLabelValues(w, why)
 		}
 	}
