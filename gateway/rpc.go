@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -70,19 +72,39 @@ func withReadyTimeout(ctx context.Context) (context.Context, context.CancelFunc)
 // Function.Ping (ctx bounds only this wait; at most 10s when ctx has no
 // deadline). env is added to the current environment. The process's output
 // goes to this process's stderr. Close kills the process.
+//
+// The port is free when it is chosen, and another socket of the machine may
+// take it before the function binds it: a function that exits saying its
+// port is in use is started again on another, up to startAttempts times.
 func StartBinary(ctx context.Context, path string, env []string) (*RPCInvoker, error) {
+	for attempt := 1; ; attempt++ {
+		r, portTaken, err := startBinary(ctx, path, env)
+		if err == nil || !portTaken || attempt == startAttempts || ctx.Err() != nil {
+			return r, err
+		}
+	}
+}
+
+// startAttempts bounds the starts of a function binary whose port was taken
+// before it bound it.
+const startAttempts = 3
+
+// startBinary is one start of StartBinary; portTaken reports a process that
+// exited because its port was in use.
+func startBinary(ctx context.Context, path string, env []string) (_ *RPCInvoker, portTaken bool, _ error) {
 	port, err := freePort()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
+	inUse := &sawWriter{want: []byte("address already in use")}
 	cmd := exec.Command(path)
 	cmd.Env = append(append(os.Environ(), env...), "_LAMBDA_SERVER_PORT="+strconv.Itoa(port))
 	cmd.Stdout = os.Stderr
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = io.MultiWriter(os.Stderr, inUse)
 	cmd.WaitDelay = time.Second
 	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start function %s: %w", path, err)
+		return nil, false, fmt.Errorf("start function %s: %w", path, err)
 	}
 	r := &RPCInvoker{name: filepath.Base(path), cmd: cmd, exited: make(chan struct{})}
 	go func() {
@@ -104,17 +126,45 @@ func StartBinary(ctx context.Context, path string, env []string) (*RPCInvoker, e
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	r.Client, err = scfrpc.WaitReady(wctx, addr, readyInterval, scfrpc.Name(r.name))
 	if err != nil {
+		// Close waits for the process's end, and so for all its output.
 		_ = r.Close()
-		return nil, fmt.Errorf("start function %s: %w", path, err)
+		return nil, inUse.saw(), fmt.Errorf("start function %s: %w", path, err)
 	}
-	return r, nil
+	return r, false, nil
 }
 
-// freePort asks the kernel for a port that is free now. Another process may
-// take it before the function binds it; the wait for Ping then fails with a
-// clear error rather than talking to a stranger for long.
+// sawWriter reports whether want went through it, even cut across writes.
+type sawWriter struct {
+	want []byte
+	mu   sync.Mutex
+	tail []byte
+	seen bool
+}
+
+func (w *sawWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.seen {
+		buf := append(w.tail, p...)
+		w.seen = bytes.Contains(buf, w.want)
+		w.tail = append(w.tail[:0], buf[max(len(buf)-len(w.want)+1, 0):]...)
+	}
+	return len(p), nil
+}
+
+func (w *sawWriter) saw() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seen
+}
+
+// freePort asks the kernel for a port that is free now on every address,
+// as the SCF runtime binds it (":port"): one free on 127.0.0.1 may be held
+// on another address (a socket from 127.0.1.12 in TIME_WAIT), which fails
+// the function's bind. Another process may take it before the function
+// binds it (StartBinary then starts the function again on another).
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", ":0")
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}

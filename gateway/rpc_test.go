@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -147,5 +149,26 @@ func TestGatewayOverRPC(t *testing.T) {
 	waitFor(t, "cleanup over RPC", func() bool { return e.g.Stats().Cleanups == 1 })
 	if s := e.g.Stats(); s.InvokeErrors != 1 || s.Invocations != 3 {
 		t.Errorf("stats: %d invocations, %d failed; want 3 and 1", s.Invocations, s.InvokeErrors)
+	}
+}
+
+// TestStartBinaryPortTaken: a function whose port was taken between the
+// gateway choosing it and the function binding it (another socket of a
+// busy machine) is started again on another port, rather than failing the
+// gateway's start.
+func TestStartBinaryPortTaken(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "taken")
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	inv, err := StartBinary(ctx, buildEchoFn(t), []string{"FUNCTION_NAME=echofn", "ECHOFN_PORT_TAKEN_ONCE=" + marker})
+	if err != nil {
+		t.Fatalf("StartBinary: %v", err)
+	}
+	defer inv.Close()
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the first start did not find its port taken: %v", err)
+	}
+	if err := inv.Ping(ctx); err != nil {
+		t.Errorf("Ping: %v", err)
 	}
 }

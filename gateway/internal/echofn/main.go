@@ -4,13 +4,16 @@
 //
 // A registration event is accepted with the client's first subprotocol; a
 // data event whose data is "fail" returns an error, to exercise the failed
-// invocation path.
+// invocation path. With ECHOFN_PORT_TAKEN_ONCE naming a file that does not
+// exist yet, it creates the file and finds its port taken.
 package main
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
+	"os"
 	"strings"
 
 	"github.com/tencentyun/scf-go-lib/cloudfunction"
@@ -58,5 +61,16 @@ func handle(ctx context.Context, ev json.RawMessage) (json.RawMessage, error) {
 }
 
 func main() {
+	if marker := os.Getenv("ECHOFN_PORT_TAKEN_ONCE"); marker != "" {
+		// The first start finds its port taken, as when another socket
+		// took it between the gateway choosing it and the function
+		// binding it: the marker file says it happened.
+		if f, err := os.OpenFile(marker, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
+			_ = f.Close()
+			if ln, err := net.Listen("tcp", ":"+os.Getenv("_LAMBDA_SERVER_PORT")); err == nil {
+				defer ln.Close()
+			}
+		}
+	}
 	cloudfunction.Start(handle)
 }
