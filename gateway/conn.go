@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -129,10 +130,11 @@ func (c *conn) close(code websocket.StatusCode, reason, why string) {
 	}
 }
 
-// outgoing is one queued frame.
+// outgoing is one queued frame, and the Ws-Seq of its push.
 type outgoing struct {
 	typ  websocket.MessageType
 	data []byte
+	seq  seq
 }
 
 // closeReq is how the writer closes a connection once its queue is empty.
@@ -183,10 +185,12 @@ func (c *conn) send(s seq, typ websocket.MessageType, data []byte) enqueued {
 	if c.pending > 0 && (c.pending >= c.g.opts.SendQueueMessages || c.queued+n > c.g.opts.SendQueueBytes) {
 		c.g.log.Info("closing client: send queue full", "conn", c.id,
 			"queued_messages", c.pending, "queued_bytes", c.queued, "push_bytes", n)
-		c.end(closeSlow)
+		c.g.dropFrames(c.id, c.end(closeSlow), dropSlow, fmt.Sprintf(
+			"client not reading: its send queue overflowed (at most %d messages, %d bytes) and it was closed with 1008; the frame was queued, never written",
+			c.g.opts.SendQueueMessages, c.g.opts.SendQueueBytes))
 		return enqueuedOverflow
 	}
-	c.queue = append(c.queue, outgoing{typ: typ, data: data})
+	c.queue = append(c.queue, outgoing{typ: typ, data: data, seq: s})
 	c.queued += n
 	c.pending++
 	c.g.queuedBytes.Add(n)
@@ -225,22 +229,24 @@ func (c *conn) take(s seq) {
 
 // end takes no more pushes, drops what is queued and not yet being
 // written, and has the writer close the connection with how once the frame
-// being written is done (how nil: the connection is over already). qmu is
-// held.
-func (c *conn) end(how *closeReq) {
+// being written is done (how nil: the connection is over already). It
+// returns the frames dropped: their pushes were answered as delivered, so
+// the caller hands them to dropFrames. qmu is held.
+func (c *conn) end(how *closeReq) []outgoing {
 	c.ended = true
 	c.closeWith = how
-	for i, m := range c.queue {
+	dropped := c.queue
+	for _, m := range dropped {
 		n := int64(len(m.data))
 		c.queued -= n
 		c.pending--
 		c.g.queuedBytes.Add(-n)
-		c.queue[i] = outgoing{}
 	}
 	c.queue = nil
 	if how != nil {
 		c.startWriter()
 	}
+	return dropped
 }
 
 // startWriter runs writeLoop unless it runs. qmu is held, and the
@@ -285,12 +291,21 @@ func (c *conn) writeLoop() {
 		c.queued -= n
 		c.pending--
 		c.g.queuedBytes.Add(-n)
+		var dropped []outgoing
 		if err != nil {
-			c.end(nil)
+			// The frame that failed (or stalled: it may have been
+			// written, whole or in part) and the ones behind it.
+			dropped = append([]outgoing{m}, c.end(nil)...)
 			c.writing = false
 		}
 		c.qmu.Unlock()
 		if err != nil {
+			why, cause := dropEnded, "writing to the client failed: "+err.Error()
+			if errors.Is(err, errStalled) {
+				why = dropSlow
+				cause = fmt.Sprintf("client not reading: a frame was not written within the write timeout (%v) and it was closed", c.g.opts.WriteTimeout)
+			}
+			c.g.dropFrames(c.id, dropped, why, cause)
 			c.writeFailed(err)
 			return
 		}
@@ -402,6 +417,9 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	id := g.newConnID()
+	if g.edge != nil {
+		g.edge.handedOut(id)
+	}
 	log := g.log.With("conn", id)
 	// Known to pushes from now on, so a reply to the connect event that
 	// overtakes the upgrade waits for it instead of finding nothing.
@@ -646,15 +664,23 @@ func (c *conn) finish() {
 	defer g.slots.Add(-1)
 	g.remove(c)
 	c.qmu.Lock()
-	c.end(nil) // what is queued has no connection to go to
+	dropped := c.end(nil) // what is queued has no connection to go to
 	c.qmu.Unlock()
 	_ = c.ws.CloseNow()
 	g.stats.open.Add(-1)
 	g.releaseIP(c.ip)
 	why := disconnectReasons[c.why.Load()]
-	if reason := c.announce.Load(); reason != nil && g.edge != nil {
-		why = *reason
-		g.edge.announce(c.id, *reason)
+	announce := c.announce.Load()
+	if announce != nil && g.edge != nil {
+		why = *announce
+	}
+	dropWhy := dropEnded
+	if why == discSlow {
+		dropWhy = dropSlow
+	}
+	g.dropFrames(c.id, dropped, dropWhy, "the connection ended ("+why+") before the frame was written")
+	if announce != nil && g.edge != nil {
+		g.edge.announce(c.id, *announce)
 		g.stats.cleanups.Add(1)
 	} else if !g.cleanup(c.id) && g.edge != nil {
 		// SPEC §6: retried until NATS takes it, never dropped. (The

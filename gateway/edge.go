@@ -52,6 +52,15 @@ type edge struct {
 	inMu sync.Mutex
 	in   jetstream.Stream // WS_IN, once needed
 
+	// earlier is set while the sweep of this instance's earlier life has
+	// not completed (NATS failed it at start): the watch loop tries it
+	// again. mine holds the connection ids this life handed out
+	// meanwhile: they name this instance too, and are not the earlier
+	// life's.
+	earlierMu sync.Mutex
+	earlier   bool
+	mine      map[string]bool
+
 	// addrs holds the push URL each other instance last advertised, to
 	// ask it whether it is alive once its record is gone; used by the
 	// watch loop only.
@@ -141,14 +150,16 @@ func (e *edge) start(ctx context.Context) error {
 	// vanishes, and swept when they stay away (about three TTLs).
 	self := e.g.opts.InstanceID
 	absent := map[string]bool{}
-	err = e.sweep(ctx, func(inst string, live map[string]bool) bool {
-		if inst != self && !live[inst] {
-			absent[inst] = true
-		}
-		return inst == self
-	})
+	sctx, scancel := context.WithTimeout(ctx, startSweepTimeout)
+	err = e.sweepEarlier(sctx, absent)
+	scancel()
 	if err != nil {
-		e.log.Warn("sweep of an earlier life failed", "err", err)
+		// Not given up: tried again once this life runs, its own
+		// connections told apart from the earlier life's.
+		e.log.Warn("sweep of an earlier life failed; trying again until it completes", "err", err)
+		e.earlierMu.Lock()
+		e.earlier, e.mine = true, map[string]bool{}
+		e.earlierMu.Unlock()
 	}
 	if _, err := kv.Put(ctx, self, e.record); err != nil {
 		return fmt.Errorf("gateway: advertise instance %s: %w", self, err)
@@ -167,6 +178,71 @@ func (e *edge) start(ctx context.Context) error {
 	go e.refreshLoop()
 	go e.loop(known)
 	return nil
+}
+
+// startSweepTimeout bounds the sweep of an earlier life at start, within
+// start's own bound: a sweep NATS fails is tried again later, while the
+// instance must advertise itself now.
+const startSweepTimeout = 10 * time.Second
+
+// sweepTimeout bounds a sweep: listing the registry, the live set, and
+// the first attempt of each announcement.
+const sweepTimeout = 30 * time.Second
+
+// sweepEarlier announces as lost the records of this instance's earlier
+// life (every record naming it, but the connections this life handed out)
+// and adds to absent the instances with records and no instance record.
+func (e *edge) sweepEarlier(ctx context.Context, absent map[string]bool) error {
+	self := e.g.opts.InstanceID
+	return e.sweep(ctx, func(id, inst string, live map[string]bool) bool {
+		if inst != self && !live[inst] {
+			absent[inst] = true
+		}
+		return inst == self && !e.ofThisLife(id)
+	})
+}
+
+// handedOut notes a connection id of this life, while the earlier life's
+// sweep is still to complete.
+func (e *edge) handedOut(id string) {
+	e.earlierMu.Lock()
+	defer e.earlierMu.Unlock()
+	if e.earlier {
+		e.mine[id] = true
+	}
+}
+
+func (e *edge) ofThisLife(id string) bool {
+	e.earlierMu.Lock()
+	defer e.earlierMu.Unlock()
+	return e.mine[id]
+}
+
+// sweepEarlierAgain retries a sweep of the earlier life that failed, and
+// once it completes watches the instances it found absent, as start does.
+func (e *edge) sweepEarlierAgain(known map[string]bool) {
+	e.earlierMu.Lock()
+	pending := e.earlier
+	e.earlierMu.Unlock()
+	if !pending || !e.g.opts.NATS.IsConnected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+	defer cancel()
+	absent := map[string]bool{}
+	if err := e.sweepEarlier(ctx, absent); err != nil {
+		e.log.Debug("sweep of an earlier life failed again; trying again", "err", err)
+		return
+	}
+	e.earlierMu.Lock()
+	e.earlier, e.mine = false, nil
+	e.earlierMu.Unlock()
+	e.log.Info("sweep of an earlier life completed")
+	for inst := range absent {
+		if _, ok := known[inst]; !ok {
+			known[inst] = true
+		}
+	}
 }
 
 // replicas copies the registry's replica count, so the instances bucket
@@ -254,6 +330,7 @@ func (e *edge) loop(known map[string]bool) {
 		case <-e.quit:
 			return
 		case <-check.C:
+			e.sweepEarlierAgain(known)
 			// A reconnect between two checks counts too: this loop may
 			// have been busy for the whole outage.
 			if r := nc.Stats().Reconnects; !nc.IsConnected() || r != reconnects {
@@ -372,9 +449,14 @@ func (e *edge) check(known map[string]bool) map[string]bool {
 	}
 	if len(gone) > 0 {
 		e.log.Warn("gateway instances vanished; announcing their connections lost", "instances", gone)
-		dead := func(inst string, live map[string]bool) bool { return slices.Contains(gone, inst) && !live[inst] }
-		if err := e.sweep(ctx, dead); err != nil {
-			e.log.Warn("sweep failed", "err", err)
+		dead := func(_, inst string, live map[string]bool) bool { return slices.Contains(gone, inst) && !live[inst] }
+		// A sweep takes longer than a check may (a large registry to
+		// list): its own bound.
+		sctx, scancel := context.WithTimeout(context.Background(), sweepTimeout)
+		err := e.sweep(sctx, dead)
+		scancel()
+		if err != nil {
+			e.log.Warn("sweep failed; trying again at the next check", "err", err)
 			for _, inst := range gone {
 				next[inst] = false // retried next time
 			}
@@ -504,17 +586,22 @@ func (e *edge) live(ctx context.Context) (map[string]bool, error) {
 	return live, nil
 }
 
-// sweep announces as lost every registry record naming an instance dead
-// reports dead, given the live set. The registry is listed before the live
-// set is read: an instance advertises itself before it hands out ids, so a
-// record listed belongs to an instance in the later live set unless that
-// instance is gone.
-func (e *edge) sweep(ctx context.Context, dead func(inst string, live map[string]bool) bool) error {
+// sweep announces as lost every registry record (connection id, its
+// instance) that dead reports dead, given the live set. The registry is
+// listed before the live set is read: an instance advertises itself before
+// it hands out ids, so a record listed belongs to an instance in the later
+// live set unless that instance is gone. It fails unless it listed the
+// whole registry; an announcement NATS does not take is retried until it
+// is (announce), so a sweep that returns nil is complete.
+func (e *edge) sweep(ctx context.Context, dead func(id, inst string, live map[string]bool) bool) error {
 	reg, err := e.registryKV(ctx)
 	if reg == nil {
 		return err
 	}
-	keys, err := reg.ListKeys(ctx)
+	// The lister's own context: ended, it stops the listing early.
+	lctx, lcancel := context.WithCancel(ctx)
+	defer lcancel()
+	keys, err := reg.ListKeys(lctx)
 	if err != nil {
 		return fmt.Errorf("list registry: %w", err)
 	}
@@ -529,6 +616,11 @@ func (e *edge) sweep(ctx context.Context, dead func(inst string, live map[string
 			recs = append(recs, rec{id, inst})
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		// The lister ends its keys early, without an error, when its
+		// context ends: what was listed may not be all.
+		return fmt.Errorf("list registry: cut short after %d records: %w", len(recs), err)
+	}
 	if len(recs) == 0 {
 		return nil
 	}
@@ -539,7 +631,7 @@ func (e *edge) sweep(ctx context.Context, dead func(inst string, live map[string
 	var wg sync.WaitGroup
 	n := 0
 	for _, r := range recs {
-		if !dead(r.inst, live) {
+		if !dead(r.id, r.inst, live) {
 			continue
 		}
 		n++
@@ -619,13 +711,32 @@ func (e *edge) announce(id, reason string) {
 // is publishing at the same moment, the stream keeps one of the two, and
 // an event older than its duplicate window is found in WS_IN first. One
 // event per connection either way.
+//
+// A connection swept as lost whose instance is back (it was cut off, not
+// dead) is that instance's again while its record is there: only a record
+// the sweep already deleted is announced, and the instance closes that
+// connection when it reconciles.
 func (e *edge) conclude(ctx context.Context, j *endJob) error {
 	token := subjects.Token(j.id)
+	back, err := e.instanceBack(ctx, j)
+	if err != nil {
+		return err
+	}
 	reg, err := e.registryKV(ctx)
 	if err != nil {
 		return err
 	}
-	if reg != nil {
+	switch {
+	case reg != nil && back:
+		_, err := reg.Get(ctx, token)
+		if err == nil {
+			e.log.Info("gateway instance is back: its connection is not announced lost", "token", token)
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("registry get %s: %w", token, err)
+		}
+	case reg != nil:
 		announced, err := e.names.Forget(ctx, e.js, reg, token, j.reason, j.at)
 		if err != nil {
 			return err
@@ -659,6 +770,23 @@ func (e *edge) conclude(ctx context.Context, j *endJob) error {
 	}
 	e.log.Info("disconnect event published for a registry record deleted without one", "token", token, "reason", j.reason)
 	return nil
+}
+
+// instanceBack reports whether j announces lost a connection of another
+// instance that has an instance record again.
+func (e *edge) instanceBack(ctx context.Context, j *endJob) (bool, error) {
+	inst, ok := subjects.EdgeInstance(j.id)
+	if !ok || j.reason != subjects.ReasonLost || inst == e.g.opts.InstanceID || e.instances == nil {
+		return false, nil
+	}
+	_, err := e.instances.Get(ctx, inst)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return false, nil
+	}
+	return false, fmt.Errorf("gateway instance %s: %w", inst, err)
 }
 
 // inbound returns WS_IN.

@@ -38,7 +38,8 @@ type Gateway struct {
 	// retries holds what NATS must take and could not at once: ends of
 	// connections, dead letters (retry.go).
 	retries     *retryQueue
-	queuedBytes atomic.Int64 // in every connection's send queue
+	queuedBytes atomic.Int64  // in every connection's send queue
+	dropped     atomic.Uint64 // frames taken and never written, numbered
 
 	janitorOnce sync.Once
 	closeOnce   sync.Once

@@ -35,6 +35,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// waitFramesOut waits until g has counted n frames written: a connection's
+// writer counts a frame once its write returned, which can be after the
+// client read it.
+func waitFramesOut(t *testing.T, g *Gateway, n uint64) {
+	t.Helper()
+	waitFor(t, strconv.FormatUint(n, 10)+" frames written to be counted", func() bool { return g.Stats().FramesOut >= n })
+}
+
 // call is one invocation the fake function saw.
 type call struct {
 	role        string // FunctionName from the function context

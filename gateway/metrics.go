@@ -55,6 +55,8 @@ type gwMetrics struct {
 	retries         *prometheus.CounterVec
 	retryDropped    *prometheus.CounterVec
 	retryPending    *prometheus.GaugeVec
+	framesDropped   *prometheus.CounterVec
+	deadLetters     prometheus.Counter
 }
 
 func newMetrics(g *Gateway) *gwMetrics {
@@ -91,10 +93,15 @@ func newMetrics(g *Gateway) *gwMetrics {
 		Help: "Attempts to hand NATS what an earlier attempt failed to: a connection's end (registry delete and disconnect event), a dead letter."},
 		[]string{"what"})
 	m.retryDropped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_dropped_total",
-		Help: "Work for NATS given up without being taken: the retry queue was full, or the gateway stopped with it waiting."},
+		Help: "Work for NATS given up without being taken: the retry queue was full, the gateway stopped with it waiting, or NATS refuses it for good."},
 		[]string{"what", "why"})
 	m.retryPending = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "retries_pending",
 		Help: "Work waiting in the retry queue for NATS to take it."}, []string{"what"})
+	m.framesDropped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "frames_dropped_total",
+		Help: "Frames taken for clients (their pushes answered 200) and never written, by why: slow (the client did not read), ended (it left, a write failed, shutdown). An edge instance dead-letters each."},
+		[]string{"reason"})
+	m.deadLetters = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dead_letters_total",
+		Help: "Dead letters published for frames taken and never written."})
 	natsUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nats_connected",
 		Help: "1 while the NATS connection is up (0 without NATS)."}, func() float64 {
 		if g.opts.NATS != nil && g.opts.NATS.Status() == nats.CONNECTED {
@@ -103,7 +110,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		return 0
 	})
 	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp,
-		m.retries, m.retryDropped, m.retryPending)
+		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)
@@ -114,10 +121,13 @@ func newMetrics(g *Gateway) *gwMetrics {
 	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost, discInvalid, discSlow} {
 		m.disconnects.WithLabelValues(r)
 	}
-	for _, w := range []string{retryDisconnect} {
+	for _, r := range []string{dropSlow, dropEnded} {
+		m.framesDropped.WithLabelValues(r)
+	}
+	for _, w := range []string{retryDisconnect, retryDeadLetter} {
 		m.retries.WithLabelValues(w)
 		m.retryPending.WithLabelValues(w)
-		for _, why := range []string{dropFull, dropStopped} {
+		for _, why := range []string{dropFull, dropStopped, dropRefused} {
 			m.retryDropped.WithLabelValues(w, why)
 		}
 	}

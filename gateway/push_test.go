@@ -42,6 +42,7 @@ func TestPushDelivers(t *testing.T) {
 			if typ != tt.wantType || !bytes.Equal(data, tt.want) {
 				t.Errorf("client got %v %q, want %v %q", typ, data, tt.wantType, tt.want)
 			}
+			waitFramesOut(t, e.g, 1)
 			if s := e.g.Stats(); s.PushesOK != 1 || s.FramesOut != 1 {
 				t.Errorf("stats PushesOK %d FramesOut %d, want 1 and 1", s.PushesOK, s.FramesOut)
 			}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,7 @@ const (
 const (
 	dropFull    = "full"    // the queue was at its bound
 	dropStopped = "stopped" // the gateway stopped with it still waiting
+	dropRefused = "refused" // NATS refuses it for good (a dead letter it will never take)
 )
 
 const (
@@ -64,6 +66,13 @@ type retryJob interface {
 	run(ctx context.Context) error
 	logAttrs() []any
 }
+
+// giveUp is a job's error that retrying cannot cure: the job is given up
+// (counted and logged), and the round goes on.
+type giveUp struct{ err error }
+
+func (e giveUp) Error() string { return e.err.Error() }
+func (e giveUp) Unwrap() error { return e.err }
 
 // retryQueue holds the jobs waiting and runs their rounds on a goroutine
 // that starts with the first job and ends when Close has drained it.
@@ -257,6 +266,13 @@ func (q *retryQueue) round(ctx context.Context) bool {
 			actx, acancel := context.WithTimeout(ctx, natsStepTimeout)
 			err := w.job.run(actx)
 			acancel()
+			if gu := (giveUp{}); errors.As(err, &gu) {
+				q.remove(w)
+				q.drop(w.job, dropRefused)
+				q.g.log.Error("NATS refuses this for good: given up (counted in retries_dropped_total)",
+					append([]any{"what", w.job.what(), "err", gu.err}, w.job.logAttrs()...)...)
+				return
+			}
 			if err != nil {
 				q.mu.Lock()
 				w.tries++

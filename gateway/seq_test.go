@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -141,6 +140,7 @@ func TestPushSeqRacingBridges(t *testing.T) {
 			t.Fatalf("message %d is %q, want %q: a command written twice, out of order or not at all", i, data, want)
 		}
 	}
+	waitFramesOut(t, e.g, commands+1)
 	if s := e.g.Stats(); s.FramesOut != commands+1 || s.PushesRepeated != (pushers-1)*commands {
 		t.Errorf("FramesOut %d PushesRepeated %d, want %d and %d", s.FramesOut, s.PushesRepeated, commands+1, (pushers-1)*commands)
 	}
@@ -196,12 +196,7 @@ func TestPushSeqMalformed(t *testing.T) {
 	if _, data := read(t, c); string(data) != "max" {
 		t.Errorf("client got %q first, want max: a malformed push was written", data)
 	}
-	// The writer counts a frame once its write returned, which can be just
-	// after the client read it.
-	deadline := time.Now().Add(10 * time.Second)
-	for e.g.Stats().FramesOut < 1 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFramesOut(t, e.g, 1)
 	if s := e.g.Stats(); s.PushesInvalid != uint64(len(bad)) || s.FramesOut != 1 {
 		t.Errorf("PushesInvalid %d FramesOut %d, want %d and 1", s.PushesInvalid, s.FramesOut, len(bad))
 	}
