@@ -53,7 +53,11 @@ import (
 //     excused when the end can lose a frame the edge already wrote: the
 //     client closed (its library discards frames that arrive during the
 //     close handshake) or its edge was SIGKILLed (frames in the socket
-//     buffers die with it). Direct sends published after the end must be
+//     buffers die with it). A client that stopped reading and then closed
+//     without reading again discards what the edge wrote into the socket
+//     while it stalled: for it, "before the end" means before its close,
+//     and only what was published after the close must be dead-lettered.
+//     Direct sends published after the end must be
 //     dead-lettered (the edge answers 404, or its instance is gone), and
 //     the other ends (SIGTERM of the edge: 1001 after every written frame;
 //     a backend close: the close is pushed after every earlier send; a
@@ -69,9 +73,12 @@ import (
 // push again, never an older one). A frame of a message not addressed to
 // the connection (another token, a group it is not in, a broadcast that
 // excluded it) is misdelivered. A dead letter with reason gone for a
-// connection that was still there (it is still open, or it received a later
-// message, and the message was not published after a backend close of it)
-// is gone-while-live.
+// connection that was still there (it is still open, or it received a
+// message published after the dead letter was stored, and the message was not
+// published after a backend close of it) is gone-while-live. A dead letter
+// made after the end for a message the connection had received (pushed
+// again by the bridge that took over its partition) is no finding: gone was
+// true then.
 //
 // Disconnect events (read from WS_IN): a connection that ended, and a
 // connection whose connect event was stored but whose client never got it
@@ -151,8 +158,10 @@ type connView struct {
 	user      string
 	groups    []string
 	hasEvent  bool
-	maxRecv   uint64 // highest sequence received
-	lossEnd   bool   // ended in a way that may lose a written frame
+	maxRecv   uint64    // highest sequence received
+	lossEnd   bool      // ended in a way that may lose a written frame
+	lossAt    time.Time // when: the end, or later for a stalled client that then closed
+	lossKind  string
 	causeKind string
 }
 
@@ -252,8 +261,8 @@ func (ck Checker) Check(h *History) *Report {
 			add(CatHistory, v.name, "no connect event in WS_IN for a connection the client had open")
 		}
 		for _, cs := range c.Causes {
-			if cs.Kind == ActionClientClose || cs.Kind == FaultEdgeKill {
-				v.lossEnd = true
+			if (cs.Kind == ActionClientClose || cs.Kind == FaultEdgeKill) && !v.lossEnd {
+				v.lossEnd, v.lossAt, v.lossKind = true, maxTime(cs.At, c.End), cs.Kind
 			}
 		}
 		v.causeKind = causeKind(c)
@@ -396,13 +405,22 @@ func (ck Checker) Check(h *History) *Report {
 			}
 		}
 		v.maxRecv = maxSeq
+		// The connection was there, taking pushes, at least until the
+		// latest publish of a message it received began: what it read
+		// after that may have been in its socket before the edge let it go.
+		var lastRecv time.Time
+		for id := range seen {
+			if p := pubs[id]; p != nil && p.Start.After(lastRecv) {
+				lastRecv = p.Start
+			}
+		}
 
 		owed := map[string]bool{}
 		for _, p := range expected[v] {
 			owed[p.ID] = true
 			received := seen[p.ID]
 			d := dlq[dlqKey{c.Token, p.ID}]
-			if d != nil && d.Reason == "gone" && (!c.Ended || p.Seq < v.maxRecv) && !afterClose(c, p) {
+			if d != nil && d.Reason == "gone" && (!c.Ended || d.Stored.Before(lastRecv)) && !afterClose(c, p) {
 				r.GoneLive++
 				addAt(CatGoneLive, v.name, p.Start, 10*time.Second, 10*time.Second, "%s (%s, seq %d) dead-lettered gone (%s) while the connection was there", p.ID, p.Kind, p.Seq, d.Error)
 			}
@@ -425,8 +443,10 @@ func (ck Checker) Check(h *History) *Report {
 					"%s (%s, seq %d, published %s) neither received nor dead-lettered, though its partition pushed it while the connection was registered: %s; connection ended %s (%s)",
 					p.ID, p.Kind, p.Seq, p.Start.Format(timeFmt), expandedBefore(p.ID, c.Token), c.End.Format(timeFmt), v.causeKind)
 				r.Findings[len(r.Findings)-1].Seq = p.Seq
-			case c.Ended && p.Seq > v.maxRecv && (isFanOut(p.Kind) || v.lossEnd && !p.Start.After(c.End)):
+			case c.Ended && p.Seq > v.maxRecv && isFanOut(p.Kind):
 				r.Excused[v.causeKind]++
+			case c.Ended && p.Seq > v.maxRecv && v.lossEnd && !p.Start.After(v.lossAt):
+				r.Excused[v.lossKind]++
 			default:
 				r.Lost++
 				state := "open to the end"
@@ -572,6 +592,13 @@ func faultSpans(recs []FaultRec) func(from, to time.Time) []string {
 		}
 		return out
 	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // afterClose says whether p was published after a backend close of c

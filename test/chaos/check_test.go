@@ -76,8 +76,30 @@ func (b *hist) disc(token, reason string) {
 	b.h.Disconnects = append(b.h.Disconnects, EventRec{T: "disconnect", Token: token, Reason: reason})
 }
 
+// dlq adds a dead letter stored 5 ms after the message's publish began.
 func (b *hist) dlq(token, id, kind, reason string) {
-	b.h.DLQ = append(b.h.DLQ, DLQRec{T: "dlq", Token: token, ID: id, Kind: kind, Reason: reason})
+	stored := time.Time{}
+	for _, p := range b.h.Pubs {
+		if p.ID == id {
+			stored = p.Start.Add(5 * time.Millisecond)
+		}
+	}
+	b.dlqAt(token, id, kind, reason, stored)
+}
+
+func (b *hist) dlqAt(token, id, kind, reason string, stored time.Time) {
+	b.h.DLQ = append(b.h.DLQ, DLQRec{T: "dlq", Token: token, ID: id, Kind: kind, Reason: reason, Stored: stored})
+}
+
+// cause adds a later cause to a connection that ended.
+func (b *hist) cause(token, kind string, ms int) {
+	for i := range b.h.Conns {
+		if c := &b.h.Conns[i]; c.Token == token {
+			c.Causes = append(c.Causes, Cause{Kind: kind, At: at(ms)})
+			return
+		}
+	}
+	panic("no connection " + token)
 }
 
 func check(b *hist, repeat string) *Report {
@@ -271,6 +293,52 @@ func TestCheckGoneWhileLive(t *testing.T) {
 	b.recv("A", "m2")
 	b.dlq("A", "m1", KindSend, "gone")
 	wantFindings(t, check(b, RepeatExact), CatGoneLive)
+}
+
+// A dead letter gone made after the connection ended, for a message it had
+// received (pushed again by the bridge that took its partition over), is
+// no finding; one stored before the connection took a later push is.
+func TestCheckGoneAfterTheEnd(t *testing.T) {
+	b := newHist()
+	b.conn("A", 0, "u1")
+	b.pub("m1", KindSend, "A", 10, 1)
+	b.pub("m2", KindSend, "A", 20, 2)
+	b.recv("A", "m1", "m2")
+	b.end("A", 100, FaultStall)
+	b.disc("A", "client")
+	b.dlqAt("A", "m1", KindSend, "gone", at(500))
+	wantFindings(t, check(b, RepeatExact))
+
+	b.h.DLQ = nil
+	b.dlqAt("A", "m1", KindSend, "gone", at(15)) // before m2 was published
+	wantFindings(t, check(b, RepeatExact), CatGoneLive)
+}
+
+// A client that stopped reading and then closed discards what the edge
+// wrote into its socket meanwhile: a send published between the stall and
+// the close is excused; one published after the close is owed a dead letter.
+func TestCheckStallThenClose(t *testing.T) {
+	for _, tc := range []struct {
+		dlq  []string
+		want []string
+	}{
+		{nil, []string{CatLost}},
+		{[]string{"m3"}, nil},
+	} {
+		b := newHist()
+		b.conn("A", 0, "u1")
+		b.pub("m1", KindSend, "A", 10, 1)
+		b.pub("m2", KindSend, "A", 200, 2) // stalled, before the close
+		b.pub("m3", KindSend, "A", 400, 3) // after the close
+		b.recv("A", "m1")
+		b.end("A", 100, FaultStall)
+		b.cause("A", ActionClientClose, 300)
+		b.disc("A", "client")
+		for _, id := range tc.dlq {
+			b.dlq("A", id, KindSend, "gone")
+		}
+		wantFindings(t, check(b, RepeatExact), tc.want...)
+	}
 }
 
 func TestCheckDisconnectEvents(t *testing.T) {
