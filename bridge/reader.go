@@ -278,11 +278,11 @@ func (r *reader) handle(m jetstream.Msg, stamp time.Time, seq, prev uint64) {
 		d.kind, d.body, d.binary = subj.Kind, m.Data(), binary
 		if only >= 0 {
 			// The common case: one item, carried by the delivery.
+			d.remaining.Store(1)
+			d.one = item{d: d, token: subj.Token, close: subj.Kind == subjects.KindClose}
 			if !p.hold(d) {
 				continue
 			}
-			d.remaining.Store(1)
-			d.one = item{d: d, token: subj.Token, close: subj.Kind == subjects.KindClose}
 			b.enqueue(&d.one)
 			continue
 		}
@@ -299,14 +299,16 @@ func (r *reader) handle(m jetstream.Msg, stamp time.Time, seq, prev uint64) {
 			}
 			continue
 		}
-		if !p.hold(d) {
-			continue
-		}
+		// Whole before it is held: from then on the partition's position
+		// (made by the commit loop) reads its items.
 		d.remaining.Store(int64(len(tokens)))
 		d.shareTail()
 		d.items = make([]*item, len(tokens))
 		for i, t := range tokens {
 			d.items[i] = &item{d: d, token: t}
+		}
+		if !p.hold(d) {
+			continue
 		}
 		for _, it := range d.items {
 			b.enqueue(it)
