@@ -118,9 +118,37 @@ func TestFanOutKeepsItsPlaceInABacklog(t *testing.T) {
 	for _, w := range want {
 		total += len(w)
 	}
-	startBridge(t, Options{PushURL: mt.srv.URL + "/a/api", Concurrency: 16}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)})
+	b := startBridge(t, Options{PushURL: mt.srv.URL + "/a/api", Concurrency: 16}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)})
+	// Positions made all the time, as the commit loop makes them, while
+	// fan-outs are taken: a command must be whole once it is held (the
+	// race detector sees one that is not).
+	stop := make(chan struct{})
+	positions := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				positions <- n
+				return
+			default:
+			}
+			if ps := b.partList.Load(); ps != nil {
+				for _, p := range *ps {
+					if _, ok := p.position(); ok {
+						n++
+					}
+				}
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
 	waitFor(t, "every push", 60*time.Second, func() bool { return len(mt.all()) >= total })
 	waitFor(t, "every command resolved", 30*time.Second, e.resolved)
+	close(stop)
+	if n := <-positions; n == 0 {
+		t.Error("no position was made while the fan-outs were taken")
+	}
 	got := map[string][]int{}
 	for _, p := range mt.all() {
 		got[p.conn] = append(got[p.conn], p.n)
