@@ -12,27 +12,11 @@ import (
 	"time"
 )
 
-// ciFaults is the fault selection of TestChaos: the faults whose promises
-// hold today, so that CI fails on any regression of them. Left out, each
-// for a defect still open that the long runner shows (-faults all):
-// natskill (commands of a connection with a backend close in flight lost
-// after a NATS node kill), edgekill and edgeterm (a live connection's push
-// answered 404, dead-lettered gone), stall (frames the edge queued and then
-// dropped when it closed a client that stopped reading).
-const ciFaults = "bridgekill,bridgeterm,bridgecut,push503,pushslow"
-
-// openDefects are the checker's categories that TestChaos reports without
-// failing, because defects behind them are known and not fixed yet: a
-// command neither delivered nor dead-lettered after a bridge was killed
-// beside slowed pushes (one in about two runs of this size), and a live
-// connection's push answered 404 by its edge (dead-lettered gone). Every
-// other promise fails the test: order, exactly once, misdelivery, one
-// disconnect event per connection, healthy processes, a drained log.
-// -chaos.strict fails on these too; so does the long runner.
-var openDefects = map[string]bool{CatLost: true, CatGoneLive: true}
+// ciFaults is the fault selection of TestChaos: every kind, NATS node kills
+// included. Any finding fails the test.
+const ciFaults = "all"
 
 var (
-	chaosStrict = flag.Bool("chaos.strict", false, "fail TestChaos on the open defects' findings too (lost, gone while live)")
 	chaosSeed   = flag.Int64("chaos.seed", 0, "seed of TestChaos (0: $CHAOS_SEED, else from the clock)")
 	chaosFaults = flag.String("chaos.faults", ciFaults, "fault kinds of TestChaos (see -faults of the command)")
 	chaosRepeat = flag.String("chaos.repeat", RepeatExact, "repeat rule of TestChaos: exact or latest")
@@ -86,25 +70,8 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatalf("seed %d: the run did not complete: %v (run directory %s kept)", seed, err, cfg.Dir)
 	}
-	var broken, open []Finding
-	for _, f := range res.Report.Findings {
-		if openDefects[f.Category] && !*chaosStrict {
-			open = append(open, f)
-		} else {
-			broken = append(broken, f)
-		}
-	}
-	if len(broken) > 0 {
+	if len(res.Report.Findings) > 0 {
 		t.Errorf("seed %d: promises broken; run directory %s kept (history %s)\n%s", seed, res.Dir, res.History, res.Summary)
-		return
-	}
-	if len(open) > 0 {
-		// Reported, not failed: see openDefects. The run directory is kept
-		// for whoever works on them.
-		t.Logf("seed %d: %d findings of the open defects (lost, gone while live), run directory %s kept:", seed, len(open), res.Dir)
-		for _, f := range open {
-			t.Logf("  [%s] %s: %s %v", f.Category, f.Conn, f.Detail, f.Near)
-		}
 		return
 	}
 	t.Logf("seed %d passed\n%s", seed, res.Summary)
