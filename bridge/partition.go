@@ -57,6 +57,10 @@ type part struct {
 	// replay holds the commands below next that the previous owner left
 	// pending, with the connections still to push to (nil: every target).
 	replay map[uint64][]string
+	// replayOrder is replay's sequences in increasing order, with those
+	// held since dropped lazily from its front: the lowest is found in
+	// constant time for every command the reader offers.
+	replayOrder []uint64
 	// repeatBelow: commands below it may have been pushed by a previous
 	// owner that died before it committed (counted as duplicates).
 	repeatBelow uint64
@@ -97,7 +101,7 @@ func (p *part) begin(pos subjects.Position, rev, last uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.next = pos.Next
-	p.replay = nil
+	p.replay, p.replayOrder = nil, nil
 	for _, pc := range pos.Pending {
 		if pc.Seq >= pos.Next {
 			continue
@@ -105,8 +109,12 @@ func (p *part) begin(pos subjects.Position, rev, last uint64) {
 		if p.replay == nil {
 			p.replay = map[uint64][]string{}
 		}
+		if _, dup := p.replay[pc.Seq]; !dup {
+			p.replayOrder = append(p.replayOrder, pc.Seq)
+		}
 		p.replay[pc.Seq] = pc.Tokens
 	}
+	slices.Sort(p.replayOrder)
 	if last > 0 {
 		p.repeatBelow = last + 1
 	}
@@ -171,13 +179,14 @@ func (p *part) replayBehind(prev uint64) bool {
 // replayLow is the lowest pending command of the previous owner not yet
 // held, if any; p.mu held.
 func (p *part) replayLow() (uint64, bool) {
-	var low uint64
-	for s := range p.replay {
-		if low == 0 || s < low {
-			low = s
+	for len(p.replayOrder) > 0 {
+		if _, ok := p.replay[p.replayOrder[0]]; ok {
+			return p.replayOrder[0], true
 		}
+		p.replayOrder = p.replayOrder[1:]
 	}
-	return low, len(p.replay) > 0
+	p.replay, p.replayOrder = nil, nil
+	return 0, false
 }
 
 // pass moves the partition past a command that is not its own (or that

@@ -33,7 +33,7 @@ func runLogCost(n, conns int) error {
 		tg := &slowTarget{}
 		srv := httptest.NewServer(tg)
 		for i := 0; i < n; i++ {
-			if _, err := js.PublishAsync(names.Send(subjects.Token(fmt.Sprintf("cost-conn-%06d", i%conns))), []byte("x")); err != nil {
+			if _, err := js.PublishAsync(names.Send(subjects.Token(fmt.Sprintf("cost-conn-%06d", i%conns))), []byte("x"), stallWait); err != nil {
 				return err
 			}
 			if i%2000 == 1999 {

@@ -92,6 +92,10 @@ func main() {
 // benchNATS starts the embedded NATS server with its storage in a new
 // temporary directory named after pattern, connects and provisions the
 // streams with -partitions; done undoes all of it.
+// stallWait bounds a publish's wait for room among the acks outstanding:
+// on a loaded machine the default 200 ms ends a preload with an error.
+var stallWait = jetstream.WithStallWait(time.Minute)
+
 func benchNATS(pattern string) (s *server.Server, nc *nats.Conn, js jetstream.JetStream, done func(), err error) {
 	dir, err := os.MkdirTemp("", pattern)
 	if err != nil {
@@ -169,7 +173,7 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 	}
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte(payload)); err != nil {
+		if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte(payload), stallWait); err != nil {
 			return err
 		}
 	}
@@ -282,7 +286,7 @@ func run(n, conns, conc, naiveN int, offered float64, dur time.Duration, registr
 			time.Sleep(d)
 		}
 		data := "t=" + strconv.FormatInt(time.Now().UnixNano(), 10) + " " + payload
-		if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte(data)); err != nil {
+		if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte(data), stallWait); err != nil {
 			return err
 		}
 	}

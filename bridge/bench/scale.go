@@ -112,7 +112,7 @@ func runScale(n, conns, conc, runs, kills int, latency time.Duration) error {
 			base := tg.count()
 			start := time.Now()
 			for i := 0; i < n; i++ {
-				if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte("x")); err != nil {
+				if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte("x"), stallWait); err != nil {
 					return err
 				}
 				if i%2000 == 1999 {
@@ -210,7 +210,7 @@ func failovers(natsURL, pushURL string, tg *slowTarget, js jetstream.JetStream, 
 			case <-time.After(50 * time.Millisecond):
 			}
 			for _, t := range tokens {
-				_, _ = js.PublishAsync(names.Send(t), []byte("x"))
+				_, _ = js.PublishAsync(names.Send(t), []byte("x"), stallWait)
 			}
 		}
 	}()
