@@ -62,6 +62,7 @@ type Bridge struct {
 	own       *owner
 	positions jetstream.KeyValue
 	reader    *reader
+	gone      *goneSet // connections answered gone, dead-lettered without a push
 	pm        *metrics.Partitions
 	ready     *readyQueue
 	pmu       sync.Mutex
@@ -150,6 +151,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		pusher: p,
 		router: newRouter(js, names, p.url),
 		idx:    newIndex(),
+		gone:   newGoneSet(),
 		ready:  newReadyQueue(),
 		id:     o.ID,
 		epoch:  time.Now(),

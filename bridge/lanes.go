@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsbridge/wsbridge/metrics"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -275,6 +277,14 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 		}
 		it.payload = p
 	}
+	if e, ok := b.gone.seen(it.token, time.Now()); ok {
+		// Answered gone before: nothing to push to. The first answer
+		// forgot the connection; this only records the dead letter.
+		o := Outcome{Class: Gone, Status: e.status,
+			Err: fmt.Errorf("gateway HTTP %d: connection gone (answered at %s, not pushed again)", e.status, e.at.UTC().Format(time.RFC3339Nano))}
+		it.dl = &pendingDL{reason: metrics.ReasonGone, o: o, attempts: it.attempts}
+		return b.finish(it)
+	}
 	if it.close && it.attempts == 0 {
 		b.markClosing(it.token)
 	}
@@ -305,6 +315,9 @@ func (b *Bridge) attempt(it *item) (attemptResult, time.Duration) {
 	}
 	if d.redelivered && o.Class == OK {
 		b.pm.Duplicates.Inc()
+	}
+	if o.Class == Gone {
+		b.gone.add(it.token, o.Status, done)
 	}
 	dec := Decide(o, it.attempts, b.policy, rand.Float64())
 	switch dec.Action {

@@ -3,6 +3,8 @@ package bridge
 import (
 	"context"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,10 +48,13 @@ func TestDeleteMarkerAgeOutNotAnnouncedExpired(t *testing.T) {
 }
 
 // Several messages queued for a connection the gateway reports gone
-// are each dead-lettered, but the connection is announced gone once.
+// are each dead-lettered, but the connection is announced gone once, and
+// pushed to once: the rest of its backlog is dead-lettered without a push.
 func TestGoneAnnouncedOncePerConnection(t *testing.T) {
+	var pushed atomic.Int32
 	e := newEnv(t, func(p push, attempt int) (int, int) {
 		if p.ConnID == "gone-many" {
+			pushed.Add(1)
 			return http.StatusNotFound, 404
 		}
 		return http.StatusOK, 0
@@ -67,6 +72,21 @@ func TestGoneAnnouncedOncePerConnection(t *testing.T) {
 	e.flushCollector(disc)
 	if n := dlq.len(); n != 5 {
 		t.Errorf("%d dead letters, want 5", n)
+	}
+	if n := pushed.Load(); n != 1 {
+		t.Errorf("the gone connection was pushed to %d times, want once", n)
+	}
+	again := 0
+	for _, m := range dlq.all() {
+		if r := m.Header.Get(subjects.HeaderReason); r != "gone" {
+			t.Errorf("dead letter reason %q, want gone", r)
+		}
+		if strings.Contains(m.Header.Get(subjects.HeaderError), "not pushed again") {
+			again++
+		}
+	}
+	if again != 4 {
+		t.Errorf("%d dead letters say the connection was not pushed again, want 4", again)
 	}
 	if got := e.disconnectsOf(disc, tok); len(got) != 1 || got[0] != subjects.ReasonGone {
 		t.Errorf("disconnects %v, want exactly one gone", got)
