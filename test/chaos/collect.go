@@ -121,13 +121,17 @@ func (r *Runner) pendingSeqs(ctx context.Context) {
 // readStream hands every message of stream matching filters to each, in
 // stream order, with its sequence and store time. A fetch that fails (a
 // busy server: tens of thousands of dead letters are read here) is taken
-// up again after the last message read, a few times.
+// up again after the last message read, until ten tries in a row read
+// nothing or the bound of three minutes passes.
 func (r *Runner) readStream(ctx context.Context, stream string, filters []string, each func(m jetstream.Msg, seq uint64, at time.Time)) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	var next uint64 // first sequence not read yet (0: from the start)
 	var lastErr error
+	// Ten tries in a row without progress; a try that read something
+	// starts the count again.
 	for try := 0; try < 10; try++ {
+		from := next
 		if try > 0 {
 			r.logf("reading %s again from sequence %d: %v", stream, next, lastErr)
 			select {
@@ -175,6 +179,9 @@ func (r *Runner) readStream(ctx context.Context, stream string, filters []string
 			return nil
 		}
 		lastErr = err
+		if next > from {
+			try = 0
+		}
 	}
 	return fmt.Errorf("%s: %w", stream, lastErr)
 }
