@@ -494,10 +494,18 @@ func (o *owner) release(p int, l *lease) {
 		o.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err = o.kv.Delete(ctx, subjects.LeaseKey(p), jetstream.LastRevision(rev))
-		cancel()
 		if err == nil || !isConflict(err) {
+			cancel()
 			break
 		}
+		// A renewal answered late (or not at all) but applied moved the
+		// revision: still ours, release it at the one found.
+		if cur, ok := o.ours(ctx, p, rev); ok {
+			o.mu.Lock()
+			l.rev = max(l.rev, cur)
+			o.mu.Unlock()
+		}
+		cancel()
 		time.Sleep(10 * time.Millisecond)
 	}
 	if err != nil {

@@ -113,6 +113,12 @@ func closingMark(value []byte) string {
 // IsWrongLastSequence reports a write conditional on a revision (or last
 // sequence) that lost: the key or subject changed since.
 func IsWrongLastSequence(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	// 10164 is what a replicated stream answers where a single replica
+	// answers 10071.
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

@@ -8,6 +8,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -270,5 +271,83 @@ func TestClusterBridgesSurviveTheStreamLeaderAndABridge(t *testing.T) {
 	}
 	if err := bridges[0].Ready(); err != nil {
 		t.Errorf("surviving bridge not ready: %v", err)
+	}
+}
+
+// TestReplicatedConflictIsRecognised: a write conditional on a revision
+// that lost, on a bucket with three replicas (which answers err_code 10164
+// where one replica answers 10071), is recognised as a conflict, so that
+// whoever made it reads the key again rather than giving up (a bridge's
+// lease release and its commits, a registry delete).
+func TestReplicatedConflictIsRecognised(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test starts three servers; skipped with -short")
+	}
+	servers := startCluster(t)
+	nc, err := nats.Connect(urls(servers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var kv jetstream.KeyValue
+	for {
+		// The meta leader may still be electing.
+		if kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "CONFLICTS", Replicas: 3}); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("create a replicated bucket: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	// Conditional writes at one revision, at once: one wins; those the
+	// leader had let through before the winner was applied are refused
+	// when applied, with 10164.
+	codes := map[int]int{}
+	var mu sync.Mutex
+	for round := 0; round < 20; round++ {
+		rev, err := kv.Put(ctx, "k", []byte("base"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var err error
+				if w%2 == 0 {
+					_, err = kv.Update(ctx, "k", []byte{byte(w)}, rev)
+				} else {
+					err = kv.Delete(ctx, "k", jetstream.LastRevision(rev))
+				}
+				if err == nil {
+					return
+				}
+				var apiErr *jetstream.APIError
+				code := 0
+				if errors.As(err, &apiErr) {
+					code = int(apiErr.ErrorCode)
+				}
+				mu.Lock()
+				codes[code]++
+				mu.Unlock()
+				if !subjects.IsWrongLastSequence(err) {
+					t.Errorf("a conditional write that lost: %v, not recognised as a conflict", err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	t.Logf("conflicts by err_code: %v", codes)
+	if len(codes) == 0 {
+		t.Error("no conditional write lost")
 	}
 }
