@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -436,11 +435,9 @@ func (o *owner) start(pt *part, clean bool, prev string) {
 	}
 	pt.begin(pos, rev, last)
 	b.reader.kick()
-	lv := slog.LevelDebug
-	if !clean {
-		lv = slog.LevelInfo
-	}
-	b.log.Log(context.Background(), lv, "partition taken", "partition", pt.n, "from", prev, "position", pos.Low())
+	// Info either way: partitions move rarely (a bridge joining, leaving
+	// or failing), and where each started is what explains a repeat.
+	b.log.Info("partition taken", "partition", pt.n, "from", prev, "position", pos.Low())
 }
 
 // give stops working partition p: a hand-off lets its pushes finish,

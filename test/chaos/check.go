@@ -48,7 +48,12 @@ import (
 //     record was there: another connection of the same partition received
 //     it more than half a second before this one's disconnect event was
 //     stored (its record is deleted just before). Then, for an end that
-//     loses no written frame, it is lost.
+//     loses no written frame, it is lost. Unless its partition was then
+//     taken over (handed off, or from a crashed or cut owner: a position
+//     holds at most 1,024 pending commands), from a position at or below
+//     it, after the disconnect event was stored (the bridges' logs say
+//     when): the new owner expanded it again, and the connection was no
+//     longer registered.
 //   - A direct send in the tail whose publish began before the end is
 //     excused when the end can lose a frame the edge already wrote: the
 //     client closed (its library discards frames that arrive during the
@@ -299,6 +304,24 @@ func (ck Checker) Check(h *History) *Report {
 		return fmt.Sprintf("another connection of partition %d received it at %s, the disconnect event was stored at %s", pn, t.Format(timeFmt), ds[0].Stored.Format(timeFmt))
 	}
 
+	// reexpanded says whether a fan-out's partition was taken over (a
+	// hand-off, or after a crash or cut), from a position at or below it, after the
+	// connection's disconnect event was stored: the new owner expanded it
+	// again, against a registry the connection had left.
+	reexpanded := func(p *PubRec, token string) bool {
+		ds := discs[token]
+		if parts <= 0 || len(ds) == 0 {
+			return false
+		}
+		pn := subjects.Partition(token, parts)
+		for _, t := range h.Takes {
+			if t.Partition == pn && t.Position <= p.Seq && t.At.After(ds[0].Stored) {
+				return true
+			}
+		}
+		return false
+	}
+
 	// What each connection is owed.
 	expected := map[*connView][]*PubRec{}
 	owes := func(p *PubRec, v *connView) bool {
@@ -437,6 +460,8 @@ func (ck Checker) Check(h *History) *Report {
 			case d != nil:
 			case h.Pending[p.Seq]:
 				r.Pending++
+			case c.Ended && p.Seq > v.maxRecv && isFanOut(p.Kind) && !v.lossEnd && expandedBefore(p.ID, c.Token) != "" && reexpanded(p, c.Token):
+				r.Excused["re-expanded after a takeover"]++
 			case c.Ended && p.Seq > v.maxRecv && isFanOut(p.Kind) && !v.lossEnd && expandedBefore(p.ID, c.Token) != "":
 				r.Lost++
 				addAt(CatLost, v.name, p.Start, 10*time.Second, 10*time.Second,

@@ -535,15 +535,24 @@ func TestCheckTailFanOutExpandedWhileRegistered(t *testing.T) {
 	// have it or a dead letter. Had B received it only at 700 ms, or A's
 	// client closed (a frame may die in the close handshake), it is
 	// excused.
+	//
+	// A takeover of the partition from a position at or below m2 after A
+	// was announced (at 1.5 s) means the new owner expanded m2 again, with
+	// A gone: excused. One before the announcement, or from a position
+	// past m2, changes nothing.
 	for _, tc := range []struct {
 		name  string
 		bAt   int64 // ms after B opened (at 0)
 		cause string
+		take  *TakeRec
 		want  []string
 	}{
-		{"expanded before", 150, FaultEdgeTerm, []string{CatLost}},
-		{"expanded late", 700, FaultEdgeTerm, nil},
-		{"client closed", 150, ActionClientClose, nil},
+		{"expanded before", 150, FaultEdgeTerm, nil, []string{CatLost}},
+		{"expanded late", 700, FaultEdgeTerm, nil, nil},
+		{"client closed", 150, ActionClientClose, nil, nil},
+		{"taken over after the end", 150, FaultEdgeTerm, &TakeRec{Partition: 0, At: at(1500), Position: 2}, nil},
+		{"taken over before the end", 150, FaultEdgeTerm, &TakeRec{Partition: 0, At: at(900), Position: 2}, []string{CatLost}},
+		{"taken over past it", 150, FaultEdgeTerm, &TakeRec{Partition: 0, At: at(1500), Position: 3}, []string{CatLost}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := newHist()
@@ -558,6 +567,9 @@ func TestCheckTailFanOutExpandedWhileRegistered(t *testing.T) {
 			b.h.Conns[1].FrameAt = []int64{tc.bAt}
 			b.end("A", 100, tc.cause)
 			b.h.Disconnects = append(b.h.Disconnects, EventRec{T: "disconnect", Token: "A", Reason: "shutdown", Stored: at(1000)})
+			if tc.take != nil {
+				b.h.Takes = append(b.h.Takes, *tc.take)
+			}
 			wantFindings(t, check(b, RepeatExact), tc.want...)
 		})
 	}
@@ -579,5 +591,25 @@ func TestCheckPendingIsNotLost(t *testing.T) {
 	lost := Checker{Repeat: RepeatExact}.Check(&History{Run: b.h.Run, Conns: b.h.Conns, Connects: b.h.Connects, Pubs: b.h.Pubs})
 	if len(lost.Findings) != 1 || lost.Findings[0].Seq != 2 {
 		t.Errorf("without the pending record: %+v, want one lost finding of seq 2", lost.Findings)
+	}
+}
+
+func TestReadTakes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bridge-1.log")
+	log := `time=2026-12-06T13:08:54.584Z level=INFO msg=partitions component=bridge owned=7 of=8
+time=2026-12-06T13:08:54.714Z level=INFO msg="partition taken" component=bridge partition=3 from="expired lease of vm-31518-574470" position=43222
+=== bridge-1 start 2 at 2026-12-06T13:08:55Z: wsbridge [bridge]
+time=2026-12-06T13:08:56.268Z level=INFO msg="partition taken" component=bridge partition=5 from="expired lease of vm-31509-71fc05" position=56107
+`
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := readTakes(path, "bridge-1")
+	want := []TakeRec{
+		{T: "take", Bridge: "bridge-1", Partition: 3, At: time.Date(2026, 12, 6, 13, 8, 54, 714e6, time.UTC), Position: 43222},
+		{T: "take", Bridge: "bridge-1", Partition: 5, At: time.Date(2026, 12, 6, 13, 8, 56, 268e6, time.UTC), Position: 56107},
+	}
+	if !slices.EqualFunc(got, want, func(a, b TakeRec) bool { return a.Partition == b.Partition && a.Position == b.Position && a.At.Equal(b.At) && a.Bridge == b.Bridge }) {
+		t.Errorf("takes %+v, want %+v", got, want)
 	}
 }

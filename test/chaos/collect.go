@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,6 +73,14 @@ func (r *Runner) collect(ctx context.Context) error {
 		return err
 	}
 	r.logf("read back %d connect events, %d disconnect events, %d dead letters", connects, discs, dlqs)
+	takes := 0
+	for _, b := range r.bridges {
+		for _, t := range readTakes(b.proc.log, b.proc.name) {
+			r.hist.add(t)
+			takes++
+		}
+	}
+	r.logf("read %d partition takeovers from the bridges' logs", takes)
 	if h := r.hist.history(); h.Drain != nil && !h.Drain.Drained {
 		r.pendingSeqs(ctx)
 	}
@@ -184,4 +195,40 @@ func (r *Runner) readStream(ctx context.Context, stream string, filters []string
 		}
 	}
 	return fmt.Errorf("%s: %w", stream, lastErr)
+}
+
+// readTakes reads the partitions a bridge took over from crashed or cut
+// owners from its log (text lines: time=… msg="partition taken"
+// partition=N … position=S).
+func readTakes(path, name string) []TakeRec {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []TakeRec
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.Contains(line, `msg="partition taken"`) {
+			continue
+		}
+		t := TakeRec{T: "take", Bridge: name, Partition: -1}
+		for _, f := range strings.Fields(line) {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "time":
+				t.At, _ = time.Parse(time.RFC3339Nano, v)
+			case "partition":
+				t.Partition, _ = strconv.Atoi(v)
+			case "position":
+				t.Position, _ = strconv.ParseUint(v, 10, 64)
+			}
+		}
+		if !t.At.IsZero() && t.Partition >= 0 {
+			out = append(out, t)
+		}
+	}
+	return out
 }

@@ -159,6 +159,18 @@ type PendingRec struct {
 	Seqs []uint64 `json:"seqs"`
 }
 
+// TakeRec is a partition a bridge took over (handed off, or from a crashed
+// or cut owner whose lease expired), read from the bridge's log: it starts
+// from the position committed and re-reads what lies past it, expanding
+// fan-outs again against the registry of then.
+type TakeRec struct {
+	T         string    `json:"t"` // "take"
+	Bridge    string    `json:"bridge"`
+	Partition int       `json:"partition"`
+	At        time.Time `json:"at"`
+	Position  uint64    `json:"position"`
+}
+
 // History is a run's records, the checker's input.
 type History struct {
 	Run         RunRec
@@ -172,6 +184,7 @@ type History struct {
 	DLQ         []DLQRec
 	Drain       *DrainRec
 	Pending     map[uint64]bool
+	Takes       []TakeRec
 }
 
 // historyWriter appends records to the history file as they come.
@@ -231,6 +244,8 @@ func (hw *historyWriter) keep(rec any) {
 		h.DLQ = append(h.DLQ, r)
 	case DrainRec:
 		h.Drain = &r
+	case TakeRec:
+		h.Takes = append(h.Takes, r)
 	case PendingRec:
 		if h.Pending == nil {
 			h.Pending = map[uint64]bool{}
@@ -307,6 +322,8 @@ func ReadHistory(r io.Reader) (*History, error) {
 			rec, err = decode[DrainRec](b)
 		case "pending":
 			rec, err = decode[PendingRec](b)
+		case "take":
+			rec, err = decode[TakeRec](b)
 		default:
 			return nil, fmt.Errorf("line %d: unknown record type %q", line, head.T)
 		}
