@@ -669,9 +669,10 @@ func (e *edge) registryKV(ctx context.Context) (jetstream.KeyValue, error) {
 }
 
 // announce ends a connection on NATS the one way every component does
-// (subjects.Names.Forget): whoever deletes its registry record publishes
-// its one disconnect event, here with reason shutdown or lost; when the
-// record is already gone, its end was announced by someone else. What NATS
+// (subjects.Names.Forget, or ForgetSwept for another instance's: see
+// forget): its one disconnect event, here with reason shutdown or lost,
+// and its registry record deleted; when the record is already gone, its
+// end was announced by someone else. What NATS
 // does not take at once is retried until it does (endJob, conclude).
 func (e *edge) announce(id, reason string) {
 	j := &endJob{g: e.g, id: id, reason: reason, at: time.Now(), registered: true}
@@ -689,7 +690,7 @@ func (e *edge) announce(id, reason string) {
 	token := subjects.Token(id)
 	reg, err := e.registryKV(ctx)
 	if reg != nil {
-		_, err = e.names.Forget(ctx, e.js, reg, token, reason, j.at)
+		_, err = e.forget(id, reason)(ctx, e.js, reg, token, reason, j.at)
 	}
 	if err != nil {
 		e.log.Warn("disconnect not taken by NATS; retrying until it is", "token", token, "reason", reason, "err", err)
@@ -697,12 +698,24 @@ func (e *edge) announce(id, reason string) {
 	}
 }
 
+// forget is how the end of connection id is announced: Forget (its event
+// stored before its record is deleted), or ForgetSwept for a connection of
+// another instance swept as lost, which may come back (its record goes
+// first, so that the instance closes the connection rather than keeping
+// one announced lost).
+func (e *edge) forget(id, reason string) func(context.Context, jetstream.JetStream, jetstream.KeyValue, string, string, time.Time) (string, error) {
+	if inst, ok := subjects.EdgeInstance(id); ok && inst != e.g.opts.InstanceID && reason == subjects.ReasonLost {
+		return e.names.ForgetSwept
+	}
+	return e.names.Forget
+}
+
 // conclude ends j's connection on NATS, whatever an earlier attempt left
 // done: its record deleted and its one disconnect event stored.
 //
 // The record may still be there (nothing was done: Forget does it all), or
-// be gone with no event stored. An attempt that deleted it and then failed
-// to publish leaves that (the delete taken, the publish not: a stream
+// be gone with no event stored. A sweep's attempt (ForgetSwept) that
+// deleted it and then failed to publish leaves that (the delete taken, the publish not: a stream
 // without a leader while a NATS node restarts, an acknowledgement that
 // never came), whether it was this instance's or the cleanup function's,
 // and retrying Forget would then find nothing to do. So the event is
@@ -737,7 +750,7 @@ func (e *edge) conclude(ctx context.Context, j *endJob) error {
 			return fmt.Errorf("registry get %s: %w", token, err)
 		}
 	case reg != nil:
-		announced, err := e.names.Forget(ctx, e.js, reg, token, j.reason, j.at)
+		announced, err := e.forget(j.id, j.reason)(ctx, e.js, reg, token, j.reason, j.at)
 		if err != nil {
 			return err
 		}

@@ -64,12 +64,56 @@ func (n Names) PublishDisconnect(ctx context.Context, js jetstream.JetStream, to
 // maxForgetTries bounds the read-delete rounds of Forget when writers race.
 const maxForgetTries = 5
 
-// Forget deletes token's registry record and, when this call deleted it,
-// publishes the connection's disconnect event with reason (or the reason of
-// the record's Closing mark). It reports the reason announced, "" when the
-// record was already gone (someone else announced). A failed publish after
-// the delete is returned: the event is lost, the record is gone.
+// Forget announces the end of token's connection: it publishes the
+// connection's disconnect event with reason (or the reason of the record's
+// Closing mark), then deletes its registry record. It reports the reason
+// announced, "" when the record was already gone (its end was announced).
+//
+// The event is stored before the record is deleted, so a record that is
+// gone always had its event stored: an attempt cut short (a publish that
+// failed, a process killed) leaves the record for a retry or for the sweep
+// of a vanished instance, never a deleted record without an event. A retry
+// after a publish that was stored but not acknowledged, or two components
+// ending the same connection at once, publish again under the same
+// Nats-Msg-Id (DisconnectMsgID): WS_IN keeps one event.
 func (n Names) Forget(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, token, reason string, now time.Time) (string, error) {
+	if _, err := ConnID(token); err != nil {
+		return "", err
+	}
+	for try := 0; try < maxForgetTries; try++ {
+		e, err := kv.Get(ctx, token)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return "", nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("registry get %s: %w", token, err)
+		}
+		announced := reason
+		if mark := closingMark(e.Value()); mark != "" {
+			announced = mark
+		}
+		if err := n.PublishDisconnect(ctx, js, token, announced, now); err != nil {
+			return "", err
+		}
+		if err := kv.Delete(ctx, token, jetstream.LastRevision(e.Revision())); err != nil {
+			if IsWrongLastSequence(err) {
+				continue // changed meanwhile (or deleted by another end): read again
+			}
+			return "", fmt.Errorf("registry delete %s: %w", token, err)
+		}
+		return announced, nil
+	}
+	return "", fmt.Errorf("registry delete %s: too many concurrent writers", token)
+}
+
+// ForgetSwept is Forget for the connection of another instance that
+// vanished, announced lost by a survivor's sweep: the record is deleted
+// first, then the event published. The instance may only have been cut
+// off and come back; finding its connection's record deleted, it closes
+// the connection, where an event stored first would have announced lost a
+// connection that lives on. A publish that fails after the delete is
+// returned: the caller retries by looking for the event in WS_IN.
+func (n Names) ForgetSwept(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, token, reason string, now time.Time) (string, error) {
 	if _, err := ConnID(token); err != nil {
 		return "", err
 	}

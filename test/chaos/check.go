@@ -324,9 +324,24 @@ func (ck Checker) Check(h *History) *Report {
 
 	// What each connection is owed.
 	expected := map[*connView][]*PubRec{}
+	// When the backends first asked to close each connection: a close
+	// can take longer to be pushed than the window that makes it a cause
+	// of the end, and what was published after it is not owed to the
+	// connection (fan-outs) or is owed a dead letter only (sends).
+	closedAt := map[string]time.Time{}
+	for _, a := range h.Actions {
+		if a.Kind == ActionBackendClose && a.Token != "" {
+			if t, ok := closedAt[a.Token]; !ok || a.At.Before(t) {
+				closedAt[a.Token] = a.At
+			}
+		}
+	}
 	owes := func(p *PubRec, v *connView) bool {
 		c := v.rec
 		if p.Start.Before(c.Open.Add(ck.FanOutGrace)) {
+			return false
+		}
+		if t, ok := closedAt[c.Token]; ok && !p.Start.Before(t) {
 			return false
 		}
 		return !c.Ended || !p.Ack.After(c.End)
@@ -443,7 +458,7 @@ func (ck Checker) Check(h *History) *Report {
 			owed[p.ID] = true
 			received := seen[p.ID]
 			d := dlq[dlqKey{c.Token, p.ID}]
-			if d != nil && d.Reason == "gone" && (!c.Ended || d.Stored.Before(lastRecv)) && !afterClose(c, p) {
+			if d != nil && d.Reason == "gone" && (!c.Ended || d.Stored.Before(lastRecv)) && !afterClose(c, p, closedAt[c.Token]) {
 				r.GoneLive++
 				addAt(CatGoneLive, v.name, p.Start, 10*time.Second, 10*time.Second, "%s (%s, seq %d) dead-lettered gone (%s) while the connection was there", p.ID, p.Kind, p.Seq, d.Error)
 			}
@@ -627,8 +642,12 @@ func maxTime(a, b time.Time) time.Time {
 }
 
 // afterClose says whether p was published after a backend close of c
-// (which a connection still open at the end may have on its way).
-func afterClose(c *ConnRec, p *PubRec) bool {
+// (closed, when the backends first asked; or one among its causes), which
+// a connection still open at the end may have on its way.
+func afterClose(c *ConnRec, p *PubRec, closed time.Time) bool {
+	if !closed.IsZero() && !p.Start.Before(closed) {
+		return true
+	}
 	for _, cs := range c.Causes {
 		if cs.Kind == ActionBackendClose && !p.Start.Before(cs.At) {
 			return true
