@@ -54,6 +54,8 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	fs.DurationVar(&o.Streams.RegistryTTL, "registry-ttl", 0, "TTL of registry records, the safety net for lost disconnects (0: 24h)")
 	fs.DurationVar(&o.Streams.OutMaxAge, "out-max-age", 0, "undelivered outbound commands expire after this (0: 24h)")
 	fs.Int64Var(&o.Streams.OutMaxBytes, "out-max-bytes", subjects.DefaultOutMaxBytes, "size bound of the outbound log; when full, publishers get an error and nothing stored is dropped")
+	fs.Int64Var(&o.Streams.InMaxBytes, "in-max-bytes", subjects.DefaultInMaxBytes, "size bound of the inbound events stream; when full, its oldest events are dropped to make room")
+	fs.Int64Var(&o.Streams.DLQMaxBytes, "dlq-max-bytes", subjects.DefaultDLQMaxBytes, "size bound of the dead-letter stream; when full, its oldest dead letters are dropped to make room")
 	fs.DurationVar(&o.ReplayWindow, "replay-window", bridge.DefaultReplayWindow, "how long the outbound log keeps what every partition delivered before it is trimmed")
 	// Settings of the partition consumers of earlier releases: the log has
 	// no consumers. Accepted so that existing configurations start; a
