@@ -39,6 +39,10 @@ type Bridge struct {
 
 	kv  jetstream.KeyValue
 	idx *index
+	// api serves the request-reply API on a NATS connection of its own
+	// (api.go); apiConn is Deps.APIConn.
+	api     *api
+	apiConn *nats.Conn
 	// idxRev is the last registry revision the index applied; idxChecked
 	// when (Unix ns, this bridge's clock) it last proved current
 	// (indexCurrent).
@@ -137,24 +141,25 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	}
 	m := metrics.New(reg)
 	b := &Bridge{
-		opts:   o,
-		names:  names,
-		policy: o.policy(),
-		nc:     deps.Conn,
-		js:     js,
-		log:    log.With("component", "bridge"),
-		reg:    reg,
-		gather: gatherer,
-		m:      m,
-		pushes: newPushCounters(m),
-		pusher: p,
-		router: newRouter(js, names, p.url),
-		idx:    newIndex(),
-		ready:  newReadyQueue(),
-		id:     o.ID,
-		epoch:  time.Now(),
-		pm:     metrics.NewPartitions(reg),
-		parts:  map[int]*part{},
+		opts:    o,
+		names:   names,
+		policy:  o.policy(),
+		nc:      deps.Conn,
+		apiConn: deps.APIConn,
+		js:      js,
+		log:     log.With("component", "bridge"),
+		reg:     reg,
+		gather:  gatherer,
+		m:       m,
+		pushes:  newPushCounters(m),
+		pusher:  p,
+		router:  newRouter(js, names, p.url),
+		idx:     newIndex(),
+		ready:   newReadyQueue(),
+		id:      o.ID,
+		epoch:   time.Now(),
+		pm:      metrics.NewPartitions(reg),
+		parts:   map[int]*part{},
 
 		refreshCh:  make(chan string, refreshQueue),
 		refreshing: map[string]struct{}{},
@@ -250,6 +255,9 @@ func (b *Bridge) Start(ctx context.Context) error {
 	}
 	b.log.Info("registry index loaded", "connections", b.idx.size())
 
+	if err := b.connectAPI(ctx, b.apiConn); err != nil {
+		return err
+	}
 	if err := b.serveAPI(); err != nil {
 		return err
 	}
@@ -373,6 +381,7 @@ func (b *Bridge) stop(ctx context.Context) error {
 	close(b.quit)
 	b.reader.close()
 	b.wg.Wait()
+	b.api.close()
 	if b.nc.IsConnected() {
 		if err := b.nc.FlushTimeout(2 * time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("stop: flush: %w", err))
