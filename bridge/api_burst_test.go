@@ -311,7 +311,7 @@ func TestAPIBurstKeepsPartitions(t *testing.T) {
 func TestAPIQueueFullAnswersBusy(t *testing.T) {
 	e := newEnv(t, nil)
 	b := e.start(func(o *Options) { o.APIWorkers, o.APIQueue = 1, 2 })
-	ids := make([]string, 300)
+	ids := make([]string, 100)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("listed-%d", i)
 	}
@@ -343,7 +343,7 @@ func TestAPIQueueFullAnswersBusy(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("100 conn.list of 300 records at once, 1 worker, queue of 2: %d answered busy (median %v), %d answered (median %v)",
+	t.Logf("100 conn.list of 100 records at once, 1 worker, queue of 2: %d answered busy (median %v), %d answered (median %v)",
 		busy, medianTook(outs, func(o apiOutcome) bool { return strings.HasPrefix(o.Err, "busy") }).Round(time.Millisecond),
 		len(outs)-busy, medianTook(outs, func(o apiOutcome) bool { return o.Err == "" }).Round(time.Millisecond))
 	if n := testutil.ToFloat64(b.m.APIRequests.WithLabelValues(metrics.APIBusy)); n < float64(busy) {
