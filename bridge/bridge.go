@@ -141,25 +141,24 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	}
 	m := metrics.New(reg)
 	b := &Bridge{
-		opts:    o,
-		names:   names,
-		policy:  o.policy(),
-		nc:      deps.Conn,
-		apiConn: deps.APIConn,
-		js:      js,
-		log:     log.With("component", "bridge"),
-		reg:     reg,
-		gather:  gatherer,
-		m:       m,
-		pushes:  newPushCounters(m),
-		pusher:  p,
-		router:  newRouter(js, names, p.url),
-		idx:     newIndex(),
-		ready:   newReadyQueue(),
-		id:      o.ID,
-		epoch:   time.Now(),
-		pm:      metrics.NewPartitions(reg),
-		parts:   map[int]*part{},
+		opts:   o,
+		names:  names,
+		policy: o.policy(),
+		nc:     deps.Conn,
+		js:     js,
+		log:    log.With("component", "bridge"),
+		reg:    reg,
+		gather: gatherer,
+		m:      m,
+		pushes: newPushCounters(m),
+		pusher: p,
+		router: newRouter(js, names, p.url),
+		idx:    newIndex(),
+		ready:  newReadyQueue(),
+		id:     o.ID,
+		epoch:  time.Now(),
+		pm:     metrics.NewPartitions(reg),
+		parts:  map[int]*part{},
 
 		refreshCh:  make(chan string, refreshQueue),
 		refreshing: map[string]struct{}{},
@@ -169,6 +168,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		stopDone:   make(chan struct{}),
 	}
 	b.reader = newReader(b)
+	b.apiConn = deps.APIConn
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	b.pushCtx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
