@@ -49,11 +49,16 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	fs.IntVar(&o.Partitions, "partitions", bridge.DefaultPartitions, "outbound partitions, the same on every bridge of a stream (changing it needs an empty stream)")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", bridge.DefaultLeaseTTL, "lifetime of a partition lease without renewal: a dead or cut-off bridge's partitions move after it")
 	fs.Int64Var(&o.MaxHeldBytes, "max-held-bytes", bridge.DefaultMaxHeldBytes, "bytes of commands held at once by this bridge (bodies and push bodies), shared by its partitions; a partition past its share stops taking and reads the log again once it drained")
+	fs.IntVar(&o.APIWorkers, "api-workers", bridge.DefaultAPIWorkers, "request-reply API requests served at once")
+	fs.IntVar(&o.APIQueue, "api-queue", bridge.DefaultAPIQueue, "API requests waiting for a worker; one finding the queue full is answered \"busy\" at once")
+	fs.Int64Var(&o.APIMaxRequestBytes, "api-max-request-bytes", bridge.DefaultAPIMaxRequestBytes, "largest API request; a larger one is answered \"request too large\" unread")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", bridge.DefaultShutdownTimeout, "time in-flight pushes get to finish on SIGINT/SIGTERM")
 	fs.IntVar(&o.Streams.Replicas, "replicas", 1, "replicas of the streams and bucket (3 on a cluster)")
 	fs.DurationVar(&o.Streams.RegistryTTL, "registry-ttl", 0, "TTL of registry records, the safety net for lost disconnects (0: 24h)")
 	fs.DurationVar(&o.Streams.OutMaxAge, "out-max-age", 0, "undelivered outbound commands expire after this (0: 24h)")
 	fs.Int64Var(&o.Streams.OutMaxBytes, "out-max-bytes", subjects.DefaultOutMaxBytes, "size bound of the outbound log; when full, publishers get an error and nothing stored is dropped")
+	fs.Int64Var(&o.Streams.InMaxBytes, "in-max-bytes", subjects.DefaultInMaxBytes, "size bound of the inbound events stream; when full, its oldest events are dropped to make room")
+	fs.Int64Var(&o.Streams.DLQMaxBytes, "dlq-max-bytes", subjects.DefaultDLQMaxBytes, "size bound of the dead-letter stream; when full, its oldest dead letters are dropped to make room")
 	fs.DurationVar(&o.ReplayWindow, "replay-window", bridge.DefaultReplayWindow, "how long the outbound log keeps what every partition delivered before it is trimmed")
 	// Settings of the partition consumers of earlier releases: the log has
 	// no consumers. Accepted so that existing configurations start; a

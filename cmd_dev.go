@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,8 +43,39 @@ func edgeFlags(fs *flag.FlagSet, g *gateway.Options, addrUsage string) {
 	fs.IntVar(&g.MaxHTTPConnections, "max-http-connections", g.MaxHTTPConnections, "TCP connections per listener that are not WebSockets (pushes, scrapes, upgrades in progress); beyond it they are closed at once")
 	fs.DurationVar(&g.PingInterval, "ping-interval", g.PingInterval, "ping a client quiet this long; no pong within as long again closes it (negative: no pings)")
 	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "time open connections get to close on SIGINT/SIGTERM")
+	fs.Var(offIfZero[float64]{&g.InRate}, "in-rate", "messages a second one client may send past its burst; beyond it the client is closed with 1008 (0: no limit)")
+	fs.IntVar(&g.InBurst, "in-burst", g.InBurst, "messages one client may send at once before --in-rate applies")
+	fs.Var(offIfZero[int64]{&g.InBytesRate}, "in-bytes-rate", "bytes a second one client may send past its burst; beyond it the client is closed with 1008 (0: no limit)")
+	fs.Int64Var(&g.InBytesBurst, "in-bytes-burst", g.InBytesBurst, "bytes one client may send at once before --in-bytes-rate applies (at least --max-message-size)")
 	fs.StringVar(&g.ServiceID, "service-id", gateway.DefaultServiceID, "requestContext.serviceId of the connect events (API Gateway's service id, e.g. service-0ck2a1q4, for backends that check it)")
 	fs.StringVar(&g.Stage, "stage", gateway.DefaultStage, "requestContext.stage of the connect events (API Gateway's environment: release, prepub or test)")
+}
+
+// offIfZero is a limit flag whose 0 turns the limit off: gateway.Options
+// take 0 for the default and a negative value for off.
+type offIfZero[T int64 | float64] struct{ p *T }
+
+func (f offIfZero[T]) String() string {
+	if f.p == nil || *f.p < 0 {
+		return "0"
+	}
+	return fmt.Sprint(*f.p)
+}
+
+func (f offIfZero[T]) Set(v string) error {
+	x, err := strconv.ParseFloat(v, 64)
+	n := T(x)
+	if err != nil || float64(n) != x {
+		return fmt.Errorf("want 0 or a positive number, got %q", v)
+	}
+	if n < 0 {
+		return fmt.Errorf("want 0 (no limit) or more, got %v", n)
+	}
+	if n == 0 {
+		n = -1
+	}
+	*f.p = n
+	return nil
 }
 
 // functionFlags registers how the three functions run.

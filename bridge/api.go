@@ -9,7 +9,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 
+	"github.com/wsbridge/wsbridge/metrics"
 	"github.com/wsbridge/wsbridge/subjects"
 )
 
@@ -20,9 +22,113 @@ const apiQueue = "wsbridge-api"
 // maxList bounds a conn.list answer so it fits in a NATS message.
 const maxList = 1000
 
-// apiConcurrency bounds the API requests served at once.
-const apiConcurrency = 16
+// apiLogEvery spaces the log lines of refused API requests: a burst of
+// them gets one line per interval and kind.
+const apiLogEvery = 10 * time.Second
 
+// apiRequest is one request waiting in the API's queue.
+type apiRequest struct {
+	m       *nats.Msg
+	subject string
+	h       func(context.Context, []byte) (any, error)
+}
+
+// api is the request-reply API's side of the bridge: NATS connections of
+// its own, so that requests and answers of any size or number never delay
+// the partition leases and the outbound log on the bridge's connection (a
+// burst of large requests used to get that connection cut as a slow
+// consumer, and every partition with it); the registry reads and writes of
+// the requests on a second one, so that they do not wait behind a burst of
+// requests either; and a bounded queue served by a fixed number of
+// workers.
+type api struct {
+	nc    *nats.Conn // requests and answers
+	kvNC  *nats.Conn // the registry reads and writes of requests
+	owned bool       // opened by the bridge, closed by it
+	kv    jetstream.KeyValue
+	queue chan apiRequest
+
+	tooLargeLog, busyLog rate.Sometimes
+}
+
+// connectAPI opens the API's connections with the options of the bridge's
+// (the same servers, credentials and TLS), or takes Deps.APIConn for both,
+// and opens the registry bucket.
+func (b *Bridge) connectAPI(ctx context.Context, given *nats.Conn) error {
+	a := &api{nc: given, kvNC: given, queue: make(chan apiRequest, b.opts.APIQueue)}
+	a.tooLargeLog.Interval, a.busyLog.Interval = apiLogEvery, apiLogEvery
+	if given == nil {
+		a.owned = true
+		var err error
+		if a.nc, err = b.apiConnect("api"); err == nil {
+			a.kvNC, err = b.apiConnect("api-registry")
+		}
+		if err != nil {
+			a.close()
+			return err
+		}
+	}
+	js, err := jetstream.New(a.kvNC)
+	if err != nil {
+		a.close()
+		return fmt.Errorf("api: jetstream: %w", err)
+	}
+	if a.kv, err = js.KeyValue(ctx, b.names.Bucket()); err != nil {
+		a.close()
+		return fmt.Errorf("api: registry bucket %s: %w", b.names.Bucket(), err)
+	}
+	b.api = a
+	return nil
+}
+
+// apiConnect opens one of the API's connections, named after the bridge's
+// with the suffix, its events logged with connection=suffix.
+func (b *Bridge) apiConnect(suffix string) (*nats.Conn, error) {
+	o := b.nc.Opts
+	name := o.Name
+	if name == "" {
+		name = b.opts.Name
+	}
+	o.Name = name + "-" + suffix
+	log := b.log.With("connection", suffix)
+	o.DisconnectedErrCB = func(_ *nats.Conn, err error) {
+		if err != nil {
+			log.Warn("nats connection of the api disconnected: requests in flight are lost", "err", err)
+		}
+	}
+	o.ReconnectedCB = func(*nats.Conn) { log.Info("nats connection of the api reconnected") }
+	o.ClosedCB, o.ConnectedCB, o.DisconnectedCB, o.DiscoveredServersCB = nil, nil, nil, nil
+	o.AsyncErrorCB = func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		if sub != nil {
+			log.Warn("api requests dropped: they came faster than the bridge took them in", "subject", sub.Subject, "err", err)
+			return
+		}
+		log.Warn("nats connection of the api", "err", err)
+	}
+	nc, err := o.Connect()
+	if err != nil {
+		return nil, fmt.Errorf("api: connect to NATS: %w", err)
+	}
+	return nc, nil
+}
+
+// close closes the API's connections when the bridge opened them.
+func (a *api) close() {
+	if a == nil || !a.owned {
+		return
+	}
+	for _, nc := range []*nats.Conn{a.nc, a.kvNC} {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+}
+
+// serveAPI subscribes to the API's subjects on its connection and starts
+// its workers. A request larger than APIMaxRequestBytes is refused unread,
+// one that finds the queue full is refused at once ("busy"): each gets an
+// {"error"} answer, is counted and logged (one line per 10s), and nothing
+// waits without bound.
 func (b *Bridge) serveAPI() error {
 	routes := []struct {
 		subject string
@@ -33,46 +139,93 @@ func (b *Bridge) serveAPI() error {
 		{b.names.GroupAdd(), func(ctx context.Context, d []byte) (any, error) { return b.apiGroup(ctx, d, true) }},
 		{b.names.GroupRemove(), func(ctx context.Context, d []byte) (any, error) { return b.apiGroup(ctx, d, false) }},
 	}
-	// Requests run side by side, up to apiConcurrency at once: one slow
-	// request (KV round trips) must not hold up the others.
-	sem := make(chan struct{}, apiConcurrency)
+	a := b.api
+	for range b.opts.APIWorkers {
+		b.wg.Add(1)
+		go b.apiWorker()
+	}
 	for _, r := range routes {
-		h := r.h
-		subject := r.subject
-		serve := func(m *nats.Msg) {
-			defer func() { <-sem }()
-			ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
-			defer cancel()
-			out, err := h(ctx, m.Data)
-			if err != nil {
-				b.log.Debug("api error", "subject", subject, "err", err)
-				out = subjects.APIError{Error: err.Error()}
+		subject, h := r.subject, r.h
+		var sub *nats.Subscription
+		var subReady = make(chan struct{})
+		dropped := 0 // what the subscription had dropped at the last request; its callback's alone
+		sub, err := a.nc.QueueSubscribe(subject, apiQueue, func(m *nats.Msg) {
+			<-subReady
+			// Requests arriving faster than this callback takes them wait
+			// in the connection's buffer of the subscription (64 MiB);
+			// past it NATS drops them (they get no answer) and reports a
+			// slow consumer, which is logged: counted here.
+			if d, err := sub.Dropped(); err == nil && d > dropped {
+				b.m.APIRequests.WithLabelValues(metrics.APIDropped).Add(float64(d - dropped))
+				dropped = d
 			}
-			data, mErr := json.Marshal(out)
-			if mErr != nil {
-				data, _ = json.Marshal(subjects.APIError{Error: "encode reply: " + mErr.Error()})
-			}
-			if m.Reply == "" {
+			if n := len(m.Data); int64(n) > b.opts.APIMaxRequestBytes {
+				b.m.APIRequests.WithLabelValues(metrics.APITooLarge).Inc()
+				a.tooLargeLog.Do(func() {
+					b.log.Info("api request refused: too large (one line per 10s)", "subject", subject, "bytes", n, "api_max_request_bytes", b.opts.APIMaxRequestBytes)
+				})
+				b.reply(m, subject, subjects.APIError{Error: fmt.Sprintf("request too large: %d bytes, the API takes at most %d", n, b.opts.APIMaxRequestBytes)})
 				return
 			}
-			if err := m.Respond(data); err != nil {
-				b.log.Warn("api reply failed", "subject", subject, "err", err)
-			}
-		}
-		sub, err := b.nc.QueueSubscribe(subject, apiQueue, func(m *nats.Msg) {
 			select {
-			case sem <- struct{}{}:
-			case <-b.stopCh:
-				return
+			case a.queue <- apiRequest{m: m, subject: subject, h: h}:
+			default:
+				b.m.APIRequests.WithLabelValues(metrics.APIBusy).Inc()
+				a.busyLog.Do(func() {
+					b.log.Info("api request refused: queue full (one line per 10s)", "subject", subject, "api_queue", b.opts.APIQueue, "api_workers", b.opts.APIWorkers)
+				})
+				b.reply(m, subject, subjects.APIError{Error: fmt.Sprintf("busy: %d requests are waiting for this bridge; try again", b.opts.APIQueue)})
 			}
-			go serve(m)
 		})
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", subject, err)
 		}
+		close(subReady)
 		b.subs = append(b.subs, sub)
 	}
 	return nil
+}
+
+// apiWorker serves queued requests, one at a time, until the bridge stops.
+func (b *Bridge) apiWorker() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.quit:
+			return
+		case r := <-b.api.queue:
+			b.serveRequest(r)
+		}
+	}
+}
+
+// serveRequest answers one request within 5s.
+func (b *Bridge) serveRequest(r apiRequest) {
+	ctx, cancel := context.WithTimeout(b.bgCtx, 5*time.Second)
+	defer cancel()
+	out, err := r.h(ctx, r.m.Data)
+	result := metrics.APIOK
+	if err != nil {
+		result = metrics.APIError
+		b.log.Debug("api error", "subject", r.subject, "err", err)
+		out = subjects.APIError{Error: err.Error()}
+	}
+	b.m.APIRequests.WithLabelValues(result).Inc()
+	b.reply(r.m, r.subject, out)
+}
+
+// reply answers a request, when it asked for an answer.
+func (b *Bridge) reply(m *nats.Msg, subject string, out any) {
+	if m.Reply == "" {
+		return
+	}
+	data, err := json.Marshal(out)
+	if err != nil {
+		data, _ = json.Marshal(subjects.APIError{Error: "encode reply: " + err.Error()})
+	}
+	if err := m.Respond(data); err != nil {
+		b.log.Warn("api reply failed", "subject", subject, "err", err)
+	}
 }
 
 func decodeRequest(data []byte, v any) error {
@@ -93,7 +246,7 @@ func (b *Bridge) apiConnGet(ctx context.Context, data []byte) (any, error) {
 	if _, err := subjects.ConnID(req.Token); err != nil {
 		return nil, err
 	}
-	e, err := b.kv.Get(ctx, req.Token)
+	e, err := b.api.kv.Get(ctx, req.Token)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			return nil, errNotFound
@@ -132,14 +285,14 @@ func (b *Bridge) apiConnList(ctx context.Context, data []byte) (any, error) {
 		tokens = b.idx.all(nil)
 	}
 	reply := subjects.ConnListReply{Total: len(tokens), Connections: []subjects.ConnectEvent{}}
-	budget := listBudget(b.nc.MaxPayload())
+	budget := listBudget(b.api.nc.MaxPayload())
 	size := 0
 	for _, t := range tokens {
 		if len(reply.Connections) >= limit {
 			reply.Truncated = true
 			break
 		}
-		e, err := b.kv.Get(ctx, t)
+		e, err := b.api.kv.Get(ctx, t)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 				continue // deleted since the index saw it
@@ -194,7 +347,7 @@ func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, erro
 		return nil, err
 	}
 	for try := 0; try < 10; try++ {
-		e, err := b.kv.Get(ctx, req.Token)
+		e, err := b.api.kv.Get(ctx, req.Token)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 				return nil, errNotFound
@@ -220,7 +373,7 @@ func (b *Bridge) apiGroup(ctx context.Context, data []byte, add bool) (any, erro
 		if err != nil {
 			return nil, fmt.Errorf("encode record: %w", err)
 		}
-		if _, err := b.kv.Update(ctx, req.Token, value, e.Revision()); err != nil {
+		if _, err := b.api.kv.Update(ctx, req.Token, value, e.Revision()); err != nil {
 			if isConflict(err) {
 				continue
 			}

@@ -39,6 +39,10 @@ type Bridge struct {
 
 	kv  jetstream.KeyValue
 	idx *index
+	// api serves the request-reply API on a NATS connection of its own
+	// (api.go); apiConn is Deps.APIConn.
+	api     *api
+	apiConn *nats.Conn
 	// idxRev is the last registry revision the index applied; idxChecked
 	// when (Unix ns, this bridge's clock) it last proved current
 	// (indexCurrent).
@@ -166,6 +170,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		stopDone:   make(chan struct{}),
 	}
 	b.reader = newReader(b)
+	b.apiConn = deps.APIConn
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	b.pushCtx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
@@ -252,6 +257,9 @@ func (b *Bridge) Start(ctx context.Context) error {
 	}
 	b.log.Info("registry index loaded", "connections", b.idx.size())
 
+	if err := b.connectAPI(ctx, b.apiConn); err != nil {
+		return err
+	}
 	if err := b.serveAPI(); err != nil {
 		return err
 	}
@@ -375,6 +383,7 @@ func (b *Bridge) stop(ctx context.Context) error {
 	close(b.quit)
 	b.reader.close()
 	b.wg.Wait()
+	b.api.close()
 	if b.nc.IsConnected() {
 		if err := b.nc.FlushTimeout(2 * time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("stop: flush: %w", err))

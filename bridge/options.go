@@ -67,6 +67,15 @@ type Options struct {
 	// ShutdownTimeout bounds Stop: in-flight pushes get this long to
 	// finish; what is left is handed back to JetStream (15s).
 	ShutdownTimeout time.Duration
+	// APIWorkers is how many request-reply API requests are served at once
+	// (16); APIQueue how many more may wait (256): a request finding the
+	// queue full is answered "busy" at once.
+	APIWorkers int
+	APIQueue   int
+	// APIMaxRequestBytes bounds one API request (64 KiB, far above the
+	// largest valid one): a larger one is answered "request too large"
+	// unread.
+	APIMaxRequestBytes int64
 	// Streams sizes the streams and bucket created at start.
 	Streams subjects.StreamOptions
 	// Name is the instance name used in logs ("wsbridge-bridge").
@@ -86,6 +95,11 @@ type Deps struct {
 	// registry of its own.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// APIConn serves the request-reply API; nil: the bridge opens a
+	// connection of its own with Conn's options (its servers, credentials,
+	// TLS) and closes it when it stops, so that requests never share Conn
+	// with the partition leases. The bridge does not close a given one.
+	APIConn *nats.Conn
 	// HTTPClient pushes to the gateway; nil builds a keep-alive client
 	// sized by Concurrency and PushTimeout.
 	HTTPClient *http.Client
@@ -105,6 +119,12 @@ const (
 	DefaultReplayWindow    = 2 * time.Minute
 	DefaultShutdownTimeout = 15 * time.Second
 	DefaultMaxHeldBytes    = 128 << 20
+	DefaultAPIWorkers      = 16
+	DefaultAPIQueue        = 256
+	// DefaultAPIMaxRequestBytes is twice the largest valid request: a
+	// group.add of subjects.MaxGroups groups of subjects.MaxNameLen bytes,
+	// JSON quoted, and the longest token.
+	DefaultAPIMaxRequestBytes = 64 << 10
 )
 
 // WithDefaults returns o with every zero field set to its default.
@@ -156,6 +176,15 @@ func (o Options) WithDefaults() Options {
 	if o.Name == "" {
 		o.Name = "wsbridge-bridge"
 	}
+	if o.APIWorkers == 0 {
+		o.APIWorkers = DefaultAPIWorkers
+	}
+	if o.APIQueue == 0 {
+		o.APIQueue = DefaultAPIQueue
+	}
+	if o.APIMaxRequestBytes == 0 {
+		o.APIMaxRequestBytes = DefaultAPIMaxRequestBytes
+	}
 	return o
 }
 
@@ -186,6 +215,9 @@ func (o Options) Validate() error {
 	pos("replay window", int64(o.ReplayWindow))
 	pos("shutdown timeout", int64(o.ShutdownTimeout))
 	pos("max held bytes", o.MaxHeldBytes)
+	pos("api workers", int64(o.APIWorkers))
+	pos("api queue", int64(o.APIQueue))
+	pos("api max request bytes", o.APIMaxRequestBytes)
 	if o.Partitions < 1 || o.Partitions > subjects.MaxPartitions {
 		errs = append(errs, fmt.Errorf("partitions must be within 1..%d, got %d", subjects.MaxPartitions, o.Partitions))
 	}

@@ -41,11 +41,12 @@ type conn struct {
 	// when it succeeded and must not be read before ready is closed.
 	ready   chan struct{}
 	ws      *websocket.Conn
-	ip      string       // client IP, for the per-IP count
-	last    atomic.Int64 // g.since() of the last data frame either way, or client ping
-	pinged  atomic.Int64 // g.since() of the last ping the gateway sent
-	closing atomic.Bool  // a close handshake was started by the gateway
-	why     atomic.Int32 // index in disconnectReasons of why it ended; 0 = client
+	ip      string        // client IP, for the per-IP count
+	last    atomic.Int64  // g.since() of the last data frame either way, or client ping
+	pinged  atomic.Int64  // g.since() of the last ping the gateway sent
+	closing atomic.Bool   // a close handshake was started by the gateway
+	why     atomic.Int32  // index in disconnectReasons of why it ended; 0 = client
+	in      inboundLimits // read by serve alone
 	// announce, when set, is the disconnect reason this edge instance
 	// announces the connection with instead of invoking cleanup:
 	// shutdown, or lost when its registry record was swept while this
@@ -74,7 +75,7 @@ var (
 )
 
 // disconnectReasons are the values of conn.why.
-var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discInvalid, discSlow}
+var disconnectReasons = [...]string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discInvalid, discSlow, discRate}
 
 func reasonIndex(reason string) int32 {
 	for i, r := range disconnectReasons {
@@ -460,11 +461,13 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
+		g.writes.observe(writeEvents, g.since(), err)
 		log.Warn("connection rejected: register failed", "err", err)
 		refuse(http.StatusBadGateway, http.StatusBadGateway, err.Error(), connectError)
 		g.forgetFailed(id)
 		return
 	}
+	g.writes.observeReply(g.since(), rep.ErrNo, rep.ErrMsg)
 	if rep.ErrNo != 0 {
 		status := registerStatus(rep.ErrNo)
 		if status == http.StatusForbidden {
@@ -609,6 +612,10 @@ func (c *conn) serve() {
 			c.readFailed(len(data), err)
 			return
 		}
+		if which := c.admit(len(data)); which != "" {
+			c.overLimit(which, len(data))
+			return
+		}
 		if typ == websocket.MessageText && !utf8.Valid(data) {
 			// RFC 6455 §8.1: fail the connection. Forwarded, the bytes
 			// would reach the backend as U+FFFD, not as the client sent them.
@@ -625,7 +632,9 @@ func (c *conn) serve() {
 		} else {
 			ev = newDataEvent(c.id, subjects.DataText, string(data))
 		}
-		if _, err := g.invoke(context.Background(), "transfer", g.opts.Transfer, ev); err != nil {
+		_, err = g.invoke(context.Background(), "transfer", g.opts.Transfer, ev)
+		g.writes.observe(writeEvents, g.since(), err)
+		if err != nil {
 			g.log.Warn("closing client: transfer failed", "conn", c.id, "err", err)
 			c.close(statusInternal, "transfer function failed", discError)
 			return
@@ -696,7 +705,9 @@ func (g *Gateway) cleanup(id string) bool {
 	// Counted once the invocation has returned, so a reader of Stats that
 	// sees the cleanup also sees its invocation counted.
 	defer g.stats.cleanups.Add(1)
-	if _, err := g.invoke(context.Background(), "cleanup", g.opts.Cleanup, newClosingEvent(id)); err != nil {
+	_, err := g.invoke(context.Background(), "cleanup", g.opts.Cleanup, newClosingEvent(id))
+	g.writes.observe(writeEvents, g.since(), err)
+	if err != nil {
 		if g.edge != nil {
 			g.log.Warn("cleanup failed; retrying the end until NATS takes it", "conn", id, "err", err)
 		} else {

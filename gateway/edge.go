@@ -286,6 +286,7 @@ func (e *edge) refreshLoop() {
 		ctx, cancel := context.WithTimeout(context.Background(), every)
 		_, err := e.instances.Put(ctx, e.g.opts.InstanceID, e.record)
 		cancel()
+		e.g.writes.observe(writeInstance, e.g.since(), err)
 		if err != nil {
 			failures++
 			if failures == 1 {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Gateway is the emulated API Gateway WebSocket API: serve Handler (or call
@@ -41,6 +43,13 @@ type Gateway struct {
 	queuedBytes atomic.Int64  // in every connection's send queue
 	dropped     atomic.Uint64 // frames taken and never written, numbered
 
+	// writes is what this instance's recent writes say about JetStream
+	// taking them (writes.go), part of /readyz.
+	writes writeHealth
+	// inLimitLog spaces the log lines of clients closed for their
+	// inbound rate (inbound.go).
+	inLimitLog rate.Sometimes
+
 	janitorOnce sync.Once
 	closeOnce   sync.Once
 	closeErr    error
@@ -62,6 +71,7 @@ func New(opts Options) (*Gateway, error) {
 		pings: make(chan struct{}, maxPings),
 		done:  make(chan struct{}),
 	}
+	g.inLimitLog.Interval = inLimitLogEvery
 	g.retries = newRetryQueue(g)
 	g.m = newMetrics(g)
 	if opts.NATS != nil {

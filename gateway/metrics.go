@@ -36,6 +36,7 @@ const (
 	discLost     = "lost"     // announced for a vanished instance
 	discInvalid  = "invalid"  // the client broke the protocol: a message cut off, past the size limit, or text not UTF-8
 	discSlow     = "slow"     // its send queue overflowed or a frame to it stalled
+	discRate     = "rate"     // it sent past its inbound message or byte rate
 )
 
 type gwMetrics struct {
@@ -57,6 +58,7 @@ type gwMetrics struct {
 	retryPending    *prometheus.GaugeVec
 	framesDropped   *prometheus.CounterVec
 	deadLetters     prometheus.Counter
+	inboundLimited  *prometheus.CounterVec
 }
 
 func newMetrics(g *Gateway) *gwMetrics {
@@ -102,6 +104,16 @@ func newMetrics(g *Gateway) *gwMetrics {
 		[]string{"reason"})
 	m.deadLetters = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dead_letters_total",
 		Help: "Dead letters published for frames taken and never written."})
+	m.inboundLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "inbound_limited_total",
+		Help: "Clients closed with 1008 for sending past a per-connection inbound limit, by which: messages (--in-rate, --in-burst) or bytes (--in-bytes-rate, --in-bytes-burst)."},
+		[]string{"reason"})
+	refusing := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "jetstream_refusing",
+		Help: "1 while this instance's recent writes (events, registry records, its instance record) were refused by JetStream for want of room; /readyz answers 503 meanwhile."}, func() float64 {
+		if g.writes.check(g.since()) != nil {
+			return 1
+		}
+		return 0
+	})
 	natsUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nats_connected",
 		Help: "1 while the NATS connection is up (0 without NATS)."}, func() float64 {
 		if g.opts.NATS != nil && g.opts.NATS.Status() == nats.CONNECTED {
@@ -110,7 +122,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		return 0
 	})
 	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp,
-		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters)
+		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters, m.inboundLimited, refusing)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)
@@ -118,8 +130,11 @@ func newMetrics(g *Gateway) *gwMetrics {
 	for _, r := range []string{pushOK, pushGone, pushUnauthorized, pushInvalid, pushError} {
 		m.pushes.WithLabelValues(r)
 	}
-	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost, discInvalid, discSlow} {
+	for _, r := range []string{discClient, discClosed, discIdle, discPing, discError, discShutdown, discLost, discInvalid, discSlow, discRate} {
 		m.disconnects.WithLabelValues(r)
+	}
+	for _, r := range []string{limitedMessages, limitedBytes} {
+		m.inboundLimited.WithLabelValues(r)
 	}
 	for _, r := range []string{dropSlow, dropEnded} {
 		m.framesDropped.WithLabelValues(r)

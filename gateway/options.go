@@ -49,6 +49,15 @@ const (
 	// near empty: the socket's buffers take the frames as they come.
 	DefaultSendQueueBytes    = 1 << 20
 	DefaultSendQueueMessages = 1024
+	// DefaultInRate and DefaultInBurst bound the messages one client
+	// sends: a burst of DefaultInBurst at once, then DefaultInRate a
+	// second. Past either bound the client is closed with 1008.
+	DefaultInRate  = 100
+	DefaultInBurst = 1000
+	// DefaultInBytesRate and DefaultInBytesBurst bound the bytes one
+	// client sends likewise (a burst is never below MaxMessageSize).
+	DefaultInBytesRate  = 1 << 20
+	DefaultInBytesBurst = 8 << 20
 	// DefaultShutdownTimeout bounds Close.
 	DefaultShutdownTimeout = 10 * time.Second
 	// DefaultReadTimeout bounds reading one HTTP request, headers and body
@@ -113,6 +122,18 @@ type Options struct {
 	SendQueueMessages int
 	// ShutdownTimeout bounds Close.
 	ShutdownTimeout time.Duration
+	// InRate and InBurst bound the messages of one client: a token bucket
+	// of InBurst messages refilled at InRate a second. A message past it
+	// is not forwarded and closes the client with 1008 ("inbound rate
+	// exceeded"). 0 takes the default, a negative InRate turns the limit
+	// off.
+	InRate  float64
+	InBurst int
+	// InBytesRate and InBytesBurst bound the bytes of one client's
+	// messages alike (a burst below MaxMessageSize is raised to it). 0
+	// takes the default, a negative InBytesRate turns the limit off.
+	InBytesRate  int64
+	InBytesBurst int64
 
 	// PushAddr, when set, serves PushPath on a listener of its own (Run
 	// only); otherwise PushPath is served on Addr.
@@ -237,6 +258,12 @@ func (o Options) withDefaults() Options {
 	orDefault(&o.SendQueueBytes, DefaultSendQueueBytes)
 	orDefault(&o.SendQueueMessages, DefaultSendQueueMessages)
 	orDefault(&o.Prefix, subjects.DefaultPrefix)
+	orDefault(&o.InRate, DefaultInRate)
+	orDefault(&o.InBurst, DefaultInBurst)
+	orDefault(&o.InBytesRate, DefaultInBytesRate)
+	orDefault(&o.InBytesBurst, max(DefaultInBytesBurst, o.MaxMessageSize))
+	// A message as large as allowed always fits in a full bucket.
+	o.InBytesBurst = max(o.InBytesBurst, o.MaxMessageSize)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -283,6 +310,12 @@ func (o Options) Validate() error {
 	}
 	if o.SendQueueMessages < 0 {
 		errs = append(errs, fmt.Errorf("gateway: --send-queue-messages %d must be positive", o.SendQueueMessages))
+	}
+	if o.InBurst < 0 {
+		errs = append(errs, fmt.Errorf("gateway: --in-burst %d must be positive", o.InBurst))
+	}
+	if o.InBytesBurst < 0 {
+		errs = append(errs, fmt.Errorf("gateway: --in-bytes-burst %d must be positive", o.InBytesBurst))
 	}
 	for _, n := range []struct {
 		name string

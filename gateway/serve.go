@@ -241,6 +241,9 @@ func (g *Gateway) ready(ctx context.Context) error {
 	if g.opts.NATS != nil && !g.opts.NATS.IsConnected() {
 		errs = append(errs, "NATS "+g.opts.NATS.Status().String())
 	}
+	if err := g.writes.check(g.since()); err != nil {
+		errs = append(errs, err.Error())
+	}
 	if g.opts.Ready != nil {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()

@@ -44,6 +44,15 @@ const (
 	EventInvalid    = "invalid"
 )
 
+// Label values of api_requests_total{result}.
+const (
+	APIOK       = "ok"        // answered
+	APIError    = "error"     // answered {"error"}: a bad request, a registry failure
+	APITooLarge = "too_large" // larger than --api-max-request-bytes: refused unread
+	APIBusy     = "busy"      // the queue was full: refused at once
+	APIDropped  = "dropped"   // came faster than the bridge took them in: dropped by its NATS connection, unanswered
+)
+
 // Metrics are the bridge's instruments.
 type Metrics struct {
 	// Pushes counts reverse-push attempts by action and result.
@@ -79,6 +88,8 @@ type Metrics struct {
 	NATSConnected prometheus.Gauge
 	// NATSReconnects counts NATS reconnections.
 	NATSReconnects prometheus.Counter
+	// APIRequests counts request-reply API requests by result.
+	APIRequests *prometheus.CounterVec
 }
 
 // New builds the instruments and registers them, and nothing else, on reg:
@@ -145,6 +156,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "nats_reconnects_total",
 			Help: "NATS reconnections of the bridge's connection.",
 		}),
+		APIRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "api_requests_total",
+			Help: "Request-reply API requests by result (ok, error, too_large, busy, dropped).",
+		}, []string{"result"}),
 	}
 	// Pre-create the enum label values so dashboards see zeros, not gaps.
 	for _, a := range []string{ActionSend, ActionClose} {
@@ -158,10 +173,13 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, e := range []string{EventConnect, EventMessage, EventDisconnect, EventInvalid} {
 		m.InboundEvents.WithLabelValues(e)
 	}
+	for _, r := range []string{APIOK, APIError, APITooLarge, APIBusy, APIDropped} {
+		m.APIRequests.WithLabelValues(r)
+	}
 	reg.MustRegister(
 		m.Pushes, m.PushDuration, m.DeliveryLag, m.Retries, m.DeadLetters,
 		m.InFlight, m.ConsumerPending, m.AckPending, m.HeldBytes, m.DeadLetterFailures, m.RegistryConnections,
-		m.InboundEvents, m.NATSConnected, m.NATSReconnects,
+		m.InboundEvents, m.NATSConnected, m.NATSReconnects, m.APIRequests,
 	)
 	return m
 }

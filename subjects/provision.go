@@ -24,10 +24,31 @@ type StreamOptions struct {
 	// new commands (discard new): publishers get an error, and nothing
 	// stored is dropped to make room.
 	OutMaxBytes int64
+	// InMaxBytes bounds WS_IN (DefaultInMaxBytes). A full stream drops its
+	// oldest events to make room (discard old): the stream feeds backends,
+	// and refusing new events would close every client whose message
+	// cannot be stored (and refuse every new one) because of what one
+	// client wrote. Backends must read within what the bound holds.
+	InMaxBytes int64
+	// DLQMaxBytes bounds WS_DLQ (DefaultDLQMaxBytes). A full stream drops
+	// its oldest dead letters to make room (discard old): the newest are
+	// the ones an operator is looking for, and a refused dead letter would
+	// be retried by its writer without end or lost all the same.
+	DLQMaxBytes int64
 }
 
-// DefaultOutMaxBytes is the default size bound of the outbound log.
-const DefaultOutMaxBytes = 1 << 30
+// Default size bounds of the streams: the outbound log, the inbound events
+// and the dead letters.
+const (
+	DefaultOutMaxBytes = 1 << 30
+	DefaultInMaxBytes  = 1 << 30
+	DefaultDLQMaxBytes = 256 << 20
+)
+
+// jsErrStorageResources is JetStream's "insufficient storage resources
+// available": a stream's byte bound does not fit in what the server (or
+// the account) has left to reserve.
+const jsErrStorageResources jetstream.ErrorCode = 10047
 
 // ErrOldLayout reports an outbound stream of an earlier layout (a work
 // queue, or the interest stream of partition consumers) that still holds
@@ -58,6 +79,12 @@ func (o StreamOptions) withDefaults() StreamOptions {
 	if o.OutMaxBytes <= 0 {
 		o.OutMaxBytes = DefaultOutMaxBytes
 	}
+	if o.InMaxBytes <= 0 {
+		o.InMaxBytes = DefaultInMaxBytes
+	}
+	if o.DLQMaxBytes <= 0 {
+		o.DLQMaxBytes = DefaultDLQMaxBytes
+	}
 	return o
 }
 
@@ -68,11 +95,15 @@ func (n Names) StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 		Name:        n.StreamIn(),
 		Description: "wsbridge inbound events: connect, message, disconnect",
 		Subjects:    []string{n.Inbound()},
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      o.InMaxAge,
-		Duplicates:  o.DuplicateWindow,
-		Replicas:    o.Replicas,
-		Storage:     jetstream.FileStorage,
+		// Events for backends: when full, the oldest go to make room, so
+		// clients keep being served (see InMaxBytes).
+		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardOld,
+		MaxBytes:   o.InMaxBytes,
+		MaxAge:     o.InMaxAge,
+		Duplicates: o.DuplicateWindow,
+		Replicas:   o.Replicas,
+		Storage:    jetstream.FileStorage,
 	}, {
 		Name:        n.StreamOut(),
 		Description: "wsbridge outbound commands, partitioned by connection: a log every bridge reads in order",
@@ -92,11 +123,14 @@ func (n Names) StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 		Name:        n.StreamDLQ(),
 		Description: "wsbridge dead letters: outbound commands that could not be delivered",
 		Subjects:    []string{n.DeadLetters()},
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      o.DLQMaxAge,
-		Duplicates:  o.DuplicateWindow,
-		Replicas:    o.Replicas,
-		Storage:     jetstream.FileStorage,
+		// When full, the oldest dead letters make room for new ones.
+		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardOld,
+		MaxBytes:   o.DLQMaxBytes,
+		MaxAge:     o.DLQMaxAge,
+		Duplicates: o.DuplicateWindow,
+		Replicas:   o.Replicas,
+		Storage:    jetstream.FileStorage,
 	}}
 }
 
@@ -139,6 +173,12 @@ func Provision(ctx context.Context, js jetstream.JetStream, n Names, o StreamOpt
 	}
 	for _, cfg := range n.StreamConfigs(o) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrStorageResources {
+				// The server reserves each stream's byte bound out of its
+				// store: say which bounds, and how to fit them.
+				return fmt.Errorf("provision stream %s: %w: the streams' byte bounds (%s %d, %s %d, %s %d: --out-max-bytes, --in-max-bytes, --dlq-max-bytes) are reserved out of the NATS server's max_file_store (and the account's storage limit): lower them or raise it",
+					cfg.Name, err, n.StreamOut(), o.OutMaxBytes, n.StreamIn(), o.InMaxBytes, n.StreamDLQ(), o.DLQMaxBytes)
+			}
 			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 		}
 	}
