@@ -57,6 +57,7 @@ type gwMetrics struct {
 	retryPending    *prometheus.GaugeVec
 	framesDropped   *prometheus.CounterVec
 	deadLetters     prometheus.Counter
+	pingLate        prometheus.Histogram
 }
 
 func newMetrics(g *Gateway) *gwMetrics {
@@ -102,6 +103,12 @@ func newMetrics(g *Gateway) *gwMetrics {
 		[]string{"reason"})
 	m.deadLetters = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dead_letters_total",
 		Help: "Dead letters published for frames taken and never written."})
+	m.pingLate = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "ping_late_seconds",
+		Help:    "How long after a quiet connection's ping interval ran out its ping was written (one tick of the janitor at most when on time; the count is the pings written).",
+		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300}})
+	lockHold := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "janitor_lock_hold_max_seconds",
+		Help: "Longest the janitor held one of its locks (one deadline bucket of one shard) since start."},
+		func() float64 { return float64(g.wheel.lockHold.Load()) / 1e9 })
 	natsUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nats_connected",
 		Help: "1 while the NATS connection is up (0 without NATS)."}, func() float64 {
 		if g.opts.NATS != nil && g.opts.NATS.Status() == nats.CONNECTED {
@@ -110,7 +117,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		return 0
 	})
 	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp,
-		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters)
+		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters, m.pingLate, lockHold)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)
