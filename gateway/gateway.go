@@ -63,7 +63,7 @@ func New(opts Options) (*Gateway, error) {
 	}
 	g.retries = newRetryQueue(g)
 	g.m = newMetrics(g)
-	g.wheel = newWheel(g, g.m.pingLate.Observe)
+	g.wheel = newWheel(g, g.m.pingLate.Observe, g.m.lockHold.Observe)
 	if opts.NATS != nil {
 		e, err := newEdge(g)
 		if err != nil {

@@ -146,5 +146,5 @@ func (g *Gateway) tickEvery() time.Duration {
 	if g.opts.PingInterval > 0 {
 		d = min(d, g.opts.PingInterval)
 	}
-	return min(max(d/4, 10*time.Millisecond), time.Second)
+	return min(max(d/4, 10*time.Millisecond), 500*time.Millisecond)
 }

@@ -52,6 +52,7 @@ type wheel struct {
 	behind   atomic.Uint64 // pings decided in a later tick than the first one at or after their due time
 	lockHold atomic.Int64  // longest hold of a shard's lock, ns
 	lateHist func(float64) // observes a ping's lateness, seconds
+	holdHist func(float64) // observes each hold of a shard's lock, seconds
 }
 
 type wheelShard struct {
@@ -68,8 +69,8 @@ type pingJob struct {
 	end bool
 }
 
-func newWheel(g *Gateway, lateHist func(float64)) *wheel {
-	w := &wheel{g: g, tick: int64(g.tickEvery()), idle: int64(g.opts.IdleTimeout), lateHist: lateHist}
+func newWheel(g *Gateway, lateHist, holdHist func(float64)) *wheel {
+	w := &wheel{g: g, tick: int64(g.tickEvery()), idle: int64(g.opts.IdleTimeout), lateHist: lateHist, holdHist: holdHist}
 	if g.opts.PingInterval > 0 {
 		w.every = int64(g.opts.PingInterval)
 	}
@@ -182,6 +183,7 @@ func (w *wheel) sweep(s *wheelShard, t, now int64) {
 	if d := int64(held); d > w.lockHold.Load() {
 		w.lockHold.Store(d)
 	}
+	w.holdHist(held.Seconds())
 	for _, c := range idle {
 		w.g.log.Debug("closing idle connection", "conn", c.id)
 		go c.close(statusGoingAway, "idle timeout", discIdle)
@@ -234,7 +236,9 @@ func (w *wheel) run() {
 	for range pingers {
 		go w.ping()
 	}
-	t := time.NewTicker(time.Duration(w.tick))
+	// Each bucket is swept at its tick's time, not up to a tick later as
+	// a ticker of its own phase would.
+	t := time.NewTimer(w.untilNext())
 	defer t.Stop()
 	for {
 		select {
@@ -243,7 +247,13 @@ func (w *wheel) run() {
 		case <-t.C:
 		}
 		w.advance(w.g.since())
+		t.Reset(w.untilNext())
 	}
+}
+
+// untilNext is the time until the next bucket is due.
+func (w *wheel) untilNext() time.Duration {
+	return time.Duration(max(w.cur.Load()*w.tick-w.g.since(), 0))
 }
 
 // ping writes the jobs the janitor hands over until the gateway closes.
