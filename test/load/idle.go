@@ -84,11 +84,14 @@ type IdleReport struct {
 	Window       time.Duration
 	FDLimit      uint64 // the open-file limit every process ran with
 
-	RSS, HeapInuse, HeapAlloc, Stacks float64 // the gateway, bytes per connection
-	Goroutines                        float64 // the gateway's goroutines per connection
-	Kernel                            float64 // bytes per connection, both sockets of it (loopback)
-	NATS                              float64 // JetStream bytes stored per connection (registry record, connect event)
-	RSSAtConns                        float64 // the gateway's resident bytes with Conns open
+	RSS, HeapInuse, Stacks float64 // the gateway, bytes per connection
+	LiveHeap               float64 // the heap the last collection left, per connection (its goal over 1+GOGC/100)
+	HeapKept               float64 // free heap not yet returned to the OS, per connection
+	RuntimeOther           float64 // the runtime's own (GC metadata, spans, …), per connection
+	Goroutines             float64 // the gateway's goroutines per connection
+	Kernel                 float64 // bytes per connection, both sockets of it (loopback)
+	NATS                   float64 // JetStream bytes stored per connection (registry record, connect event)
+	RSSAtConns             float64 // the gateway's resident bytes with Conns open
 
 	Pings       int     // pings the clients got in the window
 	PingedTwice int     // connections pinged at least twice in the window
@@ -97,6 +100,7 @@ type IdleReport struct {
 	Late        int     // of those pings, written later than that
 	CPUPer10k   float64 // share of one core the gateway used in the window, per 10,000 connections
 	LockHoldMax float64 // the gateway's longest janitor lock hold since start, seconds; NaN when it does not say
+	LockHold99  float64 // the 99th percentile of its holds in the window (a bucket's upper bound), seconds; NaN likewise
 }
 
 // String formats the report, with the figures extrapolated to 1,000,000
@@ -104,10 +108,11 @@ type IdleReport struct {
 func (r IdleReport) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "idle connections: %d (slopes from %d), --ping-interval %v, window %v, open-file limit %d\n", r.Conns, r.Low, r.PingInterval, r.Window, r.FDLimit)
-	fmt.Fprintf(&b, "per connection: RSS %.0f B, heap in use %.0f B, heap allocated %.0f B, stacks %.0f B, goroutines %.2f, kernel %.0f B (both sockets), NATS %.0f B\n",
-		r.RSS, r.HeapInuse, r.HeapAlloc, r.Stacks, r.Goroutines, r.Kernel, r.NATS)
-	fmt.Fprintf(&b, "pings: %d in the window (%.0f/s), connections pinged twice %d of %d (%.2f%%), closed %d, written within 1 s of due %.2f%% (%d later), janitor lock held at most %.3f ms\n",
-		r.Pings, float64(r.Pings)/r.Window.Seconds(), r.PingedTwice, r.Conns, 100*float64(r.PingedTwice)/float64(r.Conns), r.Closed, 100*r.OnTime, r.Late, r.LockHoldMax*1e3)
+	fmt.Fprintf(&b, "per connection: RSS %.0f B, heap in use %.0f B, live heap %.0f B, stacks %.0f B, goroutines %.2f, kernel %.0f B (both sockets), NATS %.0f B\n",
+		r.RSS, r.HeapInuse, r.LiveHeap, r.Stacks, r.Goroutines, r.Kernel, r.NATS)
+	fmt.Fprintf(&b, "  of which free heap not yet returned to the OS %.0f B, the runtime's own %.0f B\n", r.HeapKept, r.RuntimeOther)
+	fmt.Fprintf(&b, "pings: %d in the window (%.0f/s), connections pinged twice %d of %d (%.2f%%), closed %d, written within 1 s of due %.2f%% (%d later), janitor lock held at most %.3f ms (99%% of holds at most %.3f ms)\n",
+		r.Pings, float64(r.Pings)/r.Window.Seconds(), r.PingedTwice, r.Conns, 100*float64(r.PingedTwice)/float64(r.Conns), r.Closed, 100*r.OnTime, r.Late, r.LockHoldMax*1e3, r.LockHold99*1e3)
 	fmt.Fprintf(&b, "idle CPU: %.2f%% of a core per 10,000 connections\n", 100*r.CPUPer10k)
 	base := r.RSSAtConns - r.RSS*float64(r.Conns)
 	const m = 1_000_000
@@ -129,8 +134,8 @@ func Idle(ctx context.Context, opts IdleOptions) (IdleReport, error) {
 	}
 	// The children inherit the limit: the gateway holds a descriptor per
 	// connection.
-	if err := RaiseFileLimit(uint64(opts.Conns + 1024)); err != nil {
-		return rep, fmt.Errorf("idle: %d connections need %d open files: %w", opts.Conns, opts.Conns+1024, err)
+	if err := RaiseFileLimit(uint64(opts.Conns + 512)); err != nil {
+		return rep, fmt.Errorf("idle: %d connections need %d open files: %w", opts.Conns, opts.Conns+512, err)
 	}
 	var lim syscall.Rlimit
 	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
@@ -235,8 +240,10 @@ func Idle(ctx context.Context, opts IdleOptions) (IdleReport, error) {
 	d := float64(opts.Conns - opts.Low)
 	rep.RSS = (hi.rss - lo.rss) / d
 	rep.HeapInuse = (hi.heapInuse - lo.heapInuse) / d
-	rep.HeapAlloc = (hi.heapAlloc - lo.heapAlloc) / d
 	rep.Stacks = (hi.stacks - lo.stacks) / d
+	rep.HeapKept = (hi.heapKept - lo.heapKept) / d
+	rep.LiveHeap = (hi.live - lo.live) / d
+	rep.RuntimeOther = (hi.other - lo.other) / d
 	rep.Goroutines = (hi.goroutines - lo.goroutines) / d
 	rep.Kernel = (hi.kernel - lo.kernel) / d
 	rep.NATS = (hi.nats - lo.nats) / d
@@ -272,6 +279,7 @@ func Idle(ctx context.Context, opts IdleOptions) (IdleReport, error) {
 		rep.OnTime, rep.Late = onTime/n, int(n-onTime)
 	}
 	rep.LockHoldMax = after.lockHold
+	rep.LockHold99 = quantile(0.99, before.holds, after.holds)
 	return rep, nil
 }
 
@@ -382,7 +390,8 @@ func (g *gwProc) metric(name string) (float64, error) {
 }
 
 type gwSample struct {
-	rss, heapInuse, heapAlloc, stacks, goroutines, kernel, nats float64
+	rss, heapInuse, stacks, goroutines, kernel, nats float64
+	heapKept, other, live                            float64
 }
 
 // sample is the median of five readings, a second apart.
@@ -403,11 +412,14 @@ func (g *gwProc) sample(ctx context.Context, js jetstream.JetStream) (gwSample, 
 		reads = append(reads, gwSample{
 			rss:        float64(procRSS(g.cmd.Process.Pid)),
 			heapInuse:  m["go_memstats_heap_inuse_bytes"],
-			heapAlloc:  m["go_memstats_heap_alloc_bytes"],
 			stacks:     m["go_memstats_stack_inuse_bytes"],
 			goroutines: m["go_goroutines"],
-			kernel:     kernelBytes(),
-			nats:       float64(info.Store + info.Memory),
+			heapKept:   m["go_memstats_heap_idle_bytes"] - m["go_memstats_heap_released_bytes"],
+			live:       liveHeap(m),
+			other: m["go_memstats_mspan_sys_bytes"] + m["go_memstats_mcache_sys_bytes"] + m["go_memstats_buck_hash_sys_bytes"] +
+				m["go_memstats_gc_sys_bytes"] + m["go_memstats_other_sys_bytes"],
+			kernel: kernelBytes(),
+			nats:   float64(info.Store + info.Memory),
 		})
 	}
 	med := func(f func(gwSample) float64) float64 {
@@ -421,12 +433,29 @@ func (g *gwProc) sample(ctx context.Context, js jetstream.JetStream) (gwSample, 
 	return gwSample{
 		rss:        med(func(s gwSample) float64 { return s.rss }),
 		heapInuse:  med(func(s gwSample) float64 { return s.heapInuse }),
-		heapAlloc:  med(func(s gwSample) float64 { return s.heapAlloc }),
 		stacks:     med(func(s gwSample) float64 { return s.stacks }),
 		goroutines: med(func(s gwSample) float64 { return s.goroutines }),
+		heapKept:   med(func(s gwSample) float64 { return s.heapKept }),
+		other:      med(func(s gwSample) float64 { return s.other }),
+		live:       med(func(s gwSample) float64 { return s.live }),
 		kernel:     med(func(s gwSample) float64 { return s.kernel }),
 		nats:       med(func(s gwSample) float64 { return s.nats }),
 	}, nil
+}
+
+// liveHeap is the heap the gateway's last collection left: its goal is
+// that plus GOGC% of it and of the stacks.
+func liveHeap(m map[string]float64) float64 {
+	f := gogc(m) / 100
+	return (m["go_memstats_next_gc_bytes"] - f*m["go_memstats_stack_inuse_bytes"]) / (1 + f)
+}
+
+// gogc is the gateway's GOGC (100 when it does not say).
+func gogc(m map[string]float64) float64 {
+	if v, ok := m["go_gc_gogc_percent"]; ok && v > 0 {
+		return v
+	}
+	return 100
 }
 
 type gwSnapshot struct {
@@ -435,6 +464,7 @@ type gwSnapshot struct {
 	pings, onTime float64
 	hasHist       bool
 	lockHold      float64
+	holds         map[float64]float64 // janitor_lock_hold_seconds buckets by upper bound
 }
 
 func (g *gwProc) snapshot() gwSnapshot {
@@ -448,7 +478,38 @@ func (g *gwProc) snapshot() gwSnapshot {
 	if v, ok := m["wsbridge_gateway_janitor_lock_hold_max_seconds"]; ok {
 		s.lockHold = v
 	}
+	s.holds = map[float64]float64{}
+	for k, v := range m {
+		if rest, ok := strings.CutPrefix(k, `wsbridge_gateway_janitor_lock_hold_seconds_bucket{le="`); ok {
+			if le, err := strconv.ParseFloat(strings.TrimSuffix(rest, `"}`), 64); err == nil {
+				s.holds[le] = v
+			}
+		}
+	}
 	return s
+}
+
+// quantile is the upper bound of the histogram bucket holding the q
+// quantile of what was observed between two readings (NaN without any).
+func quantile(q float64, before, after map[float64]float64) float64 {
+	var bounds []float64
+	for le := range after {
+		bounds = append(bounds, le)
+	}
+	slices.Sort(bounds)
+	if len(bounds) == 0 {
+		return math.NaN()
+	}
+	total := after[bounds[len(bounds)-1]] - before[bounds[len(bounds)-1]]
+	if total <= 0 {
+		return math.NaN()
+	}
+	for _, le := range bounds {
+		if after[le]-before[le] >= q*total {
+			return le
+		}
+	}
+	return math.Inf(1)
 }
 
 // procRSS is a process's resident set size in bytes (0 when unknown).
@@ -484,11 +545,25 @@ func procCPU(pid int) float64 {
 	return (utime + stime) / 100
 }
 
-// kernelBytes is the kernel's slab memory plus the pages of TCP buffers:
-// what sockets cost it.
+// socketSlabs are the kernel caches a TCP socket takes objects from: the
+// socket, its inode, its file, its dentry, its epoll entry.
+var socketSlabs = []string{"TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi"}
+
+// kernelBytes is what sockets cost the kernel: the objects of socketSlabs
+// (/proc/slabinfo, readable by root), or else all of its slab memory,
+// plus the pages of TCP buffers.
 func kernelBytes() float64 {
 	var total float64
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+	if b, err := os.ReadFile("/proc/slabinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			f := strings.Fields(line)
+			if len(f) > 3 && slices.Contains(socketSlabs, f[0]) {
+				objs, _ := strconv.ParseFloat(f[2], 64)
+				size, _ := strconv.ParseFloat(f[3], 64)
+				total += objs * size
+			}
+		}
+	} else if b, err := os.ReadFile("/proc/meminfo"); err == nil {
 		for line := range strings.Lines(string(b)) {
 			if rest, ok := strings.CutPrefix(line, "Slab:"); ok {
 				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
