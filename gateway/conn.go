@@ -561,7 +561,7 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	nc := finConn{hc}
+	nc := newFinConn(hc)
 	if err := brw.Writer.Flush(); err != nil {
 		_ = nc.Close()
 		return nil, nil, err
@@ -569,8 +569,9 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	r := brw.Reader
 	if r.Buffered() == 0 {
 		// Nothing read ahead (the client waits for the 101): a fresh,
-		// small reader loses nothing.
-		r = bufio.NewReaderSize(nc, connReadBuffer)
+		// small reader loses nothing. finConn holds the read buffer
+		// only while bytes wait in it (idleread.go).
+		r = bufio.NewReaderSize(nc, idleReadBuffer)
 	}
 	return nc, bufio.NewReadWriter(r, bufio.NewWriterSize(nc, connWriteBuffer)), nil
 }
@@ -587,17 +588,7 @@ func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 var errCutOff = errors.New("the client ended the TCP connection without a close frame")
 
 // finConn is an upgraded connection whose reads end with errCutOff
-// instead of io.EOF.
-type finConn struct{ net.Conn }
-
-func (c finConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err == io.EOF {
-		err = errCutOff
-	}
-	return n, err
-}
-
+// instead of io.EOF (idleread.go).
 // serve reads frames in order and hands each to the transfer function
 // before reading the next, as the gateway does; it returns when the
 // connection ends, for whatever reason, and then cleans up once.
