@@ -587,8 +587,6 @@ func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // other error fails the read of the message instead.
 var errCutOff = errors.New("the client ended the TCP connection without a close frame")
 
-// finConn is an upgraded connection whose reads end with errCutOff
-// instead of io.EOF (idleread.go).
 // serve reads frames in order and hands each to the transfer function
 // before reading the next, as the gateway does; it returns when the
 // connection ends, for whatever reason, and then cleans up once.

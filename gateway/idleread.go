@@ -18,6 +18,8 @@ const idleReadBuffer = 16
 
 var readBuffers = sync.Pool{New: func() any { b := make([]byte, connReadBuffer); return &b }}
 
+// finConn is an upgraded connection whose reads end with errCutOff instead
+// of io.EOF, and which holds a read buffer only while bytes wait in it.
 type finConn struct {
 	net.Conn
 	rc      syscall.RawConn // nil: reads go through net.Conn
