@@ -550,9 +550,10 @@ const (
 	connWriteBuffer = 512
 )
 
-// smallBuffers hands coder/websocket a hijacked connection with buffers of
-// connReadBuffer and connWriteBuffer bytes instead of net/http's (what a
-// connection holds while idle is mostly its buffers).
+// smallBuffers hands coder/websocket a hijacked connection with a write
+// buffer of connWriteBuffer bytes and reads of connReadBuffer bytes into a
+// buffer held only while they wait (finConn), instead of net/http's 4 KiB
+// each (what a connection holds while idle is mostly its buffers).
 type smallBuffers struct{ http.ResponseWriter }
 
 // Hijack implements http.Hijacker.
