@@ -37,12 +37,13 @@ const (
 	pingQueue = 4096
 )
 
+// wheel is the janitor's state: the buckets, and the pingers' queue.
 type wheel struct {
 	g      *Gateway
-	tick   int64 // ns per bucket
-	every  int64 // PingInterval in ns; 0: no pings
-	idle   int64 // IdleTimeout in ns
-	cur    atomic.Int64
+	tick   int64         // ns per bucket
+	every  int64         // PingInterval in ns; 0: no pings
+	idle   int64         // IdleTimeout in ns
+	cur    atomic.Int64  // the next tick to sweep, counted from the gateway's epoch
 	next   atomic.Uint32 // round robin over the shards
 	shards [wheelShards]wheelShard
 	jobs   chan pingJob // made when the janitor starts
@@ -55,10 +56,11 @@ type wheel struct {
 	holdHist func(float64) // observes each hold of a shard's lock, seconds
 }
 
+// wheelShard is one lock's share of the buckets.
 type wheelShard struct {
 	mu    sync.Mutex
-	slots [wheelSlots]*conn // heads of each bucket's list
-	batch []pingJob         // reused by the janitor
+	slots [wheelSlots]*conn // heads of each bucket's list; guarded by mu
+	batch []pingJob         // what a sweep hands the pingers; the janitor's alone
 }
 
 // pingJob is a ping to write (due: when the connection's quiet interval ran
