@@ -269,6 +269,9 @@ func (w *wheel) ping() {
 				w.endSilent(j.c)
 				continue
 			}
+			// The pong's deadline counts from the write (stored before it:
+			// the pong cannot come sooner).
+			j.c.pinged.Store(w.g.since())
 			j.c.sendPing()
 			w.pings.Add(1)
 			j.c.pings.Add(1)
@@ -277,12 +280,13 @@ func (w *wheel) ping() {
 	}
 }
 
-// endSilent ends a connection whose pong did not come within the ping
-// interval. Like conn.close, but without a handshake the client is not
-// answering: the first closer's reason stands.
+// endSilent ends a connection whose pong had not come by its deadline (a
+// pong since then does not save it: the janitor took it out of the wheel).
+// Like conn.close, but without a handshake the client is not answering:
+// the first closer's reason stands.
 func (w *wheel) endSilent(c *conn) {
-	if c.pinged.Load() <= c.ponged.Load() || !c.closing.CompareAndSwap(false, true) {
-		return // answered meanwhile, or ending anyway
+	if !c.closing.CompareAndSwap(false, true) {
+		return // ending anyway
 	}
 	w.g.log.Debug("closing connection: no pong", "conn", c.id, "ping_interval", w.g.opts.PingInterval)
 	c.why.Store(reasonIndex(discPing))
