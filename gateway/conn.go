@@ -44,6 +44,8 @@ type conn struct {
 	ip      string        // client IP, for the per-IP count
 	last    atomic.Int64  // g.since() of the last data frame either way, or client ping
 	pinged  atomic.Int64  // g.since() of the last ping the gateway sent
+	ponged  atomic.Int64  // g.since() of the last pong; below pinged: a pong is awaited
+	pings   atomic.Int32  // pings written
 	closing atomic.Bool   // a close handshake was started by the gateway
 	why     atomic.Int32  // index in disconnectReasons of why it ended; 0 = client
 	in      inboundLimits // read by serve alone
@@ -67,6 +69,11 @@ type conn struct {
 	closeWith *closeReq  // how writeLoop closes the connection once the queue is empty; guarded by qmu
 	lastSeq   uint64     // highest Ws-Seq taken; guarded by qmu
 	seqSeen   bool       // lastSeq holds one; guarded by qmu
+
+	// The janitor's bucket (wheel.go); guarded by the shard's lock.
+	wprev, wnext *conn
+	wslot        int32 // bucket index + 1; 0: in none
+	wshard       uint8
 }
 
 var (
@@ -489,6 +496,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		// The Origin list, when set, was checked above.
 		InsecureSkipVerify: true,
 		OnPingReceived:     func(context.Context, []byte) bool { c.touch(); return true },
+		OnPongReceived:     func(context.Context, []byte) { c.ponged.Store(g.since()) },
 	}
 	if rep.WebSocket != nil {
 		if p := firstProtocol(rep.WebSocket.SecWebSocketProtocol); p != "" {
@@ -525,6 +533,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.startJanitor()
+	g.wheel.add(c)
 	log.Debug("connection open", "protocol", ws.Subprotocol(), "source_ip", ev.RequestContext.SourceIP)
 	// The connection is read by a goroutine of its own and this handler
 	// returns, so net/http lets go of the request, its response buffers
@@ -544,9 +553,10 @@ const (
 	connWriteBuffer = 512
 )
 
-// smallBuffers hands coder/websocket a hijacked connection with buffers of
-// connReadBuffer and connWriteBuffer bytes instead of net/http's (what a
-// connection holds while idle is mostly its buffers).
+// smallBuffers hands coder/websocket a hijacked connection with a write
+// buffer of connWriteBuffer bytes and reads of connReadBuffer bytes into a
+// buffer held only while they wait (finConn), instead of net/http's 4 KiB
+// each (what a connection holds while idle is mostly its buffers).
 type smallBuffers struct{ http.ResponseWriter }
 
 // Hijack implements http.Hijacker.
@@ -555,7 +565,7 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	nc := finConn{hc}
+	nc := newFinConn(hc)
 	if err := brw.Writer.Flush(); err != nil {
 		_ = nc.Close()
 		return nil, nil, err
@@ -563,8 +573,9 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	r := brw.Reader
 	if r.Buffered() == 0 {
 		// Nothing read ahead (the client waits for the 101): a fresh,
-		// small reader loses nothing.
-		r = bufio.NewReaderSize(nc, connReadBuffer)
+		// small reader loses nothing. finConn holds the read buffer
+		// only while bytes wait in it (idleread.go).
+		r = bufio.NewReaderSize(nc, idleReadBuffer)
 	}
 	return nc, bufio.NewReadWriter(r, bufio.NewWriterSize(nc, connWriteBuffer)), nil
 }
@@ -579,18 +590,6 @@ func (w smallBuffers) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // first fragment without the rest) would be forwarded as complete. Any
 // other error fails the read of the message instead.
 var errCutOff = errors.New("the client ended the TCP connection without a close frame")
-
-// finConn is an upgraded connection whose reads end with errCutOff
-// instead of io.EOF.
-type finConn struct{ net.Conn }
-
-func (c finConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err == io.EOF {
-		err = errCutOff
-	}
-	return n, err
-}
 
 // serve reads frames in order and hands each to the transfer function
 // before reading the next, as the gateway does; it returns when the
@@ -672,6 +671,7 @@ func (c *conn) finish() {
 	ended := time.Now()
 	defer g.slots.Add(-1)
 	g.remove(c)
+	g.wheel.remove(c)
 	c.qmu.Lock()
 	dropped := c.end(nil) // what is queued has no connection to go to
 	c.qmu.Unlock()
@@ -721,37 +721,5 @@ func (g *Gateway) cleanup(id string) bool {
 // startJanitor starts the idle reaper with the first connection, so a
 // gateway that never serves one runs no goroutine.
 func (g *Gateway) startJanitor() {
-	g.janitorOnce.Do(func() { go g.reapIdle() })
-}
-
-// reapIdle closes connections with no frame either way for IdleTimeout.
-// One scanning goroutine costs less than a timer per connection; the
-// check interval bounds how late a close can be.
-func (g *Gateway) reapIdle() {
-	idle := int64(g.opts.IdleTimeout)
-	t := time.NewTicker(g.tickEvery())
-	defer t.Stop()
-	var stale []*conn
-	for {
-		select {
-		case <-g.done:
-			return
-		case <-t.C:
-		}
-		now := g.since()
-		stale = stale[:0]
-		g.mu.Lock()
-		for _, c := range g.conns {
-			if c.isReady() && c.ws != nil && now-c.last.Load() >= idle && !c.closing.Load() {
-				stale = append(stale, c)
-			}
-		}
-		g.mu.Unlock()
-		for _, c := range stale {
-			g.log.Debug("closing idle connection", "conn", c.id)
-			go c.close(statusGoingAway, "idle timeout", discIdle)
-		}
-		clear(stale)
-		g.pingQuiet(now)
-	}
+	g.janitorOnce.Do(func() { go g.wheel.run() })
 }

@@ -33,8 +33,8 @@ type Gateway struct {
 	perIP  map[string]int // connections and upgrades per client IP
 	wg     sync.WaitGroup // upgrades and connections in flight
 
-	slots atomic.Int64  // upgrades in progress plus open connections
-	pings chan struct{} // pings awaiting their pong, at most maxPings
+	slots atomic.Int64 // upgrades in progress plus open connections
+	wheel *wheel       // idle timeouts and pings (wheel.go)
 	stats counters
 
 	// retries holds what NATS must take and could not at once: ends of
@@ -68,12 +68,12 @@ func New(opts Options) (*Gateway, error) {
 		epoch: time.Now(),
 		conns: make(map[string]*conn),
 		perIP: make(map[string]int),
-		pings: make(chan struct{}, maxPings),
 		done:  make(chan struct{}),
 	}
 	g.inLimitLog.Interval = inLimitLogEvery
 	g.retries = newRetryQueue(g)
 	g.m = newMetrics(g)
+	g.wheel = newWheel(g, g.m.pingLate.Observe, g.m.lockHold.Observe)
 	if opts.NATS != nil {
 		e, err := newEdge(g)
 		if err != nil {

@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"context"
-	"errors"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -142,56 +140,11 @@ func (g *Gateway) newConnID() string {
 	return newConnID()
 }
 
-// maxPings bounds the pings awaiting their pong at once: each holds a
-// goroutine, and 10,000 connections that went quiet together must not cost
-// 10,000 goroutines at once. Connections left over are pinged on a later
-// tick.
-const maxPings = 256
-
-// pingQuiet pings connections with no frame and no ping for PingInterval;
-// one that does not answer within another PingInterval is closed. Traffic
-// proves a client alive, so busy connections are not pinged.
-func (g *Gateway) pingQuiet(now int64) {
-	if g.opts.PingInterval <= 0 {
-		return
-	}
-	every := int64(g.opts.PingInterval)
-	var quiet []*conn
-	g.mu.Lock()
-	for _, c := range g.conns {
-		if len(quiet) >= maxPings-len(g.pings) {
-			break
-		}
-		if c.isReady() && c.ws != nil && !c.closing.Load() && now-max(c.last.Load(), c.pinged.Load()) >= every {
-			c.pinged.Store(now)
-			quiet = append(quiet, c)
-		}
-	}
-	g.mu.Unlock()
-	for _, c := range quiet {
-		g.pings <- struct{}{}
-		go func() {
-			defer func() { <-g.pings }()
-			ctx, cancel := context.WithTimeout(context.Background(), g.opts.PingInterval)
-			defer cancel()
-			// Only a missing pong counts: any other error means the
-			// connection is ending anyway.
-			// Like conn.close, but without a handshake the client is
-			// not answering: the first closer's reason stands.
-			if err := c.ws.Ping(ctx); errors.Is(err, context.DeadlineExceeded) && c.closing.CompareAndSwap(false, true) {
-				g.log.Debug("closing connection: no pong", "conn", c.id, "err", err)
-				c.why.Store(reasonIndex(discPing))
-				_ = c.ws.CloseNow()
-			}
-		}()
-	}
-}
-
 // tickEvery is how often the janitor looks at idle and quiet connections.
 func (g *Gateway) tickEvery() time.Duration {
 	d := g.opts.IdleTimeout
 	if g.opts.PingInterval > 0 {
 		d = min(d, g.opts.PingInterval)
 	}
-	return min(max(d/4, 10*time.Millisecond), time.Second)
+	return min(max(d/4, 10*time.Millisecond), 500*time.Millisecond)
 }

@@ -59,6 +59,8 @@ type gwMetrics struct {
 	framesDropped   *prometheus.CounterVec
 	deadLetters     prometheus.Counter
 	inboundLimited  *prometheus.CounterVec
+	pingLate        prometheus.Histogram
+	lockHold        prometheus.Histogram
 }
 
 func newMetrics(g *Gateway) *gwMetrics {
@@ -114,6 +116,15 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
+	m.pingLate = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "ping_late_seconds",
+		Help:    "How long after a quiet connection's ping interval ran out its ping was written (one tick of the janitor at most when on time; the count is the pings written).",
+		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300}})
+	m.lockHold = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "janitor_lock_hold_seconds",
+		Help:    "How long the janitor held one of its locks: one deadline bucket of one shard, each tick.",
+		Buckets: prometheus.ExponentialBuckets(1e-6, 4, 10)})
+	lockHoldMax := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "janitor_lock_hold_max_seconds",
+		Help: "Longest the janitor held one of its locks since start."},
+		func() float64 { return float64(g.wheel.lockHold.Load()) / 1e9 })
 	natsUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nats_connected",
 		Help: "1 while the NATS connection is up (0 without NATS)."}, func() float64 {
 		if g.opts.NATS != nil && g.opts.NATS.Status() == nats.CONNECTED {
@@ -122,7 +133,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		return 0
 	})
 	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp,
-		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters, m.inboundLimited, refusing)
+		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters, m.inboundLimited, refusing, m.pingLate, m.lockHold, lockHoldMax)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)

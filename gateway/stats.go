@@ -19,6 +19,8 @@ type Stats struct {
 	PushesInvalid       uint64 // malformed push: 400, 405, 413
 	PushesFailed        uint64 // push that failed: connection closed or send queue full (410), still registering (503)
 	SendQueueBytes      int64  // queued for clients, not yet written
+	Pings               uint64 // pings written to quiet connections
+	PingsBehind         uint64 // of the pings, decided in a later tick than the first one at or after their due time
 }
 
 type counters struct {
@@ -47,5 +49,7 @@ func (g *Gateway) Stats() Stats {
 		PushesInvalid:       c.pushInvalid.Load(),
 		PushesFailed:        c.pushFailed.Load(),
 		SendQueueBytes:      g.queuedBytes.Load(),
+		Pings:               g.wheel.pings.Load(),
+		PingsBehind:         g.wheel.behind.Load(),
 	}
 }
