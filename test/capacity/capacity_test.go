@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -224,8 +225,7 @@ func dialOne(url string, i int, limit time.Duration) dialResult {
 // upgrade (503, 429, a reset) is tried again after a jittered backoff, as
 // a client of a restarted balancer would, until it is upgraded or limit
 // has passed. It returns the connections, and how many refusals there were.
-func dialMany(t *testing.T, url string, first, n, par int, limit time.Duration) ([]*websocket.Conn, int64) {
-	t.Helper()
+func dialMany(url string, first, n, par int, limit time.Duration) ([]*websocket.Conn, int64, error) {
 	conns := make([]*websocket.Conn, n)
 	var refused atomic.Int64
 	var mu sync.Mutex
@@ -259,9 +259,142 @@ func dialMany(t *testing.T, url string, first, n, par int, limit time.Duration) 
 	}
 	wg.Wait()
 	if len(errs) > 0 {
-		t.Fatalf("%d of %d clients never connected within %v; first: %v", len(errs), n, limit, errors.Join(errs[:min(len(errs), 3)]...))
+		return nil, refused.Load(), fmt.Errorf("%d of %d clients never connected within %v; first: %w", len(errs), n, limit, errors.Join(errs[:min(len(errs), 3)]...))
 	}
-	return conns, refused.Load()
+	return conns, refused.Load(), nil
+}
+
+// Clients run in processes of their own (this test binary again, run by
+// TestMain as a client process), each holding its share of the
+// connections: one process could not hold tens of thousands of sockets
+// under an ordinary file limit. A client process dials its connections at
+// start and says "up <refusals>", and then obeys its standard input:
+// "drop" closes every connection at once ("dropped"), "up" dials them all
+// again ("up <refusals>"); end of input ends it.
+const (
+	envClientURL   = "WSBRIDGE_CAPACITY_CLIENT_URL"
+	envClientFirst = "WSBRIDGE_CAPACITY_CLIENT_FIRST"
+	envClientN     = "WSBRIDGE_CAPACITY_CLIENT_N"
+)
+
+func TestMain(m *testing.M) {
+	if url := os.Getenv(envClientURL); url != "" {
+		os.Exit(clientMain(url))
+	}
+	os.Exit(m.Run())
+}
+
+func clientMain(url string) int {
+	first, _ := strconv.Atoi(os.Getenv(envClientFirst))
+	n, _ := strconv.Atoi(os.Getenv(envClientN))
+	var conns []*websocket.Conn
+	up := func() bool {
+		cs, refused, err := dialMany(url, first, n, 128, 5*time.Minute)
+		if err != nil {
+			fmt.Println("error", err)
+			return false
+		}
+		conns = cs
+		fmt.Println("up", refused)
+		return true
+	}
+	if !up() {
+		return 1
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		switch sc.Text() {
+		case "drop":
+			var wg sync.WaitGroup
+			for part := range slices.Chunk(conns, 500) {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for _, c := range part {
+						_ = c.CloseNow()
+					}
+				}()
+			}
+			wg.Wait()
+			conns = nil
+			fmt.Println("dropped")
+		case "up":
+			if !up() {
+				return 1
+			}
+		}
+	}
+	return 0
+}
+
+// clients is a running client process.
+type clients struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	lines chan string
+	out   *buildtest.SyncBuffer
+}
+
+// startClients runs a client process holding n connections to url
+// (numbered from first, which picks their source addresses).
+func startClients(t *testing.T, url string, first, n int) *clients {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envClientURL+"="+url, fmt.Sprintf("%s=%d", envClientFirst, first), fmt.Sprintf("%s=%d", envClientN, n))
+	c := &clients{cmd: cmd, lines: make(chan string, 16), out: &buildtest.SyncBuffer{}}
+	cmd.Stderr = c.out
+	var err error
+	if c.in, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+	}()
+	t.Cleanup(func() {
+		_ = c.in.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return c
+}
+
+// expect waits for the client process's next line, which must start with
+// word, and returns the rest.
+func (c *clients) expect(t *testing.T, word string, limit time.Duration) string {
+	t.Helper()
+	select {
+	case l, ok := <-c.lines:
+		if !ok {
+			t.Fatalf("client process ended, waiting for %q:\n%s", word, c.out.String())
+		}
+		rest, found := strings.CutPrefix(l, word)
+		if !found {
+			t.Fatalf("client process said %q, want %q:\n%s", l, word, c.out.String())
+		}
+		return strings.TrimSpace(rest)
+	case <-time.After(limit):
+		t.Fatalf("client process did not say %q within %v", word, limit)
+	}
+	return ""
+}
+
+// say sends a command to the client process.
+func (c *clients) say(t *testing.T, cmd string) {
+	t.Helper()
+	if _, err := io.WriteString(c.in, cmd+"\n"); err != nil {
+		t.Fatalf("client process: %v", err)
+	}
 }
 
 // inbound is what WS_IN holds: connect and disconnect events per token.
@@ -323,21 +456,63 @@ func readInbound(t *testing.T, js jetstream.JetStream, names subjects.Names) inb
 	}
 }
 
+// waitRecords waits until the registry holds want records.
+func waitRecords(t *testing.T, kv jetstream.KeyValue, want int, when string, limit time.Duration) {
+	t.Helper()
+	n := -1
+	deadline := time.Now().Add(limit)
+	for {
+		if n = registryCount(t, kv); n == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up after %v waiting for %d registry records %s: %d", limit, want, when, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // registryCount counts the registry's records.
 func registryCount(t *testing.T, kv jetstream.KeyValue) int {
+	t.Helper()
+	return len(registryKeys(t, kv))
+}
+
+// registryKeys lists the registry's records: the tokens of the
+// connections registered.
+func registryKeys(t *testing.T, kv jetstream.KeyValue) map[string]bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	keys, err := kv.ListKeys(ctx)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return 0
+			return nil
 		}
 		t.Fatalf("list registry: %v", err)
 	}
+	set := map[string]bool{}
+	for k := range keys.Keys() {
+		set[k] = true
+	}
+	return set
+}
+
+// balanced checks the events of the connections in WS_IN that are not in
+// accepted: upgrades refused because their register invocation failed
+// (timed out) after it may have stored the connect event. Each such token
+// has as many disconnect events as connect events, at most one of each.
+func balanced(t *testing.T, in inbound, accepted ...map[string]bool) int {
+	t.Helper()
 	n := 0
-	for range keys.Keys() {
+	for token, c := range in.connects {
+		if slices.ContainsFunc(accepted, func(m map[string]bool) bool { return m[token] }) {
+			continue
+		}
 		n++
+		if d := in.discs[token]; c != 1 || len(d) != 1 {
+			t.Errorf("refused connection %s: %d connect events, disconnect events %q; want one of each", token, c, d)
+		}
 	}
 	return n
 }

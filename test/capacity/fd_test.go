@@ -99,7 +99,7 @@ func TestFileLimit(t *testing.T) {
 	health("at the cap")
 	records := func(want int, when string) {
 		t.Helper()
-		waitFor(t, fmt.Sprintf("%d registry records %s", want, when), waitTimeout, func() bool { return registryCount(t, reg) == want })
+		waitRecords(t, reg, want, when, waitTimeout)
 	}
 	records(len(conns), "at the cap")
 
@@ -158,7 +158,10 @@ func TestFileLimit(t *testing.T) {
 	}
 	conns = conns[10:]
 	records(len(conns), "once ten left")
-	more, refusedMeanwhile := dialMany(t, gw.urls["ws"], 1000, 10, 10, waitTimeout)
+	more, refusedMeanwhile, err := dialMany(gw.urls["ws"], 1000, 10, 10, waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
 	conns = append(conns, more...)
 	t.Logf("ten others connected (%d refusals while the leavers' slots were freed)", refusedMeanwhile)
 	records(len(conns), "once ten others came")
