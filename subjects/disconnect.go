@@ -111,8 +111,17 @@ func closingMark(value []byte) string {
 }
 
 // IsWrongLastSequence reports a write conditional on a revision (or last
-// sequence) that lost: the key or subject changed since.
+// sequence) that lost: the key or subject changed since. A replicated
+// stream (a registry with more than one replica) reports it with err_code
+// 10164 instead of 10071; both are the same loss.
 func IsWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant:
+		return true
+	}
+	return false
 }
