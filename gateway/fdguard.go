@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -40,15 +41,20 @@ const (
 	// limit lower than the reserve plus this fails the start.
 	fdMinConnections = 16
 	// Spares per listener.
-	sparesClient = 2
+	sparesClient = 4
 	sparesPush   = 2
 	sparesOps    = 4
 	// acceptBackoffMost caps the pause between accepts while no spare is
 	// left.
 	acceptBackoffMost = 250 * time.Millisecond
 	// refuseWait bounds the time a connection answered from a spare is
-	// read after its answer, so the close does not reset the answer away.
-	refuseWait = 500 * time.Millisecond
+	// read after its answer, so the close does not reset the answer away:
+	// short, since the spare is lent meanwhile, and a socket that sends
+	// nothing (a flood of idle ones) must not hold it up.
+	refuseWait = 50 * time.Millisecond
+	// spareGrace is how long a connection served on a spare may stay
+	// silent before an accept may close it for its descriptor.
+	spareGrace = 500 * time.Millisecond
 )
 
 // fdReserve is how many descriptors the connection cap leaves for all but
@@ -101,12 +107,14 @@ type fdGuard struct {
 
 	mu     sync.Mutex
 	spares []*os.File
-	want   int // spares to hold
+	want   int                     // spares to hold
+	lent   map[*spareConn]struct{} // connections served on a spare, open
 	every  rate.Sometimes
 }
 
 func (g *Gateway) guardFiles(ln net.Listener, name string, spares int, refuse []byte) *fdGuard {
-	l := &fdGuard{Listener: ln, g: g, name: name, refuse: refuse, want: spares, every: rate.Sometimes{Interval: capLogEvery}}
+	l := &fdGuard{Listener: ln, g: g, name: name, refuse: refuse, want: spares, lent: map[*spareConn]struct{}{},
+		every: rate.Sometimes{Interval: capLogEvery}}
 	l.refill()
 	return l
 }
@@ -132,8 +140,26 @@ func (l *fdGuard) refill() {
 }
 
 // spend closes one spare, freeing its descriptor; false when none is left.
+// With none left, a connection served on a spare that has sent nothing
+// for spareGrace since it was accepted (an idle socket, not a probe) is
+// closed to make room: idle sockets cannot keep /healthz from answering.
 func (l *fdGuard) spend() bool {
 	l.mu.Lock()
+	if len(l.spares) == 0 {
+		var idle *spareConn
+		for c := range l.lent {
+			if !c.active.Load() && time.Since(c.since) > spareGrace {
+				idle = c
+				break
+			}
+		}
+		l.mu.Unlock()
+		if idle == nil {
+			return false
+		}
+		_ = idle.Close() // gives its descriptor back as a spare
+		l.mu.Lock()
+	}
 	defer l.mu.Unlock()
 	n := len(l.spares)
 	if n == 0 {
@@ -166,7 +192,11 @@ func (l *fdGuard) Accept() (net.Conn, error) {
 			if err == nil {
 				pause = 5 * time.Millisecond
 				if l.refuse == nil {
-					return &spareConn{Conn: c, l: l}, nil
+					sc := &spareConn{Conn: c, l: l, since: time.Now()}
+					l.mu.Lock()
+					l.lent[sc] = struct{}{}
+					l.mu.Unlock()
+					return sc, nil
 				}
 				go l.turnAway(c)
 				continue
@@ -213,12 +243,27 @@ func (l *fdGuard) turnAway(c net.Conn) {
 // close makes room for the spare again.
 type spareConn struct {
 	net.Conn
-	l    *fdGuard
-	once sync.Once
+	l      *fdGuard
+	once   sync.Once
+	since  time.Time   // accepted
+	active atomic.Bool // it sent something
+}
+
+func (c *spareConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.active.Store(true)
+	}
+	return n, err
 }
 
 func (c *spareConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.l.refill)
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.lent, c)
+		c.l.mu.Unlock()
+		c.l.refill()
+	})
 	return err
 }

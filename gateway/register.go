@@ -2,8 +2,12 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbridge/wsbridge/subjects"
 )
@@ -81,6 +85,9 @@ func (j *endJob) run(ctx context.Context) error {
 		return j.g.invokeCleanup(ctx, j.id)
 	}
 	if j.g.edge != nil {
+		if !j.registered {
+			return j.g.edge.forgetUnannounced(ctx, j)
+		}
 		return j.g.edge.conclude(ctx, j)
 	}
 	_, err := j.g.invoke(ctx, "cleanup", j.g.opts.Cleanup, newClosingEvent(j.id))
@@ -135,4 +142,38 @@ func endReason(why string) string {
 		return subjects.ReasonClosed
 	}
 	return subjects.ReasonClient
+}
+
+// forgetUnannounced ends a failed registration: one whose connect event was
+// stored is ended like any connection (conclude: its record deleted, its
+// one disconnect event); one whose connect event was not has its record,
+// if the function stored one, deleted without an event, since no backend
+// heard of it. A connect event stored later still is found by the second
+// attempt forgetFailed makes.
+func (e *edge) forgetUnannounced(ctx context.Context, j *endJob) error {
+	token := subjects.Token(j.id)
+	in, err := e.inbound(ctx)
+	if err != nil {
+		return err
+	}
+	switch _, err := in.GetLastMsgForSubject(ctx, e.names.Connect(token)); {
+	case err == nil:
+		return e.conclude(ctx, j)
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return fmt.Errorf("connect event of %s: %w", token, err)
+	}
+	reg, err := e.registryKV(ctx)
+	if reg == nil {
+		return err
+	}
+	if _, err := reg.Get(ctx, token); errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("registry get %s: %w", token, err)
+	}
+	if err := reg.Delete(ctx, token); err != nil {
+		return fmt.Errorf("registry delete %s: %w", token, err)
+	}
+	e.log.Debug("registry record of a failed registration deleted", "token", token)
+	return nil
 }

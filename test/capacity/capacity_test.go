@@ -501,7 +501,8 @@ func registryKeys(t *testing.T, kv jetstream.KeyValue) map[string]bool {
 // balanced checks the events of the connections in WS_IN that are not in
 // accepted: upgrades refused because their register invocation failed
 // (timed out) after it may have stored the connect event. Each such token
-// has as many disconnect events as connect events, at most one of each.
+// has as many disconnect events as connect events, at most one of each;
+// no token has a disconnect event without its connect event.
 func balanced(t *testing.T, in inbound, accepted ...map[string]bool) int {
 	t.Helper()
 	n := 0
@@ -512,6 +513,11 @@ func balanced(t *testing.T, in inbound, accepted ...map[string]bool) int {
 		n++
 		if d := in.discs[token]; c != 1 || len(d) != 1 {
 			t.Errorf("refused connection %s: %d connect events, disconnect events %q; want one of each", token, c, d)
+		}
+	}
+	for token, d := range in.discs {
+		if in.connects[token] == 0 {
+			t.Errorf("connection %s: disconnect events %q without a connect event", token, d)
 		}
 	}
 	return n

@@ -2,6 +2,7 @@ package capacity
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -133,10 +134,13 @@ func TestFileLimit(t *testing.T) {
 	if r.err == nil {
 		t.Fatalf("an upgrade succeeded with every descriptor taken")
 	}
-	if r.status != http.StatusServiceUnavailable {
-		t.Fatalf("upgrade with every descriptor taken: %v (HTTP %d), want 503", r.err, r.status)
+	// Refused with 503, or closed at once (a listener at its cap closes a
+	// new connection, or one waiting for a request, to make room): either
+	// way the client is told, and does not wait for its own timeout.
+	if r.status != http.StatusServiceUnavailable && (r.status != 0 || errors.Is(r.err, context.DeadlineExceeded)) {
+		t.Fatalf("upgrade with every descriptor taken: %v (HTTP %d), want 503 or a close", r.err, r.status)
 	}
-	t.Logf("out of descriptors: upgrade refused with %d in %v", r.status, r.took)
+	t.Logf("out of descriptors: upgrade refused (HTTP %d, %v) in %v", r.status, r.err, r.took)
 	health("out of descriptors")
 	accepts := gw.metric(t, "wsbridge_gateway_accept_errors_total")
 	t.Logf("accepts failed for want of a descriptor: %v", accepts)
