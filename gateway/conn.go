@@ -691,10 +691,8 @@ func (c *conn) finish() {
 	if announce != nil && g.edge != nil {
 		g.edge.announce(c.id, *announce)
 		g.stats.cleanups.Add(1)
-	} else if !g.cleanup(c.id) && g.edge != nil {
-		// SPEC §6: retried until NATS takes it, never dropped. (The
-		// emulator invokes cleanup once, as API Gateway does.)
-		g.retries.add(&endJob{g: g, id: c.id, reason: endReason(why), at: ended, registered: true}, 1)
+	} else {
+		g.ended(c.id, why, ended)
 	}
 	g.m.disconnects.WithLabelValues(why).Inc()
 }

@@ -51,6 +51,7 @@ type gwMetrics struct {
 	disconnects     *prometheus.CounterVec
 	listenerRefused prometheus.Counter
 	listenerEvicted prometheus.Counter
+	acceptErrors    *prometheus.CounterVec
 	framesIn        prometheus.Counter
 	framesOut       prometheus.Counter
 	retries         *prometheus.CounterVec
@@ -93,6 +94,9 @@ func newMetrics(g *Gateway) *gwMetrics {
 		Help: "TCP connections closed at once because a listener was at a connection cap with none waiting for a request to close instead."})
 	m.listenerEvicted = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "listener_evicted_total",
 		Help: "TCP connections waiting for a request (silent since accepted, or idle between keep-alive requests) closed to make room for a new one at a listener's cap."})
+	m.acceptErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "accept_errors_total",
+		Help: "Accepts that failed for want of a file descriptor (EMFILE, ENFILE), by listener: the connection is then taken on a descriptor held in reserve (client and push answered 503, ops served) or waits for one."},
+		[]string{"listener"})
 	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
 		Help: "Attempts to hand NATS what an earlier attempt failed to: a connection's end (registry delete and disconnect event), a dead letter."},
 		[]string{"what"})
@@ -132,7 +136,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, natsUp,
+	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, m.acceptErrors, natsUp,
 		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters, m.inboundLimited, refusing, m.pingLate, m.lockHold, lockHoldMax)
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
@@ -149,6 +153,9 @@ func newMetrics(g *Gateway) *gwMetrics {
 	}
 	for _, r := range []string{dropSlow, dropEnded} {
 		m.framesDropped.WithLabelValues(r)
+	}
+	for _, l := range []string{"client", "push", "ops"} {
+		m.acceptErrors.WithLabelValues(l)
 	}
 	for _, w := range []string{retryDisconnect, retryDeadLetter} {
 		m.retries.WithLabelValues(w)

@@ -291,10 +291,12 @@ func TestNonReadersCostOnlyThemselves(t *testing.T) {
 	}
 
 	// One disconnect event each, by the cleanup function: every cleanup
-	// has returned (so published) once the gateway counts the ends.
+	// has returned (so published) once the gateway counts the cleanups,
+	// which an edge instance runs from its retry queue after the end.
 	waitFor(t, "every non-reader's end counted", func() bool {
 		return testutil.ToFloat64(srv.g.m.disconnects.WithLabelValues(discSlow)) == nonReaders
 	})
+	waitFor(t, "every non-reader's cleanup returned", func() bool { return srv.g.Stats().Cleanups == nonReaders })
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -15,15 +15,25 @@ import (
 // connection (its registry record deleted and its one disconnect event,
 // SPEC §6: "retried until it is taken, never dropped") and, from an edge
 // instance, the dead letter of a frame it took for a client and never
-// wrote. Each is a job in the gateway's retry queue, tried again in rounds,
-// 100 ms to 5 s apart (with jitter), until NATS takes it, for as long as
-// the instance lives; when it stops, Close gives what is left the rest of
-// ShutdownTimeout.
+// wrote. Each is a job in the gateway's retry queue, tried again in rounds
+// until NATS takes it, for as long as the instance lives; when it stops,
+// Close gives what is left the rest of ShutdownTimeout.
 //
-// A round stops handing out attempts at the first failure: NATS fails them
-// all alike, and a mass disconnect during an outage would otherwise cost
-// one timeout per connection per round. A round while the NATS connection
-// is down tries nothing.
+// The queue is also how an edge instance runs the cleanup of every
+// connection that ends (endJob's first attempt invokes the cleanup
+// function): at most retryConcurrency at a time, so 20,000 clients dropped
+// at once by a balancer make 64 requests to NATS at a time, not 20,000
+// that all time out together.
+//
+// A round hands out attempts while NATS takes more than it fails: once
+// failures outnumber what it took (and are more than a few), the round
+// stops, as in an outage NATS fails them all alike and a mass disconnect
+// would otherwise cost one timeout per connection per round. A round that
+// took something is followed by the next at once (after retryFirst, with
+// jitter); one that took nothing by a pause that doubles from retryFirst to
+// retryMost (with jitter), so that instances that lost NATS together do not
+// all come back at the same instant. A round while the NATS connection is
+// down tries nothing.
 
 // Jobs, by what they hand NATS: the label of the retry metrics.
 const (
@@ -41,7 +51,7 @@ const (
 const (
 	// maxRetryJobs bounds the jobs waiting: ten times the default
 	// connection limit, so a mass disconnect during an outage fits many
-	// times over.
+	// times over; at least twice the connection cap (retryQueue.maxJobs).
 	maxRetryJobs = 100_000
 	// maxRetryBytes bounds the frames held by dead letters waiting (each
 	// was in a connection's send queue, bounded there, when it was dropped).
@@ -53,12 +63,16 @@ const (
 	retryDraining = 500 * time.Millisecond
 	// retryConcurrency bounds a round's attempts in flight.
 	retryConcurrency = 64
+	// retryStopAfter is how many failures a round takes before it weighs
+	// them against what NATS took.
+	retryStopAfter = 8
 	// natsStepTimeout bounds one attempt, as it bounds a first one.
 	natsStepTimeout = 5 * time.Second
 )
 
 // retryJob is one piece of work for NATS. run reports nil once NATS took it
-// (or there turned out to be nothing to do).
+// (or there turned out to be nothing to do). A job with a timeout method
+// gets that for an attempt instead of natsStepTimeout.
 type retryJob interface {
 	key() string  // one job per key waits at a time
 	what() string // retryDisconnect or retryDeadLetter
@@ -92,6 +106,14 @@ type retryQueue struct {
 	exited  chan struct{} // closed when the loop has returned
 
 	dropLog rate.Sometimes // a full queue logs once in a while, not per job
+	// tookLog spaces the lines saying NATS took what it had failed
+	// (tookSince of them since the last line).
+	tookLog   rate.Sometimes
+	tookSince atomic.Int64
+	// cleanupLog spaces the lines of failed cleanup invocations
+	// (cleanupFails of them since the last line).
+	cleanupLog   rate.Sometimes
+	cleanupFails atomic.Int64
 }
 
 // waiting is a job in the queue.
@@ -107,6 +129,7 @@ func newRetryQueue(g *Gateway) *retryQueue {
 		kick: make(chan struct{}, 1), emptied: make(chan struct{}, 1),
 		quit: make(chan struct{}), exited: make(chan struct{}),
 		dropLog: rate.Sometimes{Interval: 10 * time.Second},
+		tookLog: rate.Sometimes{Interval: 10 * time.Second}, cleanupLog: rate.Sometimes{Interval: 10 * time.Second},
 	}
 }
 
@@ -128,13 +151,13 @@ func (q *retryQueue) add(j retryJob, tries int) {
 		})
 		return
 	}
-	if len(q.jobs) >= maxRetryJobs || q.bytes+j.size() > maxRetryBytes {
+	if len(q.jobs) >= q.maxJobs() || q.bytes+j.size() > maxRetryBytes {
 		jobs, bytes := len(q.jobs), q.bytes
 		q.mu.Unlock()
 		q.drop(j, dropFull)
 		q.dropLog.Do(func() {
 			q.g.log.Warn("retry queue full: given up (counted in retries_dropped_total)", append([]any{"what", j.what(),
-				"waiting", jobs, "waiting_bytes", bytes, "max_jobs", maxRetryJobs, "max_bytes", maxRetryBytes}, j.logAttrs()...)...)
+				"waiting", jobs, "waiting_bytes", bytes, "max_jobs", q.maxJobs(), "max_bytes", maxRetryBytes}, j.logAttrs()...)...)
 		})
 		return
 	}
@@ -151,6 +174,13 @@ func (q *retryQueue) add(j retryJob, tries int) {
 	case q.kick <- struct{}{}:
 	default:
 	}
+}
+
+// maxJobs bounds the jobs waiting: maxRetryJobs, or twice the connection
+// cap when that is more, so that every connection's end fits even when all
+// of them end at once.
+func (q *retryQueue) maxJobs() int {
+	return max(maxRetryJobs, 2*q.g.opts.MaxConnections)
 }
 
 func (q *retryQueue) drop(j retryJob, why string) {
@@ -213,8 +243,14 @@ func (q *retryQueue) loop() {
 			}
 		case <-t.C:
 		}
-		if q.round(ctx) {
+		switch q.round(ctx) {
+		case roundDone:
 			fails = 0
+			continue
+		case roundProgress:
+			// NATS takes some: the rest at once, once others had a turn.
+			fails = 0
+			t.Reset(retryFirst/2 + rand.N(retryFirst/2+1))
 			continue
 		}
 		fails++
@@ -229,10 +265,19 @@ func (q *retryQueue) loop() {
 	}
 }
 
-// round tries every waiting job once, up to retryConcurrency at a time,
-// and reports whether none failed. It stops handing out attempts at the
-// first failure.
-func (q *retryQueue) round(ctx context.Context) bool {
+// What a round came to.
+type roundResult int
+
+const (
+	roundDone     roundResult = iota // every job tried was taken
+	roundProgress                    // some failed, some were taken
+	roundFailed                      // nothing was taken
+)
+
+// round tries every waiting job once, up to retryConcurrency at a time.
+// It stops handing out attempts once more than retryStopAfter failed and
+// failures outnumber the jobs NATS took.
+func (q *retryQueue) round(ctx context.Context) roundResult {
 	q.mu.Lock()
 	batch := make([]*waiting, 0, len(q.jobs))
 	for _, w := range q.jobs {
@@ -240,17 +285,17 @@ func (q *retryQueue) round(ctx context.Context) bool {
 	}
 	q.mu.Unlock()
 	if len(batch) == 0 {
-		return true
+		return roundDone
 	}
 	if nc := q.g.opts.NATS; nc != nil && !nc.IsConnected() {
-		return false
+		return roundFailed
 	}
-	var failed atomic.Bool
+	var failed, took atomic.Int64
 	var retried atomic.Int64
 	sem := make(chan struct{}, retryConcurrency)
 	var wg sync.WaitGroup
 	for _, w := range batch {
-		if failed.Load() || ctx.Err() != nil {
+		if f := failed.Load(); f > retryStopAfter && f > took.Load() || ctx.Err() != nil {
 			break
 		}
 		sem <- struct{}{}
@@ -263,10 +308,15 @@ func (q *retryQueue) round(ctx context.Context) bool {
 			if tries > 0 {
 				q.g.m.retries.WithLabelValues(w.job.what()).Inc()
 			}
-			actx, acancel := context.WithTimeout(ctx, natsStepTimeout)
+			timeout := natsStepTimeout
+			if tj, ok := w.job.(interface{ timeout() time.Duration }); ok {
+				timeout = tj.timeout()
+			}
+			actx, acancel := context.WithTimeout(ctx, timeout)
 			err := w.job.run(actx)
 			acancel()
 			if gu := (giveUp{}); errors.As(err, &gu) {
+				took.Add(1)
 				q.remove(w)
 				q.drop(w.job, dropRefused)
 				q.g.log.Error("NATS refuses this for good: given up (counted in retries_dropped_total)",
@@ -278,10 +328,11 @@ func (q *retryQueue) round(ctx context.Context) bool {
 				w.tries++
 				tries = w.tries
 				q.mu.Unlock()
-				failed.Store(true)
+				failed.Add(1)
 				q.g.log.Debug("NATS did not take it; trying again", append([]any{"what", w.job.what(), "tries", tries, "err", err}, w.job.logAttrs()...)...)
 				return
 			}
+			took.Add(1)
 			q.remove(w)
 			if tries > 0 {
 				retried.Add(1)
@@ -292,9 +343,18 @@ func (q *retryQueue) round(ctx context.Context) bool {
 	}
 	wg.Wait()
 	if n := retried.Load(); n > 0 {
-		q.g.log.Info("NATS took what it had refused before", "jobs", n, "still_waiting", q.pending())
+		q.tookSince.Add(n)
+		q.tookLog.Do(func() {
+			q.g.log.Info("NATS took what it had refused before", "jobs", q.tookSince.Swap(0), "still_waiting", q.pending())
+		})
 	}
-	return !failed.Load()
+	switch {
+	case failed.Load() == 0:
+		return roundDone
+	case took.Load() > 0:
+		return roundProgress
+	}
+	return roundFailed
 }
 
 // drain gives the jobs waiting until deadline to be taken, then stops the

@@ -131,6 +131,11 @@ func (g *Gateway) ServeAll(ctx context.Context, ls *Listeners) error {
 	if ls == nil || ls.WS == nil {
 		return errors.New("gateway: no client listener")
 	}
+	// Before anything is served: the cap every upgrade is checked against.
+	if err := g.clampToFiles(); err != nil {
+		ls.Close()
+		return err
+	}
 	var tlsConf *tls.Config
 	if g.opts.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(g.opts.TLSCert, g.opts.TLSKey)
@@ -160,7 +165,9 @@ func (g *Gateway) ServeAll(ctx context.Context, ls *Listeners) error {
 	same := func(ln net.Listener) net.Listener { return ln }
 	// The client listener holds MaxConnections WebSockets beside the
 	// others; trusted proxies speak for many clients.
-	clients := g.limit("client", ls.WS, g.opts.MaxConnections+g.opts.MaxHTTPConnections, g.trustedAddr)
+	// Each listener keeps accepting when descriptors run out (fdGuard).
+	turnAway := refuseHTTP("too many connections: the gateway is out of file descriptors")
+	clients := g.limit("client", g.guardFiles(ls.WS, "client", sparesClient, turnAway), g.opts.MaxConnections+g.opts.MaxHTTPConnections, g.trustedAddr)
 	wrapTLS := same
 	if tlsConf != nil {
 		wrapTLS = func(ln net.Listener) net.Listener { return tls.NewListener(ln, tlsConf) }
@@ -168,11 +175,11 @@ func (g *Gateway) ServeAll(ctx context.Context, ls *Listeners) error {
 	wsHandler := g.handler
 	if ls.Push != nil {
 		wsHandler = g.clientHandler
-		add(g.server(g.pushHandler), g.limit("push", ls.Push, g.opts.MaxHTTPConnections, nil), same)
+		add(g.server(g.pushHandler), g.limit("push", g.guardFiles(ls.Push, "push", sparesPush, turnAway), g.opts.MaxHTTPConnections, nil), same)
 	}
 	add(g.clientServer(wsHandler, ls.Push == nil), clients, wrapTLS)
 	if ls.HTTP != nil {
-		add(g.server(g.opsHandler()), g.limit("ops", ls.HTTP, g.opts.MaxHTTPConnections, nil), same)
+		add(g.server(g.opsHandler()), g.limit("ops", g.guardFiles(ls.HTTP, "ops", sparesOps, nil), g.opts.MaxHTTPConnections, nil), same)
 	}
 	errc := make(chan error, len(all))
 	for _, s := range all {

@@ -300,6 +300,14 @@ func TestHelmChartAllOptions(t *testing.T) {
 	if gw := envOf(r.deployments["ws-gateway"]); gw["WSBRIDGE_TLS_CERT"] == "" || gw["WSBRIDGE_PUSH_URL"] != "http://$(POD_IP):8082/push" {
 		t.Errorf("gateway: TLS_CERT %q PUSH_URL %q; want the TLS Secret's file and the pod's own push address", gw["WSBRIDGE_TLS_CERT"], gw["WSBRIDGE_PUSH_URL"])
 	}
+	// gateway.sysctls join the pod security context of the gateway only.
+	if sc := r.deployments["ws-gateway"].Spec.Template.Spec.SecurityContext; sc == nil || len(sc.Sysctls) != 1 ||
+		sc.Sysctls[0].Name != "net.core.somaxconn" || sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
+		t.Errorf("gateway pod security context %+v: want podSecurityContext with the sysctl net.core.somaxconn from values", sc)
+	}
+	if sc := r.deployments["ws-bridge"].Spec.Template.Spec.SecurityContext; sc == nil || len(sc.Sysctls) != 0 {
+		t.Errorf("bridge pod security context %+v: want no sysctls", sc)
+	}
 	s := r.secrets["ws"]
 	for _, k := range []string{"WSBRIDGE_NATS_URL", "WSBRIDGE_PUSH_URL", "WSBRIDGE_PUSH_TOKEN", "nats.creds", "nats-ca.pem", "nats-tls.key"} {
 		if s == nil || s.StringData[k] == "" {

@@ -122,7 +122,11 @@ imagePullSecrets:
 serviceAccountName: {{ include "wsbridge.serviceAccountName" .ctx }}
 automountServiceAccountToken: false
 securityContext:
-  {{- toYaml .ctx.Values.podSecurityContext | nindent 2 }}
+  {{- $psc := deepCopy .ctx.Values.podSecurityContext }}
+  {{- with .c.sysctls }}
+  {{- $_ := set $psc "sysctls" (concat ($psc.sysctls | default list) .) }}
+  {{- end }}
+  {{- toYaml $psc | nindent 2 }}
 terminationGracePeriodSeconds: {{ .c.terminationGracePeriodSeconds }}
 {{- with .c.nodeSelector }}
 nodeSelector:
