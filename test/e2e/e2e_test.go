@@ -660,10 +660,15 @@ func TestPushToGoneConnection(t *testing.T) {
 	waitFor(t, "the lost connection's record to be deleted", func() bool { return !svc.registered(t, stale) })
 	waitMetric(t, st.MetricsURL(), "wsbridge_dead_letters_total", `reason="gone"`, 4)
 	if evs := rec.find(isKind(subjects.KindDisconnect, stale)); len(evs) != 1 {
-		t.Errorf("%d disconnect events for the lost connection, want 1 (three sends answered 404)", len(evs))
+		t.Errorf("%d disconnect events for the lost connection, want 1 (three sends, each dead-lettered gone)", len(evs))
 	}
 	if evs := rec.find(isKind(subjects.KindDisconnect, c.token)); len(evs) != 1 {
 		t.Errorf("%d disconnect events for the closed connection, want only the cleanup's", len(evs))
 	}
-	waitMetric(t, st.MetricsURL(), "wsbridge_pushes_total", `action="send",result="gone"`, 4)
+	// One push to each gone connection: the bridge dead-letters the rest
+	// of a connection's backlog once it was answered gone.
+	waitMetric(t, st.MetricsURL(), "wsbridge_pushes_total", `action="send",result="gone"`, 2)
+	if v, _ := metricValue(t, st.MetricsURL(), "wsbridge_pushes_total", `action="send",result="gone"`); v != 2 {
+		t.Errorf("%v pushes answered gone, want 2: one for each gone connection", v)
+	}
 }
