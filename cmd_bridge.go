@@ -35,6 +35,7 @@ func bridgeFlags(fs *flag.FlagSet, c *bridgeConfig) {
 	fs.StringVar(&o.Prefix, "prefix", subjects.DefaultPrefix, "subject prefix (streams and bucket derive from it)")
 	fs.StringVar(&o.PushURL, "push-url", "", "reverse-push address for connections no wsbridge gateway instance claims (those are found through NATS): API Gateway's; with gateway instances only, their push address (required)")
 	fs.StringVar(&o.PushToken, "push-token", "", "sent as 'Authorization: Bearer <token>' with every push (the gateway's --push-token)")
+	fs.BoolVar(&o.AllowPlainPush, "allow-plain-push", false, "send the push token to gateway instances that advertise a plain http:// push URL off this host (without it their pushes are dead-lettered: the token would cross the network in the clear)")
 	fs.StringVar(&o.HTTPAddr, "http-addr", bridge.DefaultHTTPAddr, "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.dataDir, "data-dir", "wsbridge-data", "JetStream storage of the embedded NATS server (when --nats-url is empty)")
 	fs.StringVar(&c.natsListen, "nats-listen", "127.0.0.1:4222", "listen address of the embedded NATS server (when --nats-url is empty)")

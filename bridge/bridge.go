@@ -170,6 +170,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		stopDone:   make(chan struct{}),
 	}
 	b.reader = newReader(b)
+	b.router.plainRefused = o.PushToken != "" && !o.AllowPlainPush
 	b.apiConn = deps.APIConn
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	b.pushCtx, b.cancel = context.WithCancel(context.Background())

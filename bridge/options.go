@@ -27,6 +27,11 @@ type Options struct {
 	// PushToken, when set, is sent as "Authorization: Bearer <token>" with
 	// every push (the edge's --push-token).
 	PushToken string
+	// AllowPlainPush lets the token go to edge instances that advertise a
+	// plain http:// push URL off this host. Without it such an instance's
+	// pushes are dead-lettered (permanent): anyone who can write the
+	// instances bucket could otherwise collect the token in the clear.
+	AllowPlainPush bool
 	// HTTPAddr serves /metrics, /healthz and /readyz; "" serves nothing.
 	HTTPAddr string
 	// Concurrency is the number of pushes in flight at once, and the size of

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -51,6 +52,9 @@ type router struct {
 	js       jetstream.JetStream
 	bucket   string
 	fallback *url.URL // nil: no PushURL configured
+	// plainRefused: a push token is set and plain-HTTP push URLs of
+	// instances are refused unless on loopback (see checkPlain).
+	plainRefused bool
 
 	mu    sync.Mutex
 	kv    jetstream.KeyValue
@@ -77,6 +81,27 @@ type dest struct {
 
 func newRouter(js jetstream.JetStream, names subjects.Names, fallback *url.URL) *router {
 	return &router{js: js, bucket: names.GatewayBucket(), fallback: fallback, grace: 2 * defaultInstanceTTL, insts: map[string]*instance{}}
+}
+
+// errPlainPush is an instance's push URL refused: plain HTTP off this host
+// while a push token is set, which would send the token in the clear to
+// whatever address a record in the instances bucket names.
+var errPlainPush = errors.New("refused: the push token is not sent over plain HTTP to another host (give the instance's push listener TLS and an https:// --push-url, or run the bridge with --allow-plain-push on a network you trust)")
+
+// checkPlain refuses u when a push token is set (and plain pushes are not
+// allowed) and u is http:// to a host other than loopback.
+func (r *router) checkPlain(u *url.URL) error {
+	if !r.plainRefused || u.Scheme != "http" {
+		return nil
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return errPlainPush
 }
 
 // resolve returns where to push the connection's messages, or the outcome
@@ -114,6 +139,10 @@ func (r *router) resolve(ctx context.Context, token string) (dest, *Outcome) {
 	switch {
 	case err == nil:
 		st.u, st.checked, st.missingSince = u, now, time.Time{}
+	case errors.Is(err, errPlainPush):
+		// Not a failure that passes: every push to it is refused until
+		// its record says otherwise (read again after routeCacheTTL).
+		return dest{}, &Outcome{Class: Permanent, Err: err}
 	case errors.Is(err, errInstanceLost):
 		st.checked = now
 		if st.missingSince.IsZero() {
@@ -200,6 +229,9 @@ func (r *router) lookup(ctx context.Context, inst string, wasMissing bool) (*url
 		return nil, fmt.Errorf("instance %s advertises push URL %s, want http(s)://host/path", inst, redactPushURL(rec.PushURL))
 	}
 	u.Host = strings.TrimSuffix(u.Host, ":")
+	if err := r.checkPlain(u); err != nil {
+		return nil, fmt.Errorf("instance %s advertises push URL %s: %w", inst, redactPushURL(rec.PushURL), err)
+	}
 	return u, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -203,5 +204,54 @@ func TestInstanceWithoutRecord(t *testing.T) {
 	}
 	if m, err := dlq.GetLastMsgForSubject(ctx, e.names.DeadLetter(subjects.KindSend, subjects.Token(kept))); err != nil || string(m.Data) != "three" {
 		t.Errorf("dead letter of the kept connection: %v, %v; want three", m, err)
+	}
+}
+
+// TestPlainPushRefused: with a push token set, an instance advertising a
+// plain http:// push URL off this host gets no push (the token would cross
+// the network in the clear to whatever the record names): its pushes are
+// refused as permanent, saying how to allow it. Loopback, https, no token
+// or --allow-plain-push let it through.
+func TestPlainPushRefused(t *testing.T) {
+	s := startNATS(t)
+	js, err := jetstream.New(connect(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := subjects.MustNew("ws")
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: names.GatewayBucket(), TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		url     string
+		refused bool // with a token, plain pushes not allowed
+	}{
+		{"http://10.1.2.3:8082/push", true},
+		{"http://edge-a.internal:8082/push", true},
+		{"http://127.0.0.1:8082/push", false},
+		{"http://[::1]:8082/push", false},
+		{"http://localhost:8082/push", false},
+		{"https://10.1.2.3:8082/push", false},
+	} {
+		rec, _ := json.Marshal(subjects.Instance{ID: "edge-a", PushURL: tc.url})
+		if _, err := kv.Put(ctx, "edge-a", rec); err != nil {
+			t.Fatal(err)
+		}
+		tok := subjects.Token(subjects.NewEdgeConnID("edge-a"))
+		for _, refusing := range []bool{true, false} {
+			r := newRouter(js, names, nil)
+			r.plainRefused = refusing
+			d, o := r.resolve(ctx, tok)
+			switch {
+			case refusing && tc.refused:
+				if o == nil || o.Class != Permanent || !strings.Contains(o.Err.Error(), "--allow-plain-push") {
+					t.Errorf("%s with a token: %+v, %+v; want refused (permanent), naming --allow-plain-push", tc.url, d, o)
+				}
+			case o != nil || d.u == nil || d.u.String() != tc.url:
+				t.Errorf("%s (refusing %v): %+v, %+v; want pushed there", tc.url, refusing, d, o)
+			}
+		}
 	}
 }

@@ -180,6 +180,12 @@ volumeMounts:
 {{- else if and .Values.gateway.enabled (not .Values.secret.existingSecret) (not .Values.secret.pushURL) }}
 {{- $_ := set $env "PUSH_URL" (printf "http://%s-gateway-push.%s.svc:%v/push" (include "wsbridge.fullname" .) .Release.Namespace .Values.gateway.pushPort) }}
 {{- end }}
+{{- if .Values.gateway.enabled }}
+{{- /* The edge's push listener is plain HTTP on the pod network (its Service is cluster-internal):
+       the bridge may send the push token there. Keep the pod network to the cluster (a
+       NetworkPolicy on the push port), and the instances bucket writable by gateways only. */}}
+{{- $_ := set $env "ALLOW_PLAIN_PUSH" "true" }}
+{{- end }}
 {{- toJson $env }}
 {{- end }}
 
