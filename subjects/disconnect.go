@@ -77,6 +77,22 @@ const maxForgetTries = 5
 // ending the same connection at once, publish again under the same
 // Nats-Msg-Id (DisconnectMsgID): WS_IN keeps one event.
 func (n Names) Forget(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, token, reason string, now time.Time) (string, error) {
+	return n.forget(ctx, js, kv, token, reason, now, true)
+}
+
+// ForgetSwept is Forget for the connection of another instance that
+// vanished, announced lost by a survivor's sweep: the record is deleted
+// first, then the event published. The instance may only have been cut
+// off and come back; finding its connection's record deleted, it closes
+// the connection, where an event stored first would have announced lost a
+// connection that lives on. A publish that fails after the delete is
+// returned: the caller retries by looking for the event in WS_IN.
+func (n Names) ForgetSwept(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, token, reason string, now time.Time) (string, error) {
+	return n.forget(ctx, js, kv, token, reason, now, false)
+}
+
+// forget is Forget (eventFirst) and ForgetSwept (the record first).
+func (n Names) forget(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, token, reason string, now time.Time, eventFirst bool) (string, error) {
 	if _, err := ConnID(token); err != nil {
 		return "", err
 	}
@@ -92,8 +108,10 @@ func (n Names) Forget(ctx context.Context, js jetstream.JetStream, kv jetstream.
 		if mark := closingMark(e.Value()); mark != "" {
 			announced = mark
 		}
-		if err := n.PublishDisconnect(ctx, js, token, announced, now); err != nil {
-			return "", err
+		if eventFirst {
+			if err := n.PublishDisconnect(ctx, js, token, announced, now); err != nil {
+				return "", err
+			}
 		}
 		if err := kv.Delete(ctx, token, jetstream.LastRevision(e.Revision())); err != nil {
 			if IsWrongLastSequence(err) {
@@ -101,43 +119,12 @@ func (n Names) Forget(ctx context.Context, js jetstream.JetStream, kv jetstream.
 			}
 			return "", fmt.Errorf("registry delete %s: %w", token, err)
 		}
-		return announced, nil
-	}
-	return "", fmt.Errorf("registry delete %s: too many concurrent writers", token)
-}
-
-// ForgetSwept is Forget for the connection of another instance that
-// vanished, announced lost by a survivor's sweep: the record is deleted
-// first, then the event published. The instance may only have been cut
-// off and come back; finding its connection's record deleted, it closes
-// the connection, where an event stored first would have announced lost a
-// connection that lives on. A publish that fails after the delete is
-// returned: the caller retries by looking for the event in WS_IN.
-func (n Names) ForgetSwept(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, token, reason string, now time.Time) (string, error) {
-	if _, err := ConnID(token); err != nil {
-		return "", err
-	}
-	for try := 0; try < maxForgetTries; try++ {
-		e, err := kv.Get(ctx, token)
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			return "", nil
-		}
-		if err != nil {
-			return "", fmt.Errorf("registry get %s: %w", token, err)
-		}
-		if err := kv.Delete(ctx, token, jetstream.LastRevision(e.Revision())); err != nil {
-			if IsWrongLastSequence(err) {
-				continue // changed meanwhile: read again
+		if !eventFirst {
+			if err := n.PublishDisconnect(ctx, js, token, announced, now); err != nil {
+				return "", err
 			}
-			return "", fmt.Errorf("registry delete %s: %w", token, err)
 		}
-		if mark := closingMark(e.Value()); mark != "" {
-			reason = mark
-		}
-		if err := n.PublishDisconnect(ctx, js, token, reason, now); err != nil {
-			return "", err
-		}
-		return reason, nil
+		return announced, nil
 	}
 	return "", fmt.Errorf("registry delete %s: too many concurrent writers", token)
 }
