@@ -769,16 +769,6 @@ func (e *edge) conclude(ctx context.Context, j *endJob) error {
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return fmt.Errorf("disconnect event of %s: %w", token, err)
 	}
-	if !j.registered {
-		// A failed registration is owed an end only if its connect event
-		// was stored.
-		switch _, err := in.GetLastMsgForSubject(ctx, e.names.Connect(token)); {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			return nil
-		case err != nil:
-			return fmt.Errorf("connect event of %s: %w", token, err)
-		}
-	}
 	if err := e.names.PublishDisconnect(ctx, e.js, token, j.reason, j.at); err != nil {
 		return err
 	}

@@ -64,9 +64,10 @@ type endJob struct {
 	id     string
 	reason string    // the disconnect reason, when this instance is the one to announce it
 	at     time.Time // when the connection ended
-	// registered says the connection was stored (accepted after its
-	// register, or listed in the registry); a failed registration may
-	// never have been.
+	// registered says the connection was stored and announced (accepted
+	// after its register, listed in the registry, or a failed
+	// registration whose connect event was found); a failed registration
+	// may never have been, and forgetUnannounced decides.
 	registered bool
 	// invoke says the next attempt is the connection's cleanup
 	// invocation (ended): the first of an accepted connection's end.
@@ -158,6 +159,8 @@ func (e *edge) forgetUnannounced(ctx context.Context, j *endJob) error {
 	}
 	switch _, err := in.GetLastMsgForSubject(ctx, e.names.Connect(token)); {
 	case err == nil:
+		// Announced: ended like any connection, now and on every retry.
+		j.registered = true
 		return e.conclude(ctx, j)
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return fmt.Errorf("connect event of %s: %w", token, err)
