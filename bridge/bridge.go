@@ -137,6 +137,9 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bridge options: %w", err)
 	}
+	if deps.HTTPClient == nil {
+		p.h1 = newH1(o.Concurrency, o.PushTimeout)
+	}
 	if o.PushRate > 0 {
 		p.limiter = rate.NewLimiter(rate.Limit(o.PushRate), o.PushBurst)
 	}

@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -45,10 +46,12 @@ func newHTTPClient(concurrency int, timeout time.Duration) *http.Client {
 
 // pusher posts reverse-push bodies to the gateway.
 type pusher struct {
-	client  *http.Client
+	h1      *h1           // nil: every push through client
+	client  *http.Client  // pushes h1 does not take (a proxy, Deps.HTTPClient)
 	url     *url.URL      // PushURL, parsed once; shared by every request, never modified; nil when not set
 	header  http.Header   // idem: Content-Type, and Authorization with a push token
 	limiter *rate.Limiter // nil: unlimited
+	auth    string        // the Authorization header's value, or ""
 }
 
 func newPusher(client *http.Client, pushURL, pushToken string) (*pusher, error) {
@@ -57,7 +60,7 @@ func newPusher(client *http.Client, pushURL, pushToken string) (*pusher, error) 
 		header.Set("Authorization", "Bearer "+pushToken)
 	}
 	if pushURL == "" {
-		return &pusher{client: client, header: header}, nil
+		return &pusher{client: client, header: header, auth: header.Get("Authorization")}, nil
 	}
 	u, err := url.Parse(pushURL)
 	if err != nil {
@@ -66,7 +69,7 @@ func newPusher(client *http.Client, pushURL, pushToken string) (*pusher, error) 
 	}
 	// As http.NewRequest does: "host:" is "host".
 	u.Host = strings.TrimSuffix(u.Host, ":")
-	return &pusher{client: client, url: u, header: header}, nil
+	return &pusher{client: client, url: u, header: header, auth: header.Get("Authorization")}, nil
 }
 
 type gatewayAnswer struct {
@@ -90,6 +93,22 @@ func (p *pusher) push(ctx context.Context, u *url.URL, head, tail []byte, seq ui
 	if p.limiter != nil {
 		if err := p.limiter.Wait(ctx); err != nil {
 			return Classify(0, 0, fmt.Errorf("push rate limit: %w", err), nil)
+		}
+	}
+	bufp := answerBufs.Get().(*[]byte)
+	defer answerBufs.Put(bufp)
+	if p.h1 != nil {
+		if hp := p.h1.host(u); hp != nil {
+			auth := p.auth
+			if auth == "" && u.User != nil {
+				auth = basicAuth(u.User) // what net/http does with userinfo
+			}
+			r := h1Request{u: u, contentType: "application/json", auth: auth, seq: seq}
+			status, data, err := p.h1.do(ctx, hp, &r, head, tail, *bufp)
+			if err != nil {
+				return Classify(0, 0, err, nil)
+			}
+			return classifyAnswer(status, data, nil)
 		}
 	}
 	// An empty URL parses without allocating; the pre-parsed one replaces
@@ -118,12 +137,16 @@ func (p *pusher) push(ctx context.Context, u *url.URL, head, tail []byte, seq ui
 		// The error text of net/http quotes the URL, whose path is secret.
 		return Classify(0, 0, scrubURLError(err), nil)
 	}
-	bufp := answerBufs.Get().(*[]byte)
-	defer answerBufs.Put(bufp)
 	data, readErr := readAnswer(resp.Body, *bufp)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return Classify(resp.StatusCode, 0, nil, nil)
+	return classifyAnswer(resp.StatusCode, data, readErr)
+}
+
+// classifyAnswer classifies a gateway's answer: its status, and its body
+// (data) as far as it was read (readErr).
+func classifyAnswer(status int, data []byte, readErr error) Outcome {
+	if status != http.StatusOK {
+		return Classify(status, 0, nil, nil)
 	}
 	if readErr != nil {
 		return Classify(0, 0, fmt.Errorf("read gateway answer: %w", readErr), nil)
@@ -140,11 +163,16 @@ func (p *pusher) push(ctx context.Context, u *url.URL, head, tail []byte, seq ui
 	if a.ErrNo != nil {
 		errNo = *a.ErrNo
 	}
-	o := Classify(resp.StatusCode, errNo, nil, parseErr)
+	o := Classify(status, errNo, nil, parseErr)
 	if o.Class == Permanent && parseErr == nil && a.Msg != "" {
 		o.Err = fmt.Errorf("gateway errNo %d: %s", errNo, clipString(a.Msg, 200))
 	}
 	return o
+}
+
+func basicAuth(u *url.Userinfo) string {
+	pass, _ := u.Password()
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pass))
 }
 
 // twoPart reads a then b without copying them together.
