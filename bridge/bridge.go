@@ -84,6 +84,7 @@ type Bridge struct {
 	consuming atomic.Bool        // the lease keeper runs
 	stopCh    chan struct{}      // closed when Stop begins
 	quit      chan struct{}      // closed when workers and loops must exit
+	ends      *ends              // connection ends waiting out their grace
 	bgCtx     context.Context    // background loops (KV watch, sampler)
 	bgCancel  context.CancelFunc // cancels bgCtx
 	pushCtx   context.Context    // cancelled at the shutdown deadline
@@ -173,6 +174,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 		stopDone:   make(chan struct{}),
 	}
 	b.reader = newReader(b)
+	b.ends = newEnds(b)
 	b.router.plainRefused = o.PushToken != "" && !o.AllowPlainPush
 	b.apiConn = deps.APIConn
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
@@ -294,7 +296,8 @@ func (b *Bridge) Start(ctx context.Context) error {
 		b.wg.Add(1)
 		go b.worker()
 	}
-	b.wg.Add(5)
+	b.wg.Add(6)
+	go b.ends.run(b.quit)
 	go b.reader.run()
 	go b.commits()
 	go b.trim()

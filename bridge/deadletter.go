@@ -151,12 +151,10 @@ func deadLetterHeaders(orig nats.Header) nats.Header {
 	return out
 }
 
-// forget deletes a connection from the registry and publishes its
-// disconnect event, if the record is still there: whoever deletes the
-// record announces the disconnect (subjects.Names.Forget), so a connection
-// gets one event however many messages, instances or cleanup invocations
-// see its end. Best effort (SPEC §3): failures are logged, the registry TTL
-// is the safety net.
+// forget ends a connection whose push found it gone, or that a push
+// closed: it leaves the index at once (the rest of its backlog is answered
+// gone), and its end is announced after endGrace unless its own cleanup
+// did it first (see ends).
 func (b *Bridge) forget(token, reason string) {
 	if held := b.idx.remove(token); !held && (reason == subjects.ReasonGone || reason == subjects.ReasonLost) {
 		// Every message queued for a gone connection is answered gone;
@@ -164,8 +162,16 @@ func (b *Bridge) forget(token, reason string) {
 		b.log.Debug("gone connection already forgotten", "token", token)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	b.ends.add(token, reason)
+}
+
+// announce deletes a connection's registry record and publishes its
+// disconnect event, if the record is still there: whoever deletes the
+// record announces the disconnect (subjects.Names.Forget), so a connection
+// gets one event however many messages, instances or cleanup invocations
+// see its end. Best effort (SPEC §3): failures are logged, the registry TTL
+// is the safety net.
+func (b *Bridge) announce(ctx context.Context, token, reason string) {
 	announced, err := b.names.Forget(ctx, b.js, b.kv, token, reason, time.Now())
 	switch {
 	case err != nil:

@@ -457,11 +457,17 @@ func TestCloseMarkedBeforePushAndAnnouncedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(e.names.Disconnect(tok)))
-	if err != nil {
-		t.Fatal(err)
+	stored := func() uint64 {
+		info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(e.names.Disconnect(tok)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Subjects[e.names.Disconnect(tok)]
 	}
-	if n := info.State.Subjects[e.names.Disconnect(tok)]; n != 1 {
+	// No cleanup function here: the bridge announces it after endGrace.
+	waitFor(t, "the disconnect event", endGrace+20*time.Second, func() bool { return stored() > 0 })
+	time.Sleep(100 * time.Millisecond)
+	if n := stored(); n != 1 {
 		t.Errorf("%d disconnect events stored, want 1", n)
 	}
 	m, err := st.GetLastMsgForSubject(context.Background(), e.names.Disconnect(tok))

@@ -69,6 +69,8 @@ func TestGoneAnnouncedOncePerConnection(t *testing.T) {
 	e.start(nil)
 	waitFor(t, "five dead letters", 20*time.Second, func() bool { return dlq.len() >= 5 })
 	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
+	// No cleanup here: the bridge announces the end after endGrace.
+	waitFor(t, "the disconnect event", endGrace+20*time.Second, func() bool { return len(e.disconnectsOf(disc, tok)) > 0 })
 	e.flushCollector(disc)
 	if n := dlq.len(); n != 5 {
 		t.Errorf("%d dead letters, want 5", n)
@@ -134,5 +136,34 @@ func TestActiveConnectionRefreshed(t *testing.T) {
 	}
 	for _, p := range e.tg.of(idle) {
 		t.Errorf("idle connection got %+v after expiring", p)
+	}
+}
+
+// A connection's own cleanup that comes after a push found it gone, within
+// endGrace, announces its end, with its reason: the bridge, finding the
+// record gone after the grace, announces nothing. A plain subscriber sees
+// one event (WS_IN would keep one anyway, but ws.in.> subscribers see every
+// publish).
+func TestCleanupWithinGraceAnnouncesTheEnd(t *testing.T) {
+	var pushed atomic.Int64
+	e := newEnv(t, func(p push, _ int) (int, int) {
+		pushed.Add(1)
+		return http.StatusNotFound, 0
+	})
+	tok := subjects.Token("closing-now")
+	e.register("closing-now")
+	disc := e.collect(e.names.InboundKind(subjects.KindDisconnect))
+	e.start(nil)
+	e.publish(e.names.Send(tok), []byte("too late"))
+	waitFor(t, "the push answered gone", 20*time.Second, func() bool { return pushed.Load() > 0 })
+	time.Sleep(endGrace / 3)
+	// The cleanup function, a moment later.
+	if _, err := e.names.Forget(context.Background(), e.js, e.kv(), tok, subjects.ReasonClient, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(endGrace + time.Second)
+	e.flushCollector(disc)
+	if got := e.disconnectsOf(disc, tok); len(got) != 1 || got[0] != subjects.ReasonClient {
+		t.Errorf("disconnect events %v, want one, the cleanup's (client)", got)
 	}
 }
