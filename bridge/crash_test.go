@@ -113,7 +113,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	// A partition the restarted bridge dropped (a renewal that missed its
 	// fence on a loaded machine) is cut off like a crash: its next owner may
 	// repeat what was pushed since the last commit, once more.
-	windows := 1 + strings.Count(out2.String(), "partition dropped")
+	windows := 1 + strings.Count(out1.String(), "partition dropped") + strings.Count(out2.String(), "partition dropped")
 	t.Logf("killed after %d pushes; %d messages in total, %d duplicates; repeated windows allowed per connection: %d", killedAt, conns*per, dups, windows)
 	for c := 0; c < conns; c++ {
 		id := fmt.Sprintf("k%d", c)

@@ -109,8 +109,15 @@ func TestZombieIsFenced(t *testing.T) {
 	mt := newMultiTarget(t, 3*time.Millisecond)
 	proxy := newCutProxy(t, e.s.Addr().String())
 	const conns = 40
+	// The zombie's drops are the cut's (one window); the others' are
+	// renewals that missed their fence on a loaded machine.
+	var drops, zombieDrops atomic.Int64
 	start := func(name string, nc *nats.Conn) *Bridge {
-		return startBridge(t, Options{PushURL: mt.srv.URL + "/" + name + "/api", Concurrency: 16}, Deps{Conn: nc, Logger: testLogger(t).With("bridge", name)})
+		n := &drops
+		if name == "z" {
+			n = &zombieDrops
+		}
+		return startBridge(t, Options{PushURL: mt.srv.URL + "/" + name + "/api", Concurrency: 16}, Deps{Conn: nc, Logger: countingLogger(t, n).With("bridge", name)})
 	}
 	znc, err := nats.Connect(proxy.url(), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond), nats.Timeout(time.Second))
 	if err != nil {
@@ -164,6 +171,7 @@ func TestZombieIsFenced(t *testing.T) {
 	t.Logf("rejoined %v after the heal, owning %v", time.Since(healAt).Round(time.Millisecond), zombie.Owned())
 	waitFor(t, "every message pushed", 120*time.Second, func() bool { return mt.distinct() >= conns*per })
 	waitFor(t, "every command resolved", 30*time.Second, e.resolved)
-	dups := checkOrder(t, mt.all(), conns, per, 1)
-	t.Logf("%d repeats", dups)
+	// One window for the cut, one for each partition dropped otherwise.
+	dups := checkOrder(t, mt.all(), conns, per, 1+int(drops.Load()))
+	t.Logf("%d repeats; partitions dropped by the others: %d, by the zombie: %d", dups, drops.Load(), zombieDrops.Load())
 }
