@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,8 +27,12 @@ import (
 // (key p.<n>, value the owner's id, rewritten every LeaseTTL/4 with a
 // compare-and-set on the revision they wrote last). Every bridge watches
 // the bucket and computes the same assignment from the members it sees
-// alive: rendezvous hashing of each partition over them, so N bridges get
-// about 1/N each and a join or leave moves only the partitions it must.
+// alive: rendezvous hashing of each partition over them, bounded so that
+// no bridge gets more than ⌈partitions/N⌉ (plain rendezvous gave 13, 10
+// and 9 of 32 to three bridges, and the one with 13 set the pace). A
+// bridge's membership says it assigns this way; while a member alive does
+// not (an earlier release, in a rolling upgrade), every bridge assigns by
+// plain rendezvous, so all agree.
 //
 // No clock is trusted across machines. A member or lease is alive while its
 // key changed within LeaseTTL on the watcher's own clock. The owner stops
@@ -188,7 +194,7 @@ func (o *owner) round() {
 	leaving := o.leaving
 	o.mu.Unlock()
 	if !leaving {
-		if _, err := o.kv.Put(ctx, subjects.MemberKey(o.id), []byte(time.Now().UTC().Format(time.RFC3339))); err == nil {
+		if _, err := o.kv.Put(ctx, subjects.MemberKey(o.id), []byte(time.Now().UTC().Format(time.RFC3339)+" "+assignBounded)); err == nil {
 			o.mu.Lock()
 			o.lastOK = time.Now()
 			o.mu.Unlock()
@@ -290,8 +296,12 @@ func (o *owner) ours(ctx context.Context, p int, rev uint64) (uint64, bool) {
 	return e.Revision(), true
 }
 
-// assign returns the partitions this bridge should work: those whose
-// rendezvous hash is highest for this bridge among the members alive.
+// assignBounded, in a membership's value, says the bridge assigns
+// partitions by bounded rendezvous.
+const assignBounded = "assign=bounded"
+
+// assign returns the partitions this bridge should work: the assignment
+// of the members alive.
 func (o *owner) assign(leaving bool) []bool {
 	now := time.Now()
 	o.mu.Lock()
@@ -299,38 +309,70 @@ func (o *owner) assign(leaving bool) []bool {
 	if !leaving {
 		members = append(members, o.id)
 	}
+	bounded := true
 	for k, s := range o.seen {
 		id, ok := subjects.MemberKeyID(k)
 		if !ok || id == o.id || s.gone || now.Sub(s.at) >= o.ttl {
 			continue
 		}
 		members = append(members, id)
+		bounded = bounded && strings.HasSuffix(s.value, " "+assignBounded)
 	}
 	o.mu.Unlock()
 	out := make([]bool, o.count)
 	if leaving {
 		return out
 	}
-	for p := range out {
-		out[p] = rendezvous(p, members) == o.id
+	for p, owner := range assignment(o.count, members, bounded) {
+		out[p] = owner == o.id
 	}
 	return out
 }
 
-// rendezvous is the member with the highest hash of (member, partition).
-func rendezvous(p int, members []string) string {
-	var best string
-	var bestH uint64
-	for _, m := range members {
-		// SHA-256, not FNV: FNV of names that differ in a few bytes,
-		// followed by the same partition bytes, orders the same way for
-		// most partitions, and one member would win nearly all.
-		sum := sha256.Sum256([]byte(m + "/" + strconv.Itoa(p)))
-		if v := binary.BigEndian.Uint64(sum[:8]); best == "" || v > bestH || v == bestH && m > best {
-			best, bestH = m, v
-		}
+// assignment returns the owner of each of count partitions among members:
+// the member ranked first by rendezvous hashing of (member, partition), or,
+// bounded, the first in that ranking holding fewer than
+// ⌈count/len(members)⌉, partitions taken in order. Every bridge computes
+// the same from the same members. Nil members: no owners ("").
+func assignment(count int, members []string, bounded bool) []string {
+	owners := make([]string, count)
+	if len(members) == 0 {
+		return owners
 	}
-	return best
+	limit := (count + len(members) - 1) / len(members)
+	held := make(map[string]int, len(members))
+	ranked := make([]ranking, len(members))
+	for p := range owners {
+		for i, m := range members {
+			// SHA-256, not FNV: FNV of names that differ in a few bytes,
+			// followed by the same partition bytes, orders the same way
+			// for most partitions, and one member would win nearly all.
+			sum := sha256.Sum256([]byte(m + "/" + strconv.Itoa(p)))
+			ranked[i] = ranking{m, binary.BigEndian.Uint64(sum[:8])}
+		}
+		slices.SortFunc(ranked, func(a, b ranking) int {
+			if c := cmp.Compare(b.h, a.h); c != 0 {
+				return c
+			}
+			return cmp.Compare(b.member, a.member)
+		})
+		owners[p] = ranked[0].member
+		if bounded {
+			for _, r := range ranked {
+				if held[r.member] < limit {
+					owners[p] = r.member
+					break
+				}
+			}
+		}
+		held[owners[p]]++
+	}
+	return owners
+}
+
+type ranking struct {
+	member string
+	h      uint64
 }
 
 // forgetDeadMembers marks dead the members of the bucket as found at start

@@ -9,40 +9,49 @@ import (
 )
 
 // TestRendezvousSpreads checks the assignment is balanced for similar
-// instance names (host-pid-random differ in a few bytes) and moves only the
-// partitions it must when a member joins.
+// instance names (host-pid-random differ in a few bytes), bounded to
+// ⌈partitions/members⌉ each, and moves few partitions when a member joins;
+// plain rendezvous (a member of an earlier release alive) moves only those
+// the new member takes.
 func TestRendezvousSpreads(t *testing.T) {
 	const parts = 32
 	members := []string{"vm-7098-58d4a0", "vm-7098-5362b1", "vm-7099-5362b2"}
-	count := func(ms []string) map[string]int {
-		c := map[string]int{}
-		for p := 0; p < parts; p++ {
-			c[rendezvous(p, ms)]++
-		}
-		return c
-	}
-	got := count(members)
-	for _, m := range members {
-		// 32/3 ≈ 10.7; a share outside 5..17 would mean a biased hash.
-		if got[m] < 5 || got[m] > 17 {
-			t.Errorf("%s owns %d of %d partitions with %d members: %v", m, got[m], parts, len(members), got)
-		}
-	}
 	joined := append(members[:len(members):len(members)], "vm-7100-000001")
-	moved := 0
-	for p := 0; p < parts; p++ {
-		before, after := rendezvous(p, members), rendezvous(p, joined)
-		if before != after {
-			moved++
-			if after != "vm-7100-000001" {
-				t.Errorf("partition %d moved from %s to %s, not to the new member", p, before, after)
+	for _, bounded := range []bool{false, true} {
+		count := func(ms []string) map[string]int {
+			c := map[string]int{}
+			for _, m := range assignment(parts, ms, bounded) {
+				c[m]++
+			}
+			return c
+		}
+		got := count(members)
+		for _, m := range members {
+			// 32/3 ≈ 10.7; plain: a share outside 5..17 would mean a
+			// biased hash; bounded: 10 or 11.
+			if got[m] < 5 || got[m] > 17 || bounded && (got[m] < 10 || got[m] > 11) {
+				t.Errorf("bounded %v: %s owns %d of %d partitions with %d members: %v", bounded, m, got[m], parts, len(members), got)
 			}
 		}
+		before, after := assignment(parts, members, bounded), assignment(parts, joined, bounded)
+		moved := 0
+		for p := range before {
+			if before[p] != after[p] {
+				moved++
+				if !bounded && after[p] != "vm-7100-000001" {
+					t.Errorf("partition %d moved from %s to %s, not to the new member", p, before[p], after[p])
+				}
+			}
+		}
+		if c := count(joined); bounded && c["vm-7100-000001"] != 8 {
+			t.Errorf("bounded: the fourth member holds %d of 32, want 8: %v", c["vm-7100-000001"], c)
+		}
+		t.Logf("bounded %v: %v; a fourth member moved %d partitions", bounded, got, moved)
+		if moved == 0 || moved > 16 {
+			t.Errorf("bounded %v: a fourth member moved %d of %d partitions", bounded, moved, parts)
+		}
 	}
-	if moved == 0 || moved > 16 {
-		t.Errorf("a fourth member took %d of %d partitions", moved, parts)
-	}
-	if rendezvous(3, nil) != "" {
+	if o := assignment(4, nil, true); o[3] != "" {
 		t.Errorf("no members: got an owner")
 	}
 }
@@ -83,16 +92,19 @@ func TestStartIgnoresDeadMembers(t *testing.T) {
 
 	b := startBridge(t, Options{PushURL: e.tg.srv.URL, LeaseTTL: ttl}, Deps{Conn: connect(t, e.s), Logger: testLogger(t)})
 	desired := b.own.assign(false)
-	for p, mine := range desired {
-		want := rendezvous(p, []string{b.id, "alive"}) == b.id
-		if mine != want {
-			t.Fatalf("partition %d: assigned to this bridge %v, want %v (the ghost counted as a member?)", p, mine, want)
+	// "alive" writes no assign=bounded: plain rendezvous, as with a
+	// bridge of an earlier release.
+	want := assignment(len(desired), []string{b.id, "alive"}, false)
+	withGhost := 0
+	for _, owner := range assignment(len(desired), []string{b.id, "alive", "ghost"}, false) {
+		if owner == "ghost" {
+			withGhost++
 		}
 	}
-	withGhost := 0
-	for p := range desired {
-		if rendezvous(p, []string{b.id, "alive", "ghost"}) == "ghost" {
-			withGhost++
+	for p, mine := range desired {
+		want := want[p] == b.id
+		if mine != want {
+			t.Fatalf("partition %d: assigned to this bridge %v, want %v (the ghost counted as a member?)", p, mine, want)
 		}
 	}
 	t.Logf("the dead member would have been left %d of %d partitions", withGhost, len(desired))

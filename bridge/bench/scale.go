@@ -109,7 +109,16 @@ func runScale(n, conns, conc, runs, kills int, latency time.Duration) error {
 			for !spread(bs) && time.Now().Before(settled) {
 				time.Sleep(50 * time.Millisecond)
 			}
+			owned := func() []int {
+				var o []int
+				for _, b := range bs {
+					o = append(o, len(b.Owned()))
+				}
+				return o
+			}
+			split := owned()
 			base := tg.count()
+			cpu0 := cpuTime()
 			start := time.Now()
 			for i := 0; i < n; i++ {
 				if _, err := js.PublishAsync(names.Send(tokens[i%conns]), []byte("x"), stallWait); err != nil {
@@ -126,12 +135,14 @@ func runScale(n, conns, conc, runs, kills int, latency time.Duration) error {
 				time.Sleep(time.Millisecond)
 			}
 			took := time.Since(start)
+			cpu := cpuTime() - cpu0
 			for _, b := range bs {
 				_ = b.Stop(ctx)
 			}
 			rate := float64(n) / took.Seconds()
 			rates[k] = append(rates[k], rate)
-			fmt.Printf("run %d: %d bridge(s): %8.0f msg/s (%v; ratio to 1 bridge in this run %.2f)\n", r+1, k, rate, took.Round(time.Millisecond), rate/rates[1][r])
+			fmt.Printf("run %d: %d bridge(s): %8.0f msg/s (%v; ratio to 1 bridge in this run %.2f; partitions %v; process CPU %.0f µs/msg, %.0f%% of a CPU)\n",
+				r+1, k, rate, took.Round(time.Millisecond), rate/rates[1][r], split, float64(cpu.Microseconds())/float64(n), 100*cpu.Seconds()/took.Seconds())
 		}
 	}
 	for _, k := range []int{1, 2, 3} {
