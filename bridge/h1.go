@@ -161,6 +161,17 @@ func (h *h1) put(hp *h1Host, pc *h1Conn) {
 	}
 }
 
+// dropIdle closes hp's idle connections.
+func (h *h1) dropIdle(hp *h1Host) {
+	h.mu.Lock()
+	idle := hp.idle
+	hp.idle = nil
+	h.mu.Unlock()
+	for _, pc := range idle {
+		pc.c.Close()
+	}
+}
+
 func (h *h1) dial(ctx context.Context, hp *h1Host, deadline time.Time) (*h1Conn, error) {
 	d := h.dialer
 	d.Deadline = deadline
@@ -228,7 +239,10 @@ func (h *h1) do(ctx context.Context, hp *h1Host, r *h1Request, head, tail []byte
 		}
 		pc.c.Close()
 		if errors.Is(err, errStaleConn) && reused && attempt < 2 && ctx.Err() == nil && time.Now().Before(deadline) {
-			continue // closed while idle, as servers do: a fresh connection
+			// Closed while idle, as servers do after a while or when they
+			// restart: the others kept as long are likely closed too.
+			h.dropIdle(hp)
+			continue
 		}
 		return 0, nil, h.explain(ctx, err)
 	}

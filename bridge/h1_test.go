@@ -221,3 +221,35 @@ func TestH1TLS(t *testing.T) {
 		t.Errorf("push over TLS: %v (%v)", o.Class, o.Err)
 	}
 }
+
+// A gateway that restarted (or closed every kept connection at once): the
+// first push finds a closed one, drops the others kept, and goes through.
+func TestH1AfterEveryKeptConnectionClosed(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond) // so the pushes below overlap
+		_, _ = w.Write(okAnswer)
+	}))
+	defer srv.Close()
+	p, u := h1Pusher(t, srv.URL, "", 5*time.Second)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if o := p.push(context.Background(), u, []byte(`{}`), nil, 0); o.Class != OK {
+				t.Errorf("push: %v (%v)", o.Class, o.Err)
+			}
+		})
+	}
+	wg.Wait()
+	hp := p.h1.host(u)
+	p.h1.mu.Lock()
+	kept := len(hp.idle)
+	p.h1.mu.Unlock()
+	if kept < 3 {
+		t.Fatalf("%d connections kept after 4 overlapping pushes, want at least 3", kept)
+	}
+	srv.CloseClientConnections()
+	time.Sleep(50 * time.Millisecond)
+	if o := p.push(context.Background(), u, []byte(`{}`), nil, 0); o.Class != OK {
+		t.Errorf("push after every kept connection was closed: %v (%v)", o.Class, o.Err)
+	}
+}
