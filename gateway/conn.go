@@ -55,6 +55,10 @@ type conn struct {
 	// instance was cut off from NATS.
 	announce atomic.Pointer[string]
 
+	// The hijacked socket, set by the upgrade (smallBuffers): serve waits
+	// on it between messages (awaitFrame).
+	fc *finConn
+
 	// The send queue: pushes taken for the connection and not yet
 	// written, in order, drained by one writer goroutine that runs only
 	// while there is something to write (writeLoop). A push is answered
@@ -505,7 +509,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	// net/http clears the listener's read and write deadlines on hijack:
 	// the WebSocket lives on, bounded by the idle timeout and pings.
-	ws, err := websocket.Accept(smallBuffers{w}, r, opts)
+	ws, err := websocket.Accept(smallBuffers{w, c}, r, opts)
 	if err != nil {
 		// Accept answered the client. The register function did accept,
 		// so the connection may be recorded somewhere: clean it up.
@@ -557,7 +561,10 @@ const (
 // buffer of connWriteBuffer bytes and reads of connReadBuffer bytes into a
 // buffer held only while they wait (finConn), instead of net/http's 4 KiB
 // each (what a connection holds while idle is mostly its buffers).
-type smallBuffers struct{ http.ResponseWriter }
+type smallBuffers struct {
+	http.ResponseWriter
+	c *conn // given the socket and its reader
+}
 
 // Hijack implements http.Hijacker.
 func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -576,6 +583,9 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		// small reader loses nothing. finConn holds the read buffer
 		// only while bytes wait in it (idleread.go).
 		r = bufio.NewReaderSize(nc, idleReadBuffer)
+		// Only this reader never reads ahead (see finConn): the
+		// connection may wait for frames on the socket.
+		w.c.fc = nc
 	}
 	return nc, bufio.NewReadWriter(r, bufio.NewWriterSize(nc, connWriteBuffer)), nil
 }
@@ -594,51 +604,80 @@ var errCutOff = errors.New("the client ended the TCP connection without a close 
 // serve reads frames in order and hands each to the transfer function
 // before reading the next, as the gateway does; it returns when the
 // connection ends, for whatever reason, and then cleans up once.
+//
+// Between messages it waits in awaitFrame, a few calls deep: while it
+// waits there, the garbage collector halves its 4 KiB stack (what reading a
+// message through coder/websocket grows it to), which is most of an idle
+// connection's cost after its buffers.
 func (c *conn) serve() {
 	defer c.finish()
-	g := c.g
 	for {
-		typ, r, err := c.ws.Reader(context.Background())
-		if err != nil {
-			g.log.Debug("connection ended", "conn", c.id, "status", int(websocket.CloseStatus(err)), "err", err)
-			return
-		}
-		// A message is forwarded only once its last frame arrived: one the
-		// connection ended in the middle of, or one past the size limit
-		// (closed with 1009), goes nowhere.
-		data, err := io.ReadAll(r)
-		if err != nil {
-			c.readFailed(len(data), err)
-			return
-		}
-		if which := c.admit(len(data)); which != "" {
-			c.overLimit(which, len(data))
-			return
-		}
-		if typ == websocket.MessageText && !utf8.Valid(data) {
-			// RFC 6455 §8.1: fail the connection. Forwarded, the bytes
-			// would reach the backend as U+FFFD, not as the client sent them.
-			g.log.Info("closing client: text message is not valid UTF-8", "conn", c.id, "bytes", len(data))
-			c.close(websocket.StatusInvalidFramePayloadData, "text message is not valid UTF-8", discInvalid)
-			return
-		}
-		c.touch()
-		g.stats.framesIn.Add(1)
-		g.m.framesIn.Inc()
-		var ev dataEvent
-		if typ == websocket.MessageBinary {
-			ev = newDataEvent(c.id, subjects.DataBinary, base64.StdEncoding.EncodeToString(data))
-		} else {
-			ev = newDataEvent(c.id, subjects.DataText, string(data))
-		}
-		_, err = g.invoke(context.Background(), "transfer", g.opts.Transfer, ev)
-		g.writes.observe(writeEvents, g.since(), err)
-		if err != nil {
-			g.log.Warn("closing client: transfer failed", "conn", c.id, "err", err)
-			c.close(statusInternal, "transfer function failed", discError)
+		c.awaitFrame()
+		if !c.readMessage() {
 			return
 		}
 	}
+}
+
+// awaitFrame waits until the client's next frame arrives, and takes whole
+// pong frames off the socket itself (recording the pong, as coder/websocket
+// would). It returns at once when bytes are already read (finConn), on TLS
+// (whose reads go through crypto/tls), or on any error or frame it does not
+// take: coder/websocket then reads as usual.
+func (c *conn) awaitFrame() {
+	if c.fc == nil {
+		return
+	}
+	for c.fc.takePong() {
+		c.ponged.Store(c.g.since())
+	}
+}
+
+// readMessage reads one client message and hands it to the transfer
+// function; false: the connection is over.
+func (c *conn) readMessage() bool {
+	g := c.g
+	typ, r, err := c.ws.Reader(context.Background())
+	if err != nil {
+		g.log.Debug("connection ended", "conn", c.id, "status", int(websocket.CloseStatus(err)), "err", err)
+		return false
+	}
+	// A message is forwarded only once its last frame arrived: one the
+	// connection ended in the middle of, or one past the size limit
+	// (closed with 1009), goes nowhere.
+	data, err := io.ReadAll(r)
+	if err != nil {
+		c.readFailed(len(data), err)
+		return false
+	}
+	if which := c.admit(len(data)); which != "" {
+		c.overLimit(which, len(data))
+		return false
+	}
+	if typ == websocket.MessageText && !utf8.Valid(data) {
+		// RFC 6455 §8.1: fail the connection. Forwarded, the bytes
+		// would reach the backend as U+FFFD, not as the client sent them.
+		g.log.Info("closing client: text message is not valid UTF-8", "conn", c.id, "bytes", len(data))
+		c.close(websocket.StatusInvalidFramePayloadData, "text message is not valid UTF-8", discInvalid)
+		return false
+	}
+	c.touch()
+	g.stats.framesIn.Add(1)
+	g.m.framesIn.Inc()
+	var ev dataEvent
+	if typ == websocket.MessageBinary {
+		ev = newDataEvent(c.id, subjects.DataBinary, base64.StdEncoding.EncodeToString(data))
+	} else {
+		ev = newDataEvent(c.id, subjects.DataText, string(data))
+	}
+	_, err = g.invoke(context.Background(), "transfer", g.opts.Transfer, ev)
+	g.writes.observe(writeEvents, g.since(), err)
+	if err != nil {
+		g.log.Warn("closing client: transfer failed", "conn", c.id, "err", err)
+		c.close(statusInternal, "transfer function failed", discError)
+		return false
+	}
+	return true
 }
 
 // readFailed logs and counts a client message that could not be read

@@ -244,3 +244,86 @@ func TestInvalidUTF8TextIsRefused(t *testing.T) {
 		t.Errorf("the four refusals are not counted as invalid disconnects:\n%s", grepLines(m, "disconnects_total"))
 	}
 }
+
+// Between messages the reader waits outside coder/websocket and takes a
+// client's pong frames off the socket itself: a pong is recorded as one,
+// and whatever comes with it or after it (a message in the same segment, a
+// pong split over two segments, a client's ping) still reaches
+// coder/websocket whole.
+func TestPongsTakenBetweenMessages(t *testing.T) {
+	s := serveAll(t, nil)
+	r := dialRaw(t, s.ws)
+	var c *conn
+	waitFor(t, "the connection", func() bool {
+		s.g.mu.Lock()
+		defer s.g.mu.Unlock()
+		for _, cc := range s.g.conns {
+			c = cc
+		}
+		return c != nil
+	})
+	const opPing, opPong = 0x9, 0xA
+	ponged := c.ponged.Load()
+	sent := []string{}
+	text := func(m string) []byte { sent = append(sent, m); return frame(true, opText, uint64(len(m)), []byte(m)) }
+	pongs := func(after int64) func() bool { return func() bool { return c.ponged.Load() > after } }
+
+	// 16 bytes in all: what a 16-byte reader reading ahead would hold
+	// whole, leaving nothing on the socket to wake a wait for the next
+	// frame.
+	r.send(t, text("one"), text("b"))
+	waitFor(t, "two messages of one segment forwarded", func() bool { return len(s.fn.transfers()) >= 2 })
+	r.send(t, text("one"), text("two in one segment"), text("three"))
+	r.send(t, frame(true, opPong, 2, []byte("p1")), text("with a pong before it"))
+	waitFor(t, "the pong recorded", pongs(ponged))
+	ponged = c.ponged.Load()
+	time.Sleep(20 * time.Millisecond) // the reader back between messages
+	r.send(t, frame(true, opPong, 0, nil))
+	waitFor(t, "a pong alone recorded", pongs(ponged))
+	r.send(t, text("after a pong alone"))
+	split := frame(true, opPong, 5, []byte("split"))
+	r.send(t, split[:3])
+	time.Sleep(50 * time.Millisecond)
+	r.send(t, split[3:], text("after a split pong"))
+	r.send(t, frame(true, opPing, 4, []byte("ping")))
+	_ = r.c.SetReadDeadline(time.Now().Add(waitTimeout))
+	var h [2]byte
+	if _, err := readFull(r.br, h[:]); err != nil || h[0] != 0x80|opPong {
+		t.Fatalf("a client's ping: got frame %x (%v), want a pong", h, err)
+	}
+	r.send(t, text("after a ping"))
+	waitFor(t, "every message forwarded", func() bool { return len(s.fn.transfers()) >= len(sent) })
+	if got := s.fn.transfers(); strings.Join(got, "|") != strings.Join(sent, "|") {
+		t.Errorf("forwarded %q, want %q", got, sent)
+	}
+}
+
+// A client that sends its first message with the upgrade request, before
+// the 101 (net/http has read it ahead): it is forwarded, and so is the
+// next one.
+func TestMessageWithTheUpgradeRequest(t *testing.T) {
+	s := serveAll(t, nil)
+	c, err := net.Dial("tcp", s.ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(waitTimeout))
+	req := "GET /ws HTTP/1.1\r\nHost: " + s.ws + "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	if _, err := c.Write(append([]byte(req), frame(true, opText, 5, []byte("early"))...)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	if _, err := c.Write(frame(true, opText, 5, []byte("later"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both messages forwarded", func() bool { return len(s.fn.transfers()) >= 2 })
+	if got := strings.Join(s.fn.transfers(), "|"); got != "early|later" {
+		t.Errorf("forwarded %q, want early|later", got)
+	}
+}
