@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,7 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if code := checkGateway(&c, stderr); code != 0 {
 		return code
 	}
+	gatewayGC(log)
 	// Every address is bound before anything else starts: one in use
 	// fails at once, naming its flag.
 	ls, err := gateway.Listen(ctx, c.gw)
@@ -88,6 +90,23 @@ func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 2
 	}
 	return serveGateway(ctx, &c, ls, log, stdout)
+}
+
+// gatewayGOGC is the garbage collector's target of the gateway process when
+// its environment sets no GOGC. An edge holds mostly idle connections whose
+// live heap is small and makes little garbage: at Go's default of 100 the
+// heap runs up to twice what is live. Measured with 19,000 idle
+// connections (test/load): 10.2 KB RSS per connection at 100, 9.1 KB at
+// 50, for 3.0 against 3.7 % of a core per 10,000 (pings every 10 s).
+const gatewayGOGC = 50
+
+// gatewayGC sets gatewayGOGC unless GOGC is set.
+func gatewayGC(log *slog.Logger) {
+	if v, ok := os.LookupEnv("GOGC"); ok {
+		log.Debug("garbage collector target from GOGC", "gogc", v)
+		return
+	}
+	debug.SetGCPercent(gatewayGOGC)
 }
 
 // gatewayFlags registers the flags of the edge alone (SPEC §6).

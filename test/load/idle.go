@@ -82,7 +82,8 @@ type IdleReport struct {
 	Conns, Low   int
 	PingInterval time.Duration
 	Window       time.Duration
-	FDLimit      uint64 // the open-file limit every process ran with
+	FDLimit      uint64  // the open-file limit every process ran with
+	GOGC         float64 // the gateway's garbage collector target
 
 	RSS, HeapInuse, Stacks float64 // the gateway, bytes per connection
 	LiveHeap               float64 // the heap the last collection left, per connection (its goal over 1+GOGC/100)
@@ -107,7 +108,7 @@ type IdleReport struct {
 // connections.
 func (r IdleReport) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "idle connections: %d (slopes from %d), --ping-interval %v, window %v, open-file limit %d\n", r.Conns, r.Low, r.PingInterval, r.Window, r.FDLimit)
+	fmt.Fprintf(&b, "idle connections: %d (slopes from %d), --ping-interval %v, window %v, open-file limit %d, gateway GOGC %.0f\n", r.Conns, r.Low, r.PingInterval, r.Window, r.FDLimit, r.GOGC)
 	fmt.Fprintf(&b, "per connection: RSS %.0f B, heap in use %.0f B, live heap %.0f B, stacks %.0f B, goroutines %.2f, kernel %.0f B (both sockets), NATS %.0f B\n",
 		r.RSS, r.HeapInuse, r.LiveHeap, r.Stacks, r.Goroutines, r.Kernel, r.NATS)
 	fmt.Fprintf(&b, "  of which free heap not yet returned to the OS %.0f B, the runtime's own %.0f B\n", r.HeapKept, r.RuntimeOther)
@@ -241,6 +242,7 @@ func Idle(ctx context.Context, opts IdleOptions) (IdleReport, error) {
 	rep.RSS = (hi.rss - lo.rss) / d
 	rep.HeapInuse = (hi.heapInuse - lo.heapInuse) / d
 	rep.Stacks = (hi.stacks - lo.stacks) / d
+	rep.GOGC = hi.gogc
 	rep.HeapKept = (hi.heapKept - lo.heapKept) / d
 	rep.LiveHeap = (hi.live - lo.live) / d
 	rep.RuntimeOther = (hi.other - lo.other) / d
@@ -392,6 +394,7 @@ func (g *gwProc) metric(name string) (float64, error) {
 type gwSample struct {
 	rss, heapInuse, stacks, goroutines, kernel, nats float64
 	heapKept, other, live                            float64
+	gogc                                             float64
 }
 
 // sample is the median of five readings, a second apart.
@@ -416,6 +419,7 @@ func (g *gwProc) sample(ctx context.Context, js jetstream.JetStream) (gwSample, 
 			goroutines: m["go_goroutines"],
 			heapKept:   m["go_memstats_heap_idle_bytes"] - m["go_memstats_heap_released_bytes"],
 			live:       liveHeap(m),
+			gogc:       gogc(m),
 			other: m["go_memstats_mspan_sys_bytes"] + m["go_memstats_mcache_sys_bytes"] + m["go_memstats_buck_hash_sys_bytes"] +
 				m["go_memstats_gc_sys_bytes"] + m["go_memstats_other_sys_bytes"],
 			kernel: kernelBytes(),
@@ -440,6 +444,7 @@ func (g *gwProc) sample(ctx context.Context, js jetstream.JetStream) (gwSample, 
 		live:       med(func(s gwSample) float64 { return s.live }),
 		kernel:     med(func(s gwSample) float64 { return s.kernel }),
 		nats:       med(func(s gwSample) float64 { return s.nats }),
+		gogc:       reads[len(reads)-1].gogc,
 	}, nil
 }
 
