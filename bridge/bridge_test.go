@@ -34,22 +34,29 @@ func TestOrderPerConnectionUnderLoad(t *testing.T) {
 	e.publishAsync(msgs)
 	b := e.start(nil)
 	waitFor(t, "all pushes", 60*time.Second, func() bool { return e.tg.delivered() >= conns*per })
-	for c := 0; c < conns; c++ {
-		got := e.tg.of(fmt.Sprintf("conn-%d==", c))
-		if len(got) != per {
-			t.Errorf("conn %d: %d pushes, want %d", c, len(got), per)
-			continue
-		}
-		for i, p := range got {
-			if p.Data != strconv.Itoa(i) || p.Action != subjects.ActionDataSend || p.DataType != subjects.DataText {
-				t.Errorf("conn %d push %d = %+v, want data %d (in publish order)", c, i, p, i)
-				break
-			}
-		}
-	}
 	waitFor(t, "every command resolved", 10*time.Second, e.resolved)
-	if got := testutil.ToFloat64(b.Metrics().Pushes.WithLabelValues(metrics.ActionSend, metrics.ResultOK)); got != conns*per {
-		t.Errorf("pushes_total{send,ok} = %v, want %d", got, conns*per)
+	// A partition dropped on a loaded machine (a renewal that missed its
+	// fence) is taken again from its last commit: its connections may see
+	// that window again, in order, on a target without Ws-Seq.
+	windows := int(e.drops.Load())
+	want := make([]int, per)
+	for i := range want {
+		want[i] = i
+	}
+	repeats := 0
+	for c := 0; c < conns; c++ {
+		var got []int
+		for _, p := range e.tg.of(fmt.Sprintf("conn-%d==", c)) {
+			if p.Action != subjects.ActionDataSend || p.DataType != subjects.DataText {
+				t.Errorf("conn %d: push %+v, want a text send", c, p)
+			}
+			n, _ := strconv.Atoi(p.Data)
+			got = append(got, n)
+		}
+		repeats += checkWindows(t, fmt.Sprintf("conn %d", c), got, want, windows)
+	}
+	if got := testutil.ToFloat64(b.Metrics().Pushes.WithLabelValues(metrics.ActionSend, metrics.ResultOK)); got != float64(conns*per+repeats) {
+		t.Errorf("pushes_total{send,ok} = %v, want %d (%d repeated after %d partitions dropped)", got, conns*per+repeats, repeats, windows)
 	}
 }
 
@@ -233,8 +240,10 @@ func TestBroadcastWithFailures(t *testing.T) {
 		if failing(i) || i == 1 || i == 2 {
 			want = 0
 		}
-		if got != want {
-			t.Errorf("b-%d got %d pushes, want %d", i, got, want)
+		// Once more per partition dropped on a loaded machine (the
+		// window since its last commit, again).
+		if got < want || got > want*(1+int(e.drops.Load())) {
+			t.Errorf("b-%d got %d pushes, want %d (%d partitions dropped)", i, got, want, e.drops.Load())
 		}
 	}
 	for i := 7; i < n; i += 100 {

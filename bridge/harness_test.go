@@ -120,6 +120,7 @@ type env struct {
 	js    jetstream.JetStream
 	names subjects.Names
 	tg    *target
+	drops atomic.Int64 // partitions the bridges of start and startLogged dropped (see dropCounter)
 }
 
 func newEnv(t *testing.T, answer func(p push, attempt int) (int, int)) *env {
@@ -165,7 +166,7 @@ func (e *env) startLogged(log *slog.Logger, mod func(*Options)) *Bridge {
 	if mod != nil {
 		mod(&o)
 	}
-	return startBridge(e.t, o, Deps{Conn: connect(e.t, e.s), Logger: log})
+	return startBridge(e.t, o, Deps{Conn: connect(e.t, e.s), Logger: slog.New(dropCounter{log.Handler(), &e.drops})})
 }
 
 // startBridge builds and starts a bridge, stopped when the test ends.
