@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -418,7 +419,9 @@ func TestNATSClosedEndsRun(t *testing.T) {
 			t.Errorf("Run = %v, want ErrNATSClosed", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after the connection closed")
+		var stacks strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+		t.Fatalf("Run did not return after the connection closed; goroutines:\n%s", stacks.String())
 	}
 	if code := get(); code != http.StatusServiceUnavailable {
 		t.Errorf("/healthz = %d after the connection closed, want 503", code)

@@ -288,12 +288,10 @@ func (b *Bridge) push(ctx context.Context, it *item) Outcome {
 	if o != nil {
 		return *o
 	}
-	var seq uint64
-	if id, err := subjects.ConnID(it.token); err == nil {
-		if _, edge := subjects.EdgeInstance(id); edge {
-			seq = it.d.seq // wsbridge gateway drops a repeat by its sequence
-		}
-	}
+	// Every push carries its command's stream sequence: wsbridge gateway
+	// (and its emulator, wsbridge dev) drops a repeat by it; API Gateway
+	// ignores the header.
+	seq := it.d.seq
 	if d.missing == 0 {
 		return b.pusher.push(ctx, d.u, it.payload, it.d.tail, seq)
 	}
