@@ -257,6 +257,11 @@ func serveGateway(ctx context.Context, c *gatewayConfig, ls *gateway.Listeners, 
 	// banner waits for neither (a client early on is simply served).
 	printBanner(stdout, "gateway", c.gw.Prefix, entries)
 	if err := <-served; err != nil {
+		if nc.IsClosed() && !natsLost.Load() {
+			// Closed while starting: a step of the start saw it before
+			// the status change did. Say why as the watcher would.
+			log.Error("nats connection closed for good; shutting down", "err", nc.LastError())
+		}
 		log.Error("gateway stopped", "err", err)
 		return 1
 	}
