@@ -55,8 +55,10 @@ func TestOrderPerConnectionUnderLoad(t *testing.T) {
 		}
 		repeats += checkWindows(t, fmt.Sprintf("conn %d", c), got, want, windows)
 	}
-	if got := testutil.ToFloat64(b.Metrics().Pushes.WithLabelValues(metrics.ActionSend, metrics.ResultOK)); got != float64(conns*per+repeats) {
-		t.Errorf("pushes_total{send,ok} = %v, want %d (%d repeated after %d partitions dropped)", got, conns*per+repeats, repeats, windows)
+	// A push cut off by its partition's drop reached the target but is not
+	// counted as delivered: between the two.
+	if got := testutil.ToFloat64(b.Metrics().Pushes.WithLabelValues(metrics.ActionSend, metrics.ResultOK)); got < conns*per || got > float64(conns*per+repeats) {
+		t.Errorf("pushes_total{send,ok} = %v, want %d to %d (%d repeated after %d partitions dropped)", got, conns*per, conns*per+repeats, repeats, windows)
 	}
 }
 
