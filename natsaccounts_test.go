@@ -193,8 +193,14 @@ func TestNATSAccounts(t *testing.T) {
 
 	// A send to a connection of this instance that is not there: the
 	// gateway answers 404 and the bridge dead-letters it.
-	dlq, err := connect("operator").SubscribeSync(subjects.MustNew("").DeadLetters())
+	opc := connect("operator")
+	dlq, err := opc.SubscribeSync(subjects.MustNew("").DeadLetters())
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The subscription is the server's before the send: the dead letter
+	// comes within milliseconds.
+	if err := opc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	gone := subjects.Token("accounts~AAAAAAAAAAAAAAAAAAAAAA==")
