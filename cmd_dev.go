@@ -47,6 +47,9 @@ func edgeFlags(fs *flag.FlagSet, g *gateway.Options, addrUsage string) {
 	fs.IntVar(&g.InBurst, "in-burst", g.InBurst, "messages one client may send at once before --in-rate applies")
 	fs.Var(offIfZero[int64]{&g.InBytesRate}, "in-bytes-rate", "bytes a second one client may send past its burst; beyond it the client is closed with 1008 (0: no limit)")
 	fs.Int64Var(&g.InBytesBurst, "in-bytes-burst", g.InBytesBurst, "bytes one client may send at once before --in-bytes-rate applies (at least --max-message-size)")
+	fs.Var(windowFlag{&g.ResumeWindow}, "resume-window", "how long a resumable session (a client that asked for one) outlives its socket, for the client to resume it here or at another instance (0: sessions off)")
+	fs.Int64Var(&g.ResumeBuffer, "resume-buffer", g.ResumeBuffer, "bytes one session keeps for its client (sent and not acknowledged, or kept while it is away); past it the session ends")
+	fs.Int64Var(&g.ResumeBufferTotal, "resume-buffer-total", g.ResumeBufferTotal, "bytes every session of this instance keeps together; past it the session that needs more ends")
 	fs.StringVar(&g.ServiceID, "service-id", gateway.DefaultServiceID, "requestContext.serviceId of the connect events (API Gateway's service id, e.g. service-0ck2a1q4, for backends that check it)")
 	fs.StringVar(&g.Stage, "stage", gateway.DefaultStage, "requestContext.stage of the connect events (API Gateway's environment: release, prepub or test)")
 }
@@ -75,6 +78,32 @@ func (f offIfZero[T]) Set(v string) error {
 		n = -1
 	}
 	*f.p = n
+	return nil
+}
+
+// windowFlag is --resume-window: gateway.Options take 0 for the default
+// and a negative window for off, the flag 0 for off.
+type windowFlag struct{ p *time.Duration }
+
+func (f windowFlag) String() string {
+	if f.p == nil || *f.p < 0 {
+		return "0s"
+	}
+	if *f.p == 0 {
+		return gateway.DefaultResumeWindow.String()
+	}
+	return f.p.String()
+}
+
+func (f windowFlag) Set(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("want a duration such as 30s, or 0 to turn sessions off, got %q", v)
+	}
+	if d == 0 {
+		d = -1
+	}
+	*f.p = d
 	return nil
 }
 

@@ -176,6 +176,7 @@ func New(o Options, deps Deps) (*Bridge, error) {
 	b.reader = newReader(b)
 	b.ends = newEnds(b)
 	b.router.plainRefused = o.PushToken != "" && !o.AllowPlainPush
+	b.router.holder = b.idx.holder
 	b.apiConn = deps.APIConn
 	b.bgCtx, b.bgCancel = context.WithCancel(context.Background())
 	b.pushCtx, b.cancel = context.WithCancel(context.Background())

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +26,11 @@ type index struct {
 	conns   map[string]conn
 	byGroup map[string]*members
 	byUser  map[string]*members
+	// holders names, for the few connections whose resumable session
+	// moved to another gateway instance than the one their id names,
+	// the instance holding it (the record's "instance").
+	holders  map[string]string
+	nholders atomic.Int64 // len(holders), read without the lock
 }
 
 type conn struct {
@@ -105,8 +111,9 @@ func (s *members) appendTo(out []string, exclude map[string]bool) []string {
 
 // record is the part of a registry value the index reads.
 type record struct {
-	UserID string   `json:"userId"`
-	Groups []string `json:"groups"`
+	UserID   string   `json:"userId"`
+	Groups   []string `json:"groups"`
+	Instance string   `json:"instance"`
 }
 
 func newIndex() *index {
@@ -114,6 +121,7 @@ func newIndex() *index {
 		conns:   map[string]conn{},
 		byGroup: map[string]*members{},
 		byUser:  map[string]*members{},
+		holders: map[string]string{},
 	}
 }
 
@@ -131,6 +139,12 @@ func (x *index) putAt(token string, value []byte, written time.Time) {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if r.Instance != "" {
+		x.holders[strings.Clone(token)] = strings.Clone(r.Instance)
+	} else if len(x.holders) > 0 {
+		delete(x.holders, token)
+	}
+	x.nholders.Store(int64(len(x.holders)))
 	old, had := x.conns[token]
 	if had {
 		if old.user == r.UserID && slices.Equal(old.groups, r.Groups) {
@@ -182,7 +196,22 @@ func (x *index) putAt(token string, value []byte, written time.Time) {
 func (x *index) remove(token string) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if len(x.holders) > 0 {
+		delete(x.holders, token)
+		x.nholders.Store(int64(len(x.holders)))
+	}
 	return x.removeLocked(token)
+}
+
+// holder returns the gateway instance holding token's resumed session when
+// it is not the one its id names ("" otherwise).
+func (x *index) holder(token string) string {
+	if x.nholders.Load() == 0 {
+		return "" // the common case, without the lock
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.holders[token]
 }
 
 // written returns when token's record was last written (zero when unknown)

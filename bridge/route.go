@@ -56,6 +56,11 @@ type router struct {
 	// instances are refused unless on loopback (see checkPlain).
 	plainRefused bool
 
+	// holder returns the instance holding a connection's resumed session
+	// when its registry record names one ("" otherwise): it is routed
+	// there rather than to the instance its id names.
+	holder func(token string) string
+
 	mu    sync.Mutex
 	kv    jetstream.KeyValue
 	grace time.Duration        // two bucket TTLs, once the bucket is open
@@ -114,6 +119,11 @@ func (r *router) resolve(ctx context.Context, token string) (dest, *Outcome) {
 	inst, edge := "", false
 	if err == nil {
 		inst, edge = subjects.EdgeInstance(id)
+	}
+	if edge && r.holder != nil {
+		if h := r.holder(token); h != "" && subjects.CheckInstanceID(h) == nil {
+			inst = h
+		}
 	}
 	if !edge {
 		if r.fallback == nil {

@@ -255,3 +255,56 @@ func TestPlainPushRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestRouterFollowsSessionHolder: a connection whose registry record names
+// the instance holding its resumed session (another than the one its id
+// names) is pushed there; once the record no longer names one, the id
+// decides again.
+func TestRouterFollowsSessionHolder(t *testing.T) {
+	s := startNATS(t)
+	js, err := jetstream.New(connect(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := subjects.MustNew("ws")
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: names.GatewayBucket(), TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"edge-a", "edge-b"} {
+		rec, _ := json.Marshal(subjects.Instance{ID: inst, PushURL: "http://" + inst + ".example/push"})
+		if _, err := kv.Put(ctx, inst, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idx := newIndex()
+	r := newRouter(js, names, nil)
+	r.holder = idx.holder
+	token := subjects.Token(subjects.NewEdgeConnID("edge-a"))
+	other := subjects.Token(subjects.NewEdgeConnID("edge-a"))
+	idx.put(token, []byte(`{"userId":"u"}`))
+	idx.put(other, []byte(`{}`))
+	want := func(tok, host string) {
+		t.Helper()
+		d, o := r.resolve(ctx, tok)
+		if o != nil || d.u == nil || d.u.Host != host {
+			t.Fatalf("resolve: %+v, %+v; want %s", d, o, host)
+		}
+	}
+	want(token, "edge-a.example")
+	idx.put(token, []byte(`{"userId":"u","instance":"edge-b"}`))
+	want(token, "edge-b.example")
+	want(other, "edge-a.example")
+	if got := idx.user("u", nil); len(got) != 1 || got[0] != token {
+		t.Errorf("user u: %v; the holder must not disturb what the index keeps", got)
+	}
+	idx.put(token, []byte(`{"userId":"u"}`))
+	want(token, "edge-a.example")
+	idx.put(token, []byte(`{"instance":"edge-b"}`))
+	idx.remove(token)
+	want(token, "edge-a.example")
+	if n := idx.nholders.Load(); n != 0 {
+		t.Errorf("%d holders left after the record went", n)
+	}
+}

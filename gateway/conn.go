@@ -59,6 +59,15 @@ type conn struct {
 	// on it between messages (awaitFrame).
 	fc *finConn
 
+	// sess is the resumable session this socket serves (session.go), set
+	// before the connection is reachable; nil for a plain connection.
+	sess *session
+	// clientClosed: the client sent a close frame (its session ends).
+	clientClosed atomic.Bool
+	// unwritten are a session socket's frames dropped unwritten (drop);
+	// guarded by qmu.
+	unwritten []outgoing
+
 	// The send queue: pushes taken for the connection and not yet
 	// written, in order, drained by one writer goroutine that runs only
 	// while there is something to write (writeLoop). A push is answered
@@ -197,12 +206,19 @@ func (c *conn) send(s seq, typ websocket.MessageType, data []byte) enqueued {
 	if c.pending > 0 && (c.pending >= c.g.opts.SendQueueMessages || c.queued+n > c.g.opts.SendQueueBytes) {
 		c.g.log.Info("closing client: send queue full", "conn", c.id,
 			"queued_messages", c.pending, "queued_bytes", c.queued, "push_bytes", n)
-		c.g.dropFrames(c.id, c.end(closeSlow), dropSlow, fmt.Sprintf(
+		c.dropLocked(c.end(closeSlow), dropSlow, fmt.Sprintf(
 			"client not reading: its send queue overflowed (at most %d messages, %d bytes) and it was closed with 1008; the frame was queued, never written",
 			c.g.opts.SendQueueMessages, c.g.opts.SendQueueBytes))
 		return enqueuedOverflow
 	}
-	c.queue = append(c.queue, outgoing{typ: typ, data: data, seq: s})
+	f := outgoing{typ: typ, data: data, seq: s}
+	if c.sess != nil && !c.keepInSession(f) {
+		c.g.log.Info("closing client: its session's buffer is full (it does not acknowledge what it receives)", "conn", c.id,
+			"resume_buffer", c.g.opts.ResumeBuffer, "resume_buffer_total", c.g.opts.ResumeBufferTotal)
+		c.end(closeSlow)
+		return enqueuedOverflow
+	}
+	c.queue = append(c.queue, f)
 	c.queued += n
 	c.pending++
 	c.g.queuedBytes.Add(n)
@@ -317,11 +333,42 @@ func (c *conn) writeLoop() {
 				why = dropSlow
 				cause = fmt.Sprintf("client not reading: a frame was not written within the write timeout (%v) and it was closed", c.g.opts.WriteTimeout)
 			}
-			c.g.dropFrames(c.id, dropped, why, cause)
+			c.drop(dropped, why, cause)
 			c.writeFailed(err)
 			return
 		}
 	}
+}
+
+// drop hands frames taken and never written to dropFrames. A session's
+// are set aside instead (unwritten): the session keeps them for its client
+// if it is suspended, and dead-letters them if it ends (detach).
+func (c *conn) drop(frames []outgoing, why, cause string) {
+	if c.sess == nil {
+		c.g.dropFrames(c.id, frames, why, cause)
+		return
+	}
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	c.unwritten = append(c.unwritten, frames...)
+}
+
+// dropLocked is drop with qmu held.
+func (c *conn) dropLocked(frames []outgoing, why, cause string) {
+	if c.sess == nil {
+		c.g.dropFrames(c.id, frames, why, cause)
+		return
+	}
+	c.unwritten = append(c.unwritten, frames...)
+}
+
+// keepInSession adds a frame to what c's session keeps; false past its
+// bounds. qmu is held.
+func (c *conn) keepInSession(f outgoing) bool {
+	s := c.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.keep(f)
 }
 
 // writeFailed ends a connection whose frame could not be written. One whose
@@ -428,6 +475,19 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
+	resume := r.URL.Query().Get("resume")
+	switch {
+	case resume == "":
+	case !g.sessionsOn():
+		g.refuseSession(w, r, resetOff)
+		return
+	case resume != "1":
+		if g.resume(w, r, ip, resume) {
+			handedOff = true
+		}
+		return
+	}
+
 	id := g.newConnID()
 	if g.edge != nil {
 		g.edge.handedOut(id)
@@ -494,14 +554,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	opts := &websocket.AcceptOptions{
-		// Tencent's gateway does not check Origin; deciding who may
-		// connect is the register function's job.
-		// The Origin list, when set, was checked above.
-		InsecureSkipVerify: true,
-		OnPingReceived:     func(context.Context, []byte) bool { c.touch(); return true },
-		OnPongReceived:     func(context.Context, []byte) { c.ponged.Store(g.since()) },
-	}
+	opts := c.acceptOptions()
 	if rep.WebSocket != nil {
 		if p := firstProtocol(rep.WebSocket.SecWebSocketProtocol); p != "" {
 			opts.Subprotocols = []string{p}
@@ -522,13 +575,24 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	if resume == "1" {
+		c.sess = g.newSession(id)
+		g.start(c)
+	}
+	g.m.connects.WithLabelValues(connectAccepted).Inc()
+	handedOff = true // released by finish
+	c.open(ws)
+	log.Debug("connection open", "protocol", ws.Subprotocol(), "source_ip", ev.RequestContext.SourceIP, "session", c.sess != nil)
+}
+
+// open serves c, upgraded to ws: its reader starts and pushes reach it.
+func (c *conn) open(ws *websocket.Conn) {
+	g := c.g
 	ws.SetReadLimit(g.opts.MaxMessageSize)
 	c.touch()
 	c.pinged.Store(c.last.Load())
 	g.stats.total.Add(1)
 	g.stats.open.Add(1)
-	g.m.connects.WithLabelValues(connectAccepted).Inc()
-	handedOff = true // released by finish
 	c.settle(ws)
 	if g.isClosed() {
 		// Close may have missed it while it was being upgraded.
@@ -536,10 +600,10 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		c.finish()
 		return
 	}
+	c.kick() // a session's welcome, and what it kept for the client
 	g.startJanitor()
 	g.wheel.add(c)
-	log.Debug("connection open", "protocol", ws.Subprotocol(), "source_ip", ev.RequestContext.SourceIP)
-	// The connection is read by a goroutine of its own and this handler
+	// The connection is read by a goroutine of its own and the handler
 	// returns, so net/http lets go of the request, its response buffers
 	// and the handler's grown stack: an idle connection costs only what
 	// it needs (see smallBuffers).
@@ -548,6 +612,19 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 		defer g.wg.Done()
 		c.serve()
 	}()
+}
+
+// acceptOptions are the upgrade's options for c.
+func (c *conn) acceptOptions() *websocket.AcceptOptions {
+	g := c.g
+	return &websocket.AcceptOptions{
+		// Tencent's gateway does not check Origin; deciding who may
+		// connect is the register function's job.
+		// The Origin list, when set, was checked above.
+		InsecureSkipVerify: true,
+		OnPingReceived:     func(context.Context, []byte) bool { c.touch(); return true },
+		OnPongReceived:     func(context.Context, []byte) { c.ponged.Store(g.since()) },
+	}
 }
 
 // Buffer sizes of an accepted WebSocket. net/http's are 4 KiB each; frames
@@ -639,6 +716,7 @@ func (c *conn) readMessage() bool {
 	g := c.g
 	typ, r, err := c.ws.Reader(context.Background())
 	if err != nil {
+		c.noteClientClose(err)
 		g.log.Debug("connection ended", "conn", c.id, "status", int(websocket.CloseStatus(err)), "err", err)
 		return false
 	}
@@ -661,6 +739,21 @@ func (c *conn) readMessage() bool {
 		c.close(websocket.StatusInvalidFramePayloadData, "text message is not valid UTF-8", discInvalid)
 		return false
 	}
+	if c.sess != nil {
+		if len(data) > 0 && data[0] == prefixControl {
+			if !c.controlIn(data[1:]) {
+				c.close(websocket.StatusProtocolError, "malformed control message", discInvalid)
+				return false
+			}
+			return true
+		}
+		if len(data) == 0 || data[0] != prefixData {
+			g.log.Info("closing client: message without its session-mode prefix", "conn", c.id, "bytes", len(data))
+			c.close(websocket.StatusProtocolError, "session mode: every message starts with d or c", discInvalid)
+			return false
+		}
+		data = data[1:]
+	}
 	c.touch()
 	g.stats.framesIn.Add(1)
 	g.m.framesIn.Inc()
@@ -677,7 +770,18 @@ func (c *conn) readMessage() bool {
 		c.close(statusInternal, "transfer function failed", discError)
 		return false
 	}
+	if c.sess != nil {
+		c.passedOn()
+	}
 	return true
+}
+
+// noteClientClose records a close frame the client sent first: its session
+// ends rather than waiting for it to come back.
+func (c *conn) noteClientClose(err error) {
+	if websocket.CloseStatus(err) != -1 && !c.closing.Load() {
+		c.clientClosed.Store(true)
+	}
 }
 
 // readFailed logs and counts a client message that could not be read
@@ -685,11 +789,17 @@ func (c *conn) readMessage() bool {
 func (c *conn) readFailed(n int, err error) {
 	var why string
 	switch {
+	case errors.Is(err, errCutOff) && c.sess != nil:
+		// The network dropped it mid-message: the client sends the
+		// message again when it resumes.
+		c.g.log.Debug("session socket ended in a message", "conn", c.id, "read_bytes", n)
+		return
 	case errors.Is(err, errCutOff):
 		why = "message cut off by the end of the connection"
 	case errors.Is(err, websocket.ErrMessageTooBig):
 		why = "message larger than the limit"
 	default:
+		c.noteClientClose(err)
 		c.g.log.Debug("connection ended in a message", "conn", c.id, "status", int(websocket.CloseStatus(err)), "err", err)
 		return
 	}
@@ -709,6 +819,15 @@ func (c *conn) finish() {
 	g := c.g
 	ended := time.Now()
 	defer g.slots.Add(-1)
+	if c.sess != nil && c.sess.detach(c, disconnectReasons[c.why.Load()]) {
+		// Suspended: the connection lives on without a socket.
+		g.remove(c)
+		g.wheel.remove(c)
+		_ = c.ws.CloseNow()
+		g.stats.open.Add(-1)
+		g.releaseIP(c.ip)
+		return
+	}
 	g.remove(c)
 	g.wheel.remove(c)
 	c.qmu.Lock()
@@ -726,7 +845,7 @@ func (c *conn) finish() {
 	if why == discSlow {
 		dropWhy = dropSlow
 	}
-	g.dropFrames(c.id, dropped, dropWhy, "the connection ended ("+why+") before the frame was written")
+	c.drop(dropped, dropWhy, "the connection ended ("+why+") before the frame was written")
 	if announce != nil && g.edge != nil {
 		g.edge.announce(c.id, *announce)
 		g.stats.cleanups.Add(1)

@@ -194,7 +194,7 @@ const sweepTimeout = 30 * time.Second
 // and adds to absent the instances with records and no instance record.
 func (e *edge) sweepEarlier(ctx context.Context, absent map[string]bool) error {
 	self := e.g.opts.InstanceID
-	return e.sweep(ctx, func(id, inst string, live map[string]bool) bool {
+	return e.sweep(ctx, true, func(id, inst string, live map[string]bool) bool {
 		if inst != self && !live[inst] {
 			absent[inst] = true
 		}
@@ -454,7 +454,7 @@ func (e *edge) check(known map[string]bool) map[string]bool {
 		// A sweep takes longer than a check may (a large registry to
 		// list): its own bound.
 		sctx, scancel := context.WithTimeout(context.Background(), sweepTimeout)
-		err := e.sweep(sctx, dead)
+		err := e.sweep(sctx, false, dead)
 		scancel()
 		if err != nil {
 			e.log.Warn("sweep failed; trying again at the next check", "err", err)
@@ -594,7 +594,11 @@ func (e *edge) live(ctx context.Context) (map[string]bool, error) {
 // live set unless that instance is gone. It fails unless it listed the
 // whole registry; an announcement NATS does not take is retried until it
 // is (announce), so a sweep that returns nil is complete.
-func (e *edge) sweep(ctx context.Context, dead func(id, inst string, live map[string]bool) bool) error {
+//
+// Records naming an instance not live (and, in the sweep of this instance's
+// earlier life, records naming it) are read for the instance holding their
+// resumed session, if another took it: they are that instance's.
+func (e *edge) sweep(ctx context.Context, earlier bool, dead func(id, inst string, live map[string]bool) bool) error {
 	reg, err := e.registryKV(ctx)
 	if reg == nil {
 		return err
@@ -629,6 +633,21 @@ func (e *edge) sweep(ctx context.Context, dead func(id, inst string, live map[st
 	if err != nil {
 		return err
 	}
+	// A resumable session taken by another instance names that one in
+	// its record: it is that instance's to keep, or to lose.
+	self := e.g.opts.InstanceID
+	for i, r := range recs {
+		if live[r.inst] && !(earlier && r.inst == self) {
+			continue
+		}
+		h, err := e.holderOf(ctx, reg, r.id)
+		if err != nil {
+			return err
+		}
+		if h != "" {
+			recs[i].inst = h
+		}
+	}
 	var wg sync.WaitGroup
 	n := 0
 	for _, r := range recs {
@@ -648,6 +667,25 @@ func (e *edge) sweep(ctx context.Context, dead func(id, inst string, live map[st
 		e.log.Info("connections of vanished instances announced lost", "connections", n)
 	}
 	return nil
+}
+
+// holderOf reads the instance a connection's registry record names as the
+// holder of its resumed session ("" when none, or the record is gone).
+func (e *edge) holderOf(ctx context.Context, reg jetstream.KeyValue, id string) (string, error) {
+	en, err := reg.Get(ctx, subjects.Token(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("registry record of %s: %w", id, err)
+	}
+	var rec struct {
+		Instance string `json:"instance"`
+	}
+	if json.Unmarshal(en.Value(), &rec) != nil || subjects.CheckInstanceID(rec.Instance) != nil {
+		return "", nil
+	}
+	return rec.Instance, nil
 }
 
 // registryKV returns WS_CONNS, or nil (and no error) while it does not

@@ -50,6 +50,15 @@ type Gateway struct {
 	// inbound rate (inbound.go).
 	inLimitLog rate.Sometimes
 
+	// Resumable sessions (session.go): those this instance holds, by
+	// connection id, and what it remembers of those it no longer holds.
+	smu           sync.Mutex
+	sessions      map[string]*session
+	tombs         map[string]tomb
+	sessBytes     atomic.Int64 // kept by every session
+	sessLive      atomic.Int64
+	sessSuspended atomic.Int64
+
 	janitorOnce sync.Once
 	closeOnce   sync.Once
 	closeErr    error
@@ -69,6 +78,9 @@ func New(opts Options) (*Gateway, error) {
 		conns: make(map[string]*conn),
 		perIP: make(map[string]int),
 		done:  make(chan struct{}),
+
+		sessions: make(map[string]*session),
+		tombs:    make(map[string]tomb),
 	}
 	g.inLimitLog.Interval = inLimitLogEvery
 	g.retries = newRetryQueue(g)
@@ -135,7 +147,11 @@ func (g *Gateway) Close() error {
 		g.closed = true
 		open := make([]*conn, 0, len(g.conns))
 		for _, c := range g.conns {
-			c.announce.CompareAndSwap(nil, &announceShutdown)
+			if c.sess == nil || !g.sessionsOn() {
+				// A session is suspended instead, for its client to
+				// resume at another instance.
+				c.announce.CompareAndSwap(nil, &announceShutdown)
+			}
 			open = append(open, c)
 		}
 		g.mu.Unlock()
@@ -161,6 +177,14 @@ func (g *Gateway) Close() error {
 		case <-waited:
 		case <-t.C:
 			g.closeErr = fmt.Errorf("gateway: %d connections still closing after %v", g.slots.Load(), g.opts.ShutdownTimeout)
+		}
+		// Suspended sessions wait for their clients to resume elsewhere
+		// (or the window to pass): the push address and the instance
+		// record stay meanwhile, and the rest of the shutdown gets its
+		// own ShutdownTimeout after.
+		if waitedFrom := time.Now(); g.sessSuspended.Load() > 0 {
+			g.drainSessions(waitedFrom)
+			deadline = time.Now().Add(g.opts.ShutdownTimeout)
 		}
 		// Before the edge withdraws its record: while it is there, no
 		// other instance sweeps these connections.

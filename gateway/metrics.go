@@ -60,6 +60,10 @@ type gwMetrics struct {
 	framesDropped   *prometheus.CounterVec
 	deadLetters     prometheus.Counter
 	inboundLimited  *prometheus.CounterVec
+	sessionSuspends prometheus.Counter
+	sessionResumes  *prometheus.CounterVec
+	sessionEnds     *prometheus.CounterVec
+	sessionRefusals *prometheus.CounterVec
 	pingLate        prometheus.Histogram
 	lockHold        prometheus.Histogram
 }
@@ -120,6 +124,24 @@ func newMetrics(g *Gateway) *gwMetrics {
 		}
 		return 0
 	})
+	sessionsLive := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "sessions_live",
+		Help: "Resumable sessions a socket of this instance serves."}, func() float64 { return float64(g.sessLive.Load()) })
+	sessionsSuspended := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "sessions_suspended",
+		Help: "Resumable sessions this instance holds whose socket is gone: waiting for their client to resume, here or at another instance."},
+		func() float64 { return float64(g.sessSuspended.Load()) })
+	sessionBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "session_buffer_bytes",
+		Help: "Bytes every session keeps for its client (sent or to send, not yet acknowledged); bounded by --resume-buffer-total."},
+		func() float64 { return float64(g.sessBytes.Load()) })
+	m.sessionSuspends = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "session_suspends_total",
+		Help: "Sessions suspended: their socket broke, went quiet or was closed by a shutdown, and they wait for the client."})
+	m.sessionResumes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "session_resumes_total",
+		Help: "Sessions resumed by their client, by where the session was: local (this instance) or remote (taken from another)."}, []string{"from"})
+	m.sessionEnds = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "session_ends_total",
+		Help: "Suspended sessions ended without their client, by reason: expired (not resumed within --resume-window), slow (their buffer overflowed: a buffer overflow); and sessions handed to another instance (moved)."},
+		[]string{"reason"})
+	m.sessionRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "session_refusals_total",
+		Help: "Resumes refused, by the reason the client is told: expired, unknown, slow, lost, off, closed; later (the holder did not answer: the client tries again)."},
+		[]string{"reason"})
 	m.pingLate = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "ping_late_seconds",
 		Help:    "How long after a quiet connection's ping interval ran out its ping was written (one tick of the janitor at most when on time; the count is the pings written).",
 		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300}})
@@ -137,7 +159,17 @@ func newMetrics(g *Gateway) *gwMetrics {
 		return 0
 	})
 	reg.MustRegister(m.connections, m.connects, m.frames, m.pushes, m.pushesRepeated, m.sendQueueBytes, m.invocations, m.disconnects, m.listenerRefused, m.listenerEvicted, m.acceptErrors, natsUp,
-		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters, m.inboundLimited, refusing, m.pingLate, m.lockHold, lockHoldMax)
+		m.retries, m.retryDropped, m.retryPending, m.framesDropped, m.deadLetters, m.inboundLimited, refusing, m.pingLate, m.lockHold, lockHoldMax,
+		sessionsLive, sessionsSuspended, sessionBytes, m.sessionSuspends, m.sessionResumes, m.sessionEnds, m.sessionRefusals)
+	for _, r := range []string{"local", "remote"} {
+		m.sessionResumes.WithLabelValues(r)
+	}
+	for _, r := range []string{resetExpired, resetSlow, "moved"} {
+		m.sessionEnds.WithLabelValues(r)
+	}
+	for _, r := range []string{resetExpired, resetUnknown, resetSlow, resetLost, resetOff, resetClosed, takeLater} {
+		m.sessionRefusals.WithLabelValues(r)
+	}
 	// Every label value exists from the start, so rates work from zero.
 	for _, r := range []string{connectAccepted, connectRejected, connectRefused, connectError} {
 		m.connects.WithLabelValues(r)

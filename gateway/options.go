@@ -86,6 +86,13 @@ const (
 	// MaxInstanceTTL keeps the announcement of a dead instance's
 	// connections, about two TTLs after its death, within SPEC §6's 30s.
 	MaxInstanceTTL = 15 * time.Second
+	// DefaultResumeWindow is how long a resumable session outlives its
+	// socket (see ResumeWindow).
+	DefaultResumeWindow = 30 * time.Second
+	// DefaultResumeBuffer bounds what one session keeps for its client,
+	// DefaultResumeBufferTotal what every session of an instance keeps.
+	DefaultResumeBuffer      = 1 << 20
+	DefaultResumeBufferTotal = 256 << 20
 )
 
 // Options configure a Gateway. Use DefaultOptions, or leave fields zero to
@@ -134,6 +141,19 @@ type Options struct {
 	// takes the default, a negative InBytesRate turns the limit off.
 	InBytesRate  int64
 	InBytesBurst int64
+
+	// ResumeWindow is how long a resumable session (a client that asked
+	// for one with ?resume=1) outlives its socket: the connection, its
+	// token and registry record live on, pushes to it are kept, and the
+	// client resumes where it left off (session.go). 0 takes the default,
+	// a negative value turns sessions off: a client that asks for one is
+	// told so (a reset with reason "off") before any function runs.
+	ResumeWindow time.Duration
+	// ResumeBuffer bounds the bytes one session keeps for its client
+	// (pushes it has not acknowledged), ResumeBufferTotal those of every
+	// session of the gateway; past either the session ends (slow).
+	ResumeBuffer      int64
+	ResumeBufferTotal int64
 
 	// PushAddr, when set, serves PushPath on a listener of its own (Run
 	// only); otherwise PushPath is served on Addr.
@@ -249,6 +269,9 @@ func (o Options) withDefaults() Options {
 	orDefault(&o.KeepAliveTimeout, DefaultKeepAliveTimeout)
 	orDefault(&o.PingInterval, DefaultPingInterval)
 	orDefault(&o.InstanceTTL, DefaultInstanceTTL)
+	orDefault(&o.ResumeWindow, DefaultResumeWindow)
+	orDefault(&o.ResumeBuffer, DefaultResumeBuffer)
+	orDefault(&o.ResumeBufferTotal, DefaultResumeBufferTotal)
 	orDefault(&o.MaxConnections, DefaultMaxConnections)
 	orDefault(&o.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	orDefault(&o.MaxHTTPConnections, DefaultMaxHTTPConnections)
@@ -301,6 +324,9 @@ func (o Options) Validate() error {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("gateway: %s %v must be positive", d.name, d.v))
 		}
+	}
+	if o.ResumeBuffer < 0 || o.ResumeBufferTotal < 0 {
+		errs = append(errs, fmt.Errorf("gateway: --resume-buffer %d and --resume-buffer-total %d must be positive", o.ResumeBuffer, o.ResumeBufferTotal))
 	}
 	if o.MaxMessageSize < 0 {
 		errs = append(errs, fmt.Errorf("gateway: MaxMessageSize %d must be positive", o.MaxMessageSize))

@@ -32,6 +32,10 @@ func (g *Gateway) servePush(w http.ResponseWriter, r *http.Request) {
 	if g.opts.PushToken != "" && !bearerOK(r.Header.Get("Authorization"), g.opts.PushToken) {
 		status, errNo, msg = http.StatusUnauthorized, http.StatusUnauthorized, "push needs Authorization: Bearer <push token>"
 		w.Header().Set("WWW-Authenticate", `Bearer realm="wsbridge-push"`)
+	} else if r.Header.Get(headerTake) != "" {
+		// Another instance takes a session its client resumed there.
+		g.serveTake(w, r)
+		return
 	} else {
 		status, errNo, msg = g.push(w, r)
 	}
@@ -74,12 +78,6 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 	if err != nil {
 		return bad("%v", err)
 	}
-	if g.edge != nil && g.isClosed() {
-		// Transient, so the bridge tries again: by then this instance's
-		// record is gone and the bridge knows its connections are lost,
-		// while a 404 now would announce them gone beside the shutdown.
-		return http.StatusServiceUnavailable, http.StatusServiceUnavailable, "gateway instance shutting down"
-	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, g.maxPushBody()))
 	dec.DisallowUnknownFields()
 	var body subjects.PushBody
@@ -100,60 +98,34 @@ func (g *Gateway) push(w http.ResponseWriter, r *http.Request) (status, errNo in
 
 	switch ws.Action {
 	case subjects.ActionDataSend:
+		// One spare byte in front: a session's frames start with their
+		// prefix (session.go).
 		var typ websocket.MessageType
-		var data []byte
+		var frame []byte
 		switch ws.DataType {
 		case subjects.DataText:
-			typ, data = websocket.MessageText, []byte(ws.Data)
+			typ = websocket.MessageText
+			frame = make([]byte, 1+len(ws.Data))
+			copy(frame[1:], ws.Data)
 		case subjects.DataBinary:
-			b, err := base64.StdEncoding.DecodeString(ws.Data)
+			typ = websocket.MessageBinary
+			frame = make([]byte, 1+base64.StdEncoding.DecodedLen(len(ws.Data)))
+			n, err := base64.StdEncoding.Decode(frame[1:], []byte(ws.Data))
 			if err != nil {
 				return bad("websocket.data is not valid base64 for dataType binary: %v", err)
 			}
-			typ, data = websocket.MessageBinary, b
+			frame = frame[:1+n]
 		default:
 			return bad("websocket.dataType %q: want %q or %q", ws.DataType, subjects.DataText, subjects.DataBinary)
 		}
-		if int64(len(data)) > g.opts.MaxMessageSize {
+		if n := int64(len(frame) - 1); n > g.opts.MaxMessageSize {
 			return http.StatusRequestEntityTooLarge, http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("message of %d bytes exceeds the %d byte limit", len(data), g.opts.MaxMessageSize)
+				fmt.Sprintf("message of %d bytes exceeds the %d byte limit", n, g.opts.MaxMessageSize)
 		}
-		c, status, errNo, msg := g.awaitConn(ws.SecConnectionID)
-		if c == nil {
-			return status, errNo, msg
-		}
-		switch c.send(sq, typ, data) {
-		case enqueuedRepeat:
-			g.repeated()
-		case enqueuedEnded:
-			return http.StatusGone, http.StatusGone, "connection closed"
-		case enqueuedOverflow:
-			// Unreachable at once: later pushes get 404 without waiting.
-			g.remove(c)
-			return http.StatusGone, http.StatusGone, fmt.Sprintf(
-				"client not reading: its send queue is full (at most %d messages, %d bytes); closing it with 1008",
-				g.opts.SendQueueMessages, g.opts.SendQueueBytes)
-		}
-		return http.StatusOK, 0, "ok"
+		return g.deliver(ws.SecConnectionID, sq, typ, frame, false)
 
 	case subjects.ActionClosing:
-		c, status, errNo, msg := g.awaitConn(ws.SecConnectionID)
-		if c == nil {
-			return status, errNo, msg
-		}
-		switch c.closeAfterQueue(sq) {
-		case enqueuedRepeat:
-			g.repeated()
-		case enqueuedOK:
-			// Unreachable at once, so later pushes get 404; the frames
-			// queued before the close are written first, and the handshake
-			// runs in the background because a client that never answers
-			// would hold this request for seconds. The reader then invokes
-			// cleanup.
-			g.remove(c)
-		}
-		// enqueuedEnded: closing already, as asked.
-		return http.StatusOK, 0, "ok"
+		return g.deliver(ws.SecConnectionID, sq, 0, nil, true)
 
 	default:
 		return bad("websocket.action %q: want %q or %q", ws.Action, subjects.ActionDataSend, subjects.ActionClosing)

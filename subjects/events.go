@@ -26,7 +26,17 @@ type ConnectEvent struct {
 	// gateway's cleanup that follows must report ("closed"). See
 	// Names.Forget.
 	Closing string `json:"closing,omitempty"`
+	// Instance is set on the registry record (never in the connect event)
+	// of a resumable session that moved to another wsbridge gateway
+	// instance than the one its id names: the instance holding it now.
+	// Bridges push there, and survivors sweep it when that instance is
+	// gone. See RecordInstance.
+	Instance string `json:"instance,omitempty"`
 }
+
+// RecordInstance is the registry record's field naming the edge instance
+// that holds a session taken from the instance its connection id names.
+const RecordInstance = "instance"
 
 // Disconnect reasons.
 const (
