@@ -181,6 +181,7 @@ const (
 	enqueuedRepeat                   // its Ws-Seq is at or below the last one taken: dropped
 	enqueuedEnded                    // the connection takes no more pushes
 	enqueuedOverflow                 // the queue is full: the client is closed with 1008
+	enqueuedMoved                    // its session was handed to another instance
 )
 
 // send queues one frame unless s repeats a sequence already taken, the

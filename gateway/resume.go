@@ -85,6 +85,10 @@ func (g *Gateway) deliver(id string, sq seq, typ websocket.MessageType, frame []
 				if !handled && try < deliverTries {
 					continue // a socket serves it now
 				}
+				if res == enqueuedMoved {
+					time.Sleep(time.Millisecond)
+					continue // its tomb names where, in a moment
+				}
 				return g.answer(res, closing)
 			}
 			if t, ok := g.tombOf(id); ok && t.movedTo != "" {

@@ -84,6 +84,7 @@ type session struct {
 	seqSeen bool
 	why     string // why its last socket ended: the reason of its disconnect event
 	closing bool   // a close push came while it was suspended
+	movedTo string // the instance it was handed to (it ended here)
 	expiry  *time.Timer
 	// changed is closed, and replaced, whenever state changes.
 	changed chan struct{}
@@ -409,7 +410,11 @@ func (g *Gateway) offer(s *session, sq seq, f outgoing, closing bool) (handled b
 		s.mu.Unlock()
 		return false, 0
 	case sessEnded:
+		moved := s.movedTo != ""
 		s.mu.Unlock()
+		if moved {
+			return true, enqueuedMoved
+		}
 		return true, enqueuedEnded
 	}
 	if sq.set && s.seqSeen && sq.n <= s.lastSeq {

@@ -137,6 +137,7 @@ func (g *Gateway) serveTake(w http.ResponseWriter, r *http.Request) {
 		}
 		ts.Frames = append(ts.Frames, tf)
 	}
+	s.movedTo = to
 	s.setState(sessEnded)
 	s.mu.Unlock()
 	g.sessSuspended.Add(-1)

@@ -1,0 +1,377 @@
+package edge
+
+import (
+	"context"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbridge/wsbridge/subjects"
+	"github.com/wsbridge/wsbridge/subjects/wsclient"
+	"github.com/wsbridge/wsbridge/test/buildtest"
+	"github.com/wsbridge/wsbridge/test/natstest"
+)
+
+// balancer is a TCP load balancer in front of edge instances: each new
+// connection goes to the next backend that accepts it, round robin; cut
+// drops every connection it carries, as a network change drops a phone's.
+type balancer struct {
+	ln net.Listener
+
+	mu       sync.Mutex
+	backends []string
+	next     int
+	conns    map[net.Conn]bool
+}
+
+func newBalancer(t *testing.T) *balancer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &balancer{ln: ln, conns: map[net.Conn]bool{}}
+	t.Cleanup(func() { _ = ln.Close(); b.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go b.serve(c)
+		}
+	}()
+	return b
+}
+
+func (b *balancer) addr() string { return b.ln.Addr().String() }
+
+// set makes backends the instances new connections go to.
+func (b *balancer) set(backends ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.backends = backends
+}
+
+func (b *balancer) serve(c net.Conn) {
+	b.mu.Lock()
+	backends := append([]string(nil), b.backends...)
+	start := b.next
+	b.next++
+	b.mu.Unlock()
+	var up net.Conn
+	for i := range backends {
+		var err error
+		up, err = net.DialTimeout("tcp", backends[(start+i)%len(backends)], 2*time.Second)
+		if err == nil {
+			break
+		}
+	}
+	if up == nil {
+		_ = c.Close()
+		return
+	}
+	b.mu.Lock()
+	b.conns[c], b.conns[up] = true, true
+	b.mu.Unlock()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	<-done
+	_ = c.Close()
+	_ = up.Close()
+	b.mu.Lock()
+	delete(b.conns, c)
+	delete(b.conns, up)
+	b.mu.Unlock()
+}
+
+// cut drops every connection the balancer carries, without a close frame.
+func (b *balancer) cut() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for c := range b.conns {
+		_ = c.Close()
+	}
+	n := len(b.conns) / 2
+	clear(b.conns)
+	return n
+}
+
+// sessionClient is one resumable client and what it read.
+type sessionClient struct {
+	c     *wsclient.Client
+	token string
+
+	mu   sync.Mutex
+	got  []int // the numbers of the pushes read, in order
+	bad  []string
+	done chan struct{}
+}
+
+func (sc *sessionClient) read() {
+	defer close(sc.done)
+	for {
+		m, err := sc.c.Read(context.Background())
+		if err != nil {
+			return
+		}
+		n, err := strconv.Atoi(string(m.Data))
+		sc.mu.Lock()
+		if err != nil {
+			sc.bad = append(sc.bad, string(m.Data))
+		} else {
+			sc.got = append(sc.got, n)
+		}
+		sc.mu.Unlock()
+	}
+}
+
+func (sc *sessionClient) count() int {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return len(sc.got)
+}
+
+// TestRollingRestartKeepsSessions: 200 resumable clients behind a balancer
+// in front of two edge instances, pushes flowing to every one of them and
+// messages from every one of them, while the network drops every socket
+// once and then each instance is restarted in turn (SIGTERM, a new process
+// under the same id). Every push arrives exactly once and in order, every
+// client message is passed on exactly once, and the backend sees no
+// disconnect and no second connect: the restarts are invisible.
+func TestRollingRestartKeepsSessions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the wsbridge binary")
+	}
+	const clients = 200
+	dir := buildtest.BuildT(t, ".")
+	bin := buildtest.Binary(dir, ".")
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := subjects.MustNew(subjects.DefaultPrefix)
+	natsURL := s.ClientURL()
+	start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
+		"--push-url", "http://127.0.0.1:1/no-api-gateway", "--push-token", pushToken, "--retry-backoff", "50ms", "--retry-backoff-max", "500ms", "--log-level", "debug")
+	waitFor(t, "the bridge's partition leases", waitTimeout, func() bool {
+		kv, err := js.KeyValue(context.Background(), names.Leases())
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(context.Background(), "p.0")
+		return err == nil
+	})
+
+	var connects, disconnects atomic.Int64
+	var inMu sync.Mutex
+	inbound := map[string]int{} // "token n" -> times passed on
+	sub, err := nc.Subscribe(names.Inbound(), func(m *nats.Msg) {
+		p, err := names.Parse(m.Subject)
+		if err != nil {
+			return
+		}
+		switch p.Kind {
+		case subjects.KindConnect:
+			connects.Add(1)
+		case subjects.KindDisconnect:
+			disconnects.Add(1)
+			t.Logf("disconnect event %s: %s", p.Token, m.Data)
+		case subjects.KindMessage:
+			inMu.Lock()
+			inbound[p.Token+" "+string(m.Data)]++
+			inMu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	edgeArgs := func(id string) []string {
+		return []string{"gateway", "--nats-url", natsURL, "--addr", "127.0.0.1:0", "--push-addr", "127.0.0.1:0",
+			"--http-addr", "127.0.0.1:0", "--push-token", pushToken, "--instance-id", id,
+			"--instance-ttl", "3s", "--shutdown-timeout", "20s", "--resume-window", "30s", "--log-level", "debug"}
+	}
+	hostOf := func(p *proc) string { return strings.TrimPrefix(strings.TrimSuffix(p.urls["ws"], "/ws"), "ws://") }
+	edges := map[string]*proc{}
+	for _, id := range []string{"edge-a", "edge-b"} {
+		edges[id] = start(t, bin, id, true, edgeArgs(id)...)
+	}
+	lb := newBalancer(t)
+	lb.set(hostOf(edges["edge-a"]), hostOf(edges["edge-b"]))
+
+	var resumed, resets atomic.Int64
+	scs := make([]*sessionClient, clients)
+	ctx := context.Background()
+	for i := range scs {
+		c, err := wsclient.Dial(ctx, "ws://"+lb.addr()+"/ws", wsclient.Options{
+			MaxBackoff: time.Second,
+			OnEvent: func(ev wsclient.Event) {
+				switch ev.Kind {
+				case wsclient.Resumed:
+					resumed.Add(1)
+				case wsclient.Reset:
+					resets.Add(1)
+					t.Errorf("client %d reset: %v", i, ev.Err)
+				}
+			},
+		})
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		scs[i] = &sessionClient{c: c, token: c.Token(), done: make(chan struct{})}
+		go scs[i].read()
+	}
+	waitFor(t, "200 connect events", waitTimeout, func() bool { return connects.Load() == clients })
+
+	// The backend pushes 1, 2, 3… to every client, and every client sends
+	// 1, 2, 3… back, until told to stop.
+	var pushed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for n := 1; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, sc := range scs {
+				if _, err := js.PublishAsync(names.Send(sc.token), []byte(strconv.Itoa(n))); err != nil {
+					t.Errorf("publish: %v", err)
+					return
+				}
+			}
+			<-js.PublishAsyncComplete()
+			pushed.Store(int64(n))
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	var sent atomic.Int64
+	go func() {
+		defer wg.Done()
+		for n := 1; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, sc := range scs {
+				if err := sc.c.Send(ctx, websocket.MessageText, []byte(strconv.Itoa(n))); err != nil {
+					t.Errorf("send: %v", err)
+					return
+				}
+			}
+			sent.Store(int64(n))
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	readAll := func(what string, want int64) {
+		t.Helper()
+		waitFor(t, what, 2*waitTimeout, func() bool {
+			for _, sc := range scs {
+				if int64(sc.count()) < want {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	// Every client has read what was pushed so far, and then some.
+	progress := func(what string) { t.Helper(); readAll(what, pushed.Load()+3) }
+	progress("every client reading")
+
+	// The network drops every socket at once.
+	t.Logf("cut %d connections", lb.cut())
+	progress("every client reading after the cut")
+
+	// A rolling restart: each instance in turn is stopped (SIGTERM) and
+	// started again under its id; the balancer sends new connections to
+	// the instances running.
+	for _, id := range []string{"edge-a", "edge-b"} {
+		other := "edge-b"
+		if id == "edge-b" {
+			other = "edge-a"
+		}
+		lb.set(hostOf(edges[other]))
+		began := time.Now()
+		if err := edges[id].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := edges[id].exit(t, 2*waitTimeout); code != 0 {
+			t.Fatalf("%s exited %d after SIGTERM", id, code)
+		}
+		t.Logf("%s drained and exited in %v", id, time.Since(began).Round(time.Millisecond))
+		edges[id] = start(t, bin, id, true, edgeArgs(id)...)
+		lb.set(hostOf(edges["edge-a"]), hostOf(edges["edge-b"]))
+		progress("every client reading after " + id + " restarted")
+	}
+	close(stop)
+	wg.Wait()
+	last := pushed.Load()
+	readAll("every push read", last)
+	lastSent := sent.Load()
+	waitFor(t, "every client message passed on", 2*waitTimeout, func() bool {
+		inMu.Lock()
+		defer inMu.Unlock()
+		return len(inbound) >= clients*int(lastSent)
+	})
+
+	for i, sc := range scs {
+		sc.mu.Lock()
+		got, bad := sc.got, sc.bad
+		sc.mu.Unlock()
+		if len(bad) > 0 {
+			t.Errorf("client %d read %q", i, bad)
+		}
+		if len(got) != int(last) {
+			t.Errorf("client %d read %d pushes, want %d", i, len(got), last)
+		}
+		for j, n := range got {
+			if n != j+1 {
+				t.Errorf("client %d: push %d is %d: lost, repeated or out of order (%v…)", i, j+1, n, got[max(0, j-3):min(len(got), j+3)])
+				break
+			}
+		}
+	}
+	inMu.Lock()
+	for k, n := range inbound {
+		if n != 1 {
+			t.Errorf("client message %q passed on %d times", k, n)
+		}
+	}
+	inMu.Unlock()
+	if n := disconnects.Load(); n != 0 {
+		t.Errorf("%d disconnect events, want none", n)
+	}
+	if n := connects.Load(); n != clients {
+		t.Errorf("%d connect events, want %d", n, clients)
+	}
+	dlq, err := js.Stream(ctx, names.StreamDLQ())
+	if err == nil {
+		if info, err := dlq.Info(ctx); err == nil && info.State.Msgs != 0 {
+			t.Errorf("%d dead letters, want none", info.State.Msgs)
+		}
+	}
+	t.Logf("%d clients: %d pushes each, %d messages each; %d resumes, %d resets", clients, last, lastSent, resumed.Load(), resets.Load())
+	_ = sub.Unsubscribe() // the closes below end the sessions, as they should
+	for _, sc := range scs {
+		_ = sc.c.Close()
+	}
+}
