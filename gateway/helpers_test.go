@@ -24,7 +24,7 @@ import (
 // hits it fails with a message saying what never happened.
 const waitTimeout = 10 * time.Second
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for !cond() {
@@ -128,7 +128,7 @@ func (f *fakeFn) cleanups(id string) int {
 }
 
 // connID is the id of the only (or latest) registered connection.
-func (f *fakeFn) connID(t *testing.T) string {
+func (f *fakeFn) connID(t testing.TB) string {
 	t.Helper()
 	reg := f.of(subjects.ActionConnecting)
 	if len(reg) == 0 {
