@@ -375,3 +375,134 @@ func TestRollingRestartKeepsSessions(t *testing.T) {
 		_ = sc.c.Close()
 	}
 }
+
+// TestKilledInstanceLosesSessions: an instance that dies (SIGKILL) takes its
+// sessions with it. Its clients, back through the balancer at the other
+// instance, are told to try again while the dead one still has a record,
+// then that their sessions are lost: each starts a new session (a new
+// connect event), and each old connection gets one disconnect event, lost.
+func TestKilledInstanceLosesSessions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the wsbridge binary")
+	}
+	const clients = 20
+	dir := buildtest.BuildT(t, ".")
+	bin := buildtest.Binary(dir, ".")
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := subjects.MustNew(subjects.DefaultPrefix)
+	natsURL := s.ClientURL()
+	start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
+		"--push-url", "http://127.0.0.1:1/no-api-gateway", "--push-token", pushToken, "--retry-backoff", "50ms", "--retry-backoff-max", "500ms")
+	waitFor(t, "the bridge's partition leases", waitTimeout, func() bool {
+		kv, err := js.KeyValue(context.Background(), names.Leases())
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(context.Background(), "p.0")
+		return err == nil
+	})
+	var mu sync.Mutex
+	connected := map[string]bool{}
+	lost := map[string]int{}
+	sub, err := nc.Subscribe(names.Inbound(), func(m *nats.Msg) {
+		p, err := names.Parse(m.Subject)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch p.Kind {
+		case subjects.KindConnect:
+			connected[p.Token] = true
+		case subjects.KindDisconnect:
+			if strings.Contains(string(m.Data), `"reason":"lost"`) {
+				lost[p.Token]++
+			} else {
+				t.Errorf("disconnect event %s: %s", p.Token, m.Data)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	edgeArgs := func(id string) []string {
+		return []string{"gateway", "--nats-url", natsURL, "--addr", "127.0.0.1:0", "--push-addr", "127.0.0.1:0",
+			"--http-addr", "127.0.0.1:0", "--push-token", pushToken, "--instance-id", id, "--instance-ttl", "2s", "--log-level", "debug"}
+	}
+	hostOf := func(p *proc) string { return strings.TrimPrefix(strings.TrimSuffix(p.urls["ws"], "/ws"), "ws://") }
+	a := start(t, bin, "edge-a", true, edgeArgs("edge-a")...)
+	b := start(t, bin, "edge-b", true, edgeArgs("edge-b")...)
+	lb := newBalancer(t)
+	lb.set(hostOf(a))
+
+	var resets sync.Map // client -> reason
+	scs := make([]*wsclient.Client, clients)
+	old := map[string]bool{}
+	for i := range scs {
+		c, err := wsclient.Dial(context.Background(), "ws://"+lb.addr()+"/ws", wsclient.Options{
+			MaxBackoff: 500 * time.Millisecond,
+			OnEvent: func(ev wsclient.Event) {
+				if ev.Kind == wsclient.Reset {
+					resets.Store(i, ev.Reason)
+				}
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		scs[i] = c
+		old[c.Token()] = true
+	}
+	lb.set(hostOf(b))
+	if err := a.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every client reset", lostWithin, func() bool {
+		n := 0
+		resets.Range(func(_, _ any) bool { n++; return true })
+		return n == clients
+	})
+	resets.Range(func(k, v any) bool {
+		if v != "lost" {
+			t.Errorf("client %v reset with reason %q, want lost", k, v)
+		}
+		return true
+	})
+	waitFor(t, "every old connection announced lost", lostWithin, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(lost) == clients
+	})
+	// The new sessions work: a push to each new token arrives.
+	for i, c := range scs {
+		if old[c.Token()] {
+			t.Fatalf("client %d kept its old token after the reset", i)
+		}
+		if _, err := js.Publish(context.Background(), names.Send(c.Token()), []byte("after")); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		m, err := c.Read(ctx)
+		cancel()
+		if err != nil || string(m.Data) != "after" {
+			t.Fatalf("client %d after its reset: %q %v", i, m.Data, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for tok, n := range lost {
+		if n != 1 || !old[tok] {
+			t.Errorf("token %s: %d lost events (an old connection: %v)", tok, n, old[tok])
+		}
+	}
+	if len(connected) != 2*clients {
+		t.Errorf("%d connect events, want %d (each client's first and its new session)", len(connected), 2*clients)
+	}
+}
