@@ -317,6 +317,26 @@ func TestHelmChartAllOptions(t *testing.T) {
 	if len(r.serviceMonitors) != 2 || len(r.prometheusRules) != 1 || len(r.networkPolicies) != 1 {
 		t.Fatalf("rendered %d ServiceMonitors, %d PrometheusRules, %d NetworkPolicies; want 2, 1, 1", len(r.serviceMonitors), len(r.prometheusRules), len(r.networkPolicies))
 	}
+	// The push port admits the bridges and the other gateway instances,
+	// which ask a vanished instance there whether it is alive and take
+	// resumed sessions from each other.
+	var pushFrom []string
+	for _, in := range r.networkPolicies[0].Spec.Ingress {
+		for _, p := range in.Ports {
+			if p.Port == nil || p.Port.String() != "push" {
+				continue
+			}
+			for _, f := range in.From {
+				if f.PodSelector != nil {
+					pushFrom = append(pushFrom, f.PodSelector.MatchLabels["app.kubernetes.io/component"])
+				}
+			}
+		}
+	}
+	slices.Sort(pushFrom)
+	if !slices.Equal(pushFrom, []string{"bridge", "gateway"}) {
+		t.Errorf("the push port admits pods of %v, want the bridge's and the gateway's", pushFrom)
+	}
 	jobs := []string{}
 	for _, m := range r.serviceMonitors {
 		for _, e := range m.Spec.Endpoints {
