@@ -534,7 +534,35 @@ func (e *edge) reconcile() {
 	if closed > 0 {
 		e.log.Warn("closed connections whose records were swept while this instance was cut off", "connections", closed)
 	}
-	e.log.Info("connections reconciled with the registry", "checked", len(open), "closed", closed)
+	// Suspended sessions likewise: one swept was announced lost, and its
+	// client, when it returns, is told so.
+	g.smu.Lock()
+	waiting := make([]*session, 0, len(g.sessions))
+	for _, s := range g.sessions {
+		waiting = append(waiting, s)
+	}
+	g.smu.Unlock()
+	ended := 0
+	for _, s := range waiting {
+		s.mu.Lock()
+		live := s.state != sessSuspended
+		s.mu.Unlock()
+		if live {
+			continue // its socket was checked above
+		}
+		swept, err := e.swept(ctx, reg, &st, subjects.Token(s.id))
+		if err != nil {
+			e.log.Warn("reconcile", "err", err)
+			return
+		}
+		if swept && s.sweptAway() {
+			ended++
+		}
+	}
+	if ended > 0 {
+		e.log.Warn("ended suspended sessions whose records were swept while this instance was cut off", "sessions", ended)
+	}
+	e.log.Info("connections reconciled with the registry", "checked", len(open)+len(waiting), "closed", closed+ended)
 }
 
 // swept reports whether token's registry record was deleted: its latest

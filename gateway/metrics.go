@@ -137,7 +137,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 	m.sessionResumes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "session_resumes_total",
 		Help: "Sessions resumed by their client, by where the session was: local (this instance) or remote (taken from another)."}, []string{"from"})
 	m.sessionEnds = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "session_ends_total",
-		Help: "Suspended sessions ended without their client, by reason: expired (not resumed within --resume-window), slow (their buffer overflowed: a buffer overflow); and sessions handed to another instance (moved)."},
+		Help: "Suspended sessions ended without their client, by reason: expired (not resumed within --resume-window), slow (their buffer overflowed), lost (announced lost by another instance while this one was cut off from NATS); and sessions handed to another instance (moved)."},
 		[]string{"reason"})
 	m.sessionRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "session_refusals_total",
 		Help: "Resumes refused, by the reason the client is told: expired, unknown, slow, lost, off, closed; later (the holder did not answer: the client tries again)."},
@@ -164,7 +164,7 @@ func newMetrics(g *Gateway) *gwMetrics {
 	for _, r := range []string{"local", "remote"} {
 		m.sessionResumes.WithLabelValues(r)
 	}
-	for _, r := range []string{resetExpired, resetSlow, "moved"} {
+	for _, r := range []string{resetExpired, resetSlow, resetLost, "moved"} {
 		m.sessionEnds.WithLabelValues(r)
 	}
 	for _, r := range []string{resetExpired, resetUnknown, resetSlow, resetLost, resetOff, resetClosed, takeLater} {

@@ -380,6 +380,30 @@ func (s *session) expire(reason string) {
 	g.ended(s.id, why, time.Now())
 }
 
+// sweptAway ends a suspended session whose connection another component
+// announced lost (its registry record was swept while this instance was cut
+// off from NATS): no event of its own, what it kept dead-lettered, and
+// reset lost for its client. False when it was not suspended.
+func (s *session) sweptAway() bool {
+	g := s.g
+	s.mu.Lock()
+	if s.state != sessSuspended {
+		s.mu.Unlock()
+		return false
+	}
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	s.setState(sessEnded)
+	frames := s.release()
+	s.mu.Unlock()
+	g.sessSuspended.Add(-1)
+	g.bury(s, tomb{reason: resetLost})
+	g.m.sessionEnds.WithLabelValues(resetLost).Inc()
+	g.dropSessionFrames(s.id, frames, discLost, "the connection was announced lost while this instance was cut off from NATS, before its client acknowledged the frame: it may have received it")
+	return true
+}
+
 // dropSessionFrames dead-letters a session's data frames (control
 // messages aside) without their prefix.
 func (g *Gateway) dropSessionFrames(id string, frames []outgoing, why, cause string) {

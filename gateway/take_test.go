@@ -220,3 +220,49 @@ func TestSessionMovesBetweenInstances(t *testing.T) {
 	_ = sc.ws.Close(websocket.StatusNormalClosure, "")
 	waitFor(t, "cleanup at edge-b", func() bool { return b.fn.cleanups(id) == 1 })
 }
+
+// A suspended session whose registry record was swept (another instance or a
+// bridge announced it lost while this one was cut off from NATS) ends when
+// the instance reconciles: no event of its own, and its client, back, is
+// told lost. One whose record is there stays.
+func TestReconcileEndsSweptSessions(t *testing.T) {
+	s := natstest.Start(t)
+	_, js, names := provisioned(t, s)
+	a := startSessEdge(t, s.ClientURL(), "edge-a")
+	ctx := context.Background()
+	reg, err := js.KeyValue(ctx, names.Bucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	swept, kept := newSessClient(t, a.ws), newSessClient(t, a.ws)
+	for _, sc := range []*sessClient{swept, kept} {
+		if _, err := reg.Put(ctx, subjects.Token(sc.welcome.ID), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		sc.drop()
+	}
+	waitFor(t, "both sessions suspended", func() bool { return a.g.sessSuspended.Load() == 2 })
+	mustPushTo(t, a.push, swept.welcome.ID, "kept while away")
+	if err := reg.Delete(ctx, subjects.Token(swept.welcome.ID)); err != nil {
+		t.Fatal(err)
+	}
+	a.g.edge.reconcile()
+	if _, reason := swept.resume(a.ws, 0); reason != resetLost {
+		t.Errorf("resume of the swept session: %q, want %q", reason, resetLost)
+	}
+	if _, reason := kept.resume(a.ws, 0); reason != "" {
+		t.Errorf("resume of the other: refused %q", reason)
+	}
+	if n := a.fn.cleanups(swept.welcome.ID); n != 0 {
+		t.Errorf("cleanup invoked %d times for the swept session (its end was announced)", n)
+	}
+	dlq, err := js.Stream(ctx, names.StreamDLQ())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "what it kept dead-lettered", func() bool {
+		info, err := dlq.Info(ctx)
+		return err == nil && info.State.Msgs == 1
+	})
+	_ = kept.ws.Close(websocket.StatusNormalClosure, "") // ended, so the instance stops without waiting for it
+}
