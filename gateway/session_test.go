@@ -306,3 +306,31 @@ func TestSessionAcksAndTakeover(t *testing.T) {
 		t.Errorf("cleanups %d, live sessions %d: want 0 and 1", e.fn.cleanups(id), e.g.sessLive.Load())
 	}
 }
+
+// The instance's bound on what all its sessions keep: a push that would
+// pass it ends the session it is for (410), while the others keep theirs.
+func TestSessionBufferTotalBound(t *testing.T) {
+	e := newEnv(t, nil, func(o *Options) { o.ResumeBuffer, o.ResumeBufferTotal = 100, 150 })
+	first, second := newSessClient(t, e.wsURL()), newSessClient(t, e.wsURL())
+	first.drop()
+	second.drop()
+	waitFor(t, "both sessions suspended", func() bool { return e.g.sessSuspended.Load() == 2 })
+	pushText(t, e, first.welcome.ID, strings.Repeat("a", 79)) // 80 kept with its prefix
+	if st, body := e.push(t, pushBody(subjects.ActionDataSend, second.welcome.ID, subjects.DataText, strings.Repeat("b", 79))); st != http.StatusGone {
+		t.Fatalf("push past the instance's total: %d %s, want 410", st, body)
+	}
+	waitFor(t, "the second session's cleanup", func() bool { return e.fn.cleanups(second.welcome.ID) == 1 })
+	if _, reason := second.resume(e.wsURL(), 0); reason != resetSlow {
+		t.Errorf("second session: %q, want %q", reason, resetSlow)
+	}
+	w, reason := first.resume(e.wsURL(), 0)
+	if reason != "" || !*w.Resumed {
+		t.Fatalf("first session: refused %q", reason)
+	}
+	if got := first.data(); got != strings.Repeat("a", 79) {
+		t.Errorf("first session got %q", got)
+	}
+	if e.g.sessBytes.Load() != 80 {
+		t.Errorf("%d bytes kept, want 80 (the first session's one push)", e.g.sessBytes.Load())
+	}
+}
