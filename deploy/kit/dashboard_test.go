@@ -151,6 +151,9 @@ func TestDashboardShape(t *testing.T) {
 		"process_resident_memory_bytes", "wsbridge_gateway_connections", "wsbridge_gateway_connects_total",
 		"wsbridge_gateway_frames_total", "wsbridge_gateway_pushes_total",
 		"wsbridge_gateway_invocation_duration_seconds_bucket",
+		"wsbridge_gateway_sessions_live", "wsbridge_gateway_sessions_suspended", "wsbridge_gateway_session_buffer_bytes",
+		"wsbridge_gateway_session_suspends_total", "wsbridge_gateway_session_resumes_total",
+		"wsbridge_gateway_session_ends_total", "wsbridge_gateway_session_refusals_total",
 	} {
 		if len(series[want]) == 0 {
 			t.Errorf("no panel shows %s", want)
