@@ -100,10 +100,12 @@ func New(opts Options) (*Gateway, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc(opts.WSPath, g.serveWS)
 	mux.HandleFunc(opts.PushPath, g.servePush)
+	mux.HandleFunc(clientJSPath, g.serveClientJS)
 	mux.Handle("/", fallback)
 	g.handler = mux
 	clients := http.NewServeMux()
 	clients.HandleFunc(opts.WSPath, g.serveWS)
+	clients.HandleFunc(clientJSPath, g.serveClientJS)
 	clients.Handle("/", fallback)
 	g.clientHandler = clients
 	push := http.NewServeMux()

@@ -305,6 +305,9 @@ func (o Options) Validate() error {
 	if o.WSPath == o.PushPath {
 		errs = append(errs, fmt.Errorf("gateway: WSPath and PushPath are both %q", o.WSPath))
 	}
+	if o.WSPath == clientJSPath || o.PushPath == clientJSPath {
+		errs = append(errs, fmt.Errorf("gateway: %s is where the client library is served: choose another WSPath or PushPath", clientJSPath))
+	}
 	if (o.Registerer == nil) != (o.Gatherer == nil) {
 		errs = append(errs, errors.New("gateway: Registerer and Gatherer go together (both nil: a registry of the gateway's own)"))
 	}

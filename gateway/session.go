@@ -207,6 +207,7 @@ type control struct {
 	Token    string  `json:"token,omitempty"`
 	Resumed  *bool   `json:"resumed,omitempty"`
 	In       *uint64 `json:"in,omitempty"`
+	Out      *uint64 `json:"out,omitempty"`
 	Received *uint64 `json:"received,omitempty"`
 	Window   int     `json:"window,omitempty"`
 	Reason   string  `json:"reason,omitempty"`
@@ -219,9 +220,9 @@ func controlFrame(m control) outgoing {
 
 // welcome is the first message on every socket of a session. s.mu is held.
 func (s *session) welcome(resumed bool) outgoing {
-	in := s.in
+	in, out := s.in, s.base+uint64(len(s.frames))
 	return controlFrame(control{T: "welcome", Key: s.key(), ID: s.id, Token: subjects.Token(s.id),
-		Resumed: &resumed, In: &in, Window: int((s.g.opts.ResumeWindow + time.Second - 1) / time.Second)})
+		Resumed: &resumed, In: &in, Out: &out, Window: int((s.g.opts.ResumeWindow + time.Second - 1) / time.Second)})
 }
 
 // start makes c, just upgraded with ?resume=1, the first socket of a new

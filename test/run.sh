@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests use besides Go (the nats CLI and
-# Chromium for the end-to-end suites, Debian's nats-server 2.9 for the
-# too-old-server checks, helm and promtool for the operator's kit), checks
+# Chromium for the end-to-end suites, Node.js for the client library's,
+# Debian's nats-server 2.9 for the too-old-server checks, helm and promtool for the operator's kit), checks
 # formatting and vet, runs every test with the race detector, then the tests
 # of the kit under deploy/ (a module of its own: chart, dashboard, alerts,
 # image build context, release script).
@@ -67,6 +67,14 @@ install_chromium() {
   apt_install chromium
 }
 
+# Node runs the client library's tests (test/node); npm fetches its one
+# dependency, the ws package, there.
+install_node() {
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && return 0
+  echo "installing Node.js and npm for the client library's tests"
+  apt_install nodejs npm
+}
+
 # A NATS server older than wsbridge needs: the bridge and gateway binaries
 # must refuse it in one line (TestRefuseOldNATS). Debian ships 2.9.
 install_old_nats_server() {
@@ -96,6 +104,7 @@ stage "install nats CLI" install_nats_cli
 stage "install helm" install_helm
 stage "install promtool" install_promtool
 stage "install chromium" install_chromium
+stage "install node" install_node
 stage "install nats-server 2.9" install_old_nats_server
 stage "gofmt" check_gofmt
 stage "go vet" go vet ./...
