@@ -1,9 +1,14 @@
 package edge
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
-	"net"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,93 +25,9 @@ import (
 	"github.com/wsbridge/wsbridge/subjects/wsclient"
 	"github.com/wsbridge/wsbridge/test/buildtest"
 	"github.com/wsbridge/wsbridge/test/natstest"
+	"github.com/wsbridge/wsbridge/test/netcut"
+	"github.com/wsbridge/wsbridge/test/node"
 )
-
-// balancer is a TCP load balancer in front of edge instances: each new
-// connection goes to the next backend that accepts it, round robin; cut
-// drops every connection it carries, as a network change drops a phone's.
-type balancer struct {
-	ln net.Listener
-
-	mu       sync.Mutex
-	backends []string
-	next     int
-	conns    map[net.Conn]bool
-}
-
-func newBalancer(t *testing.T) *balancer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &balancer{ln: ln, conns: map[net.Conn]bool{}}
-	t.Cleanup(func() { _ = ln.Close(); b.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go b.serve(c)
-		}
-	}()
-	return b
-}
-
-func (b *balancer) addr() string { return b.ln.Addr().String() }
-
-// set makes backends the instances new connections go to.
-func (b *balancer) set(backends ...string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.backends = backends
-}
-
-func (b *balancer) serve(c net.Conn) {
-	b.mu.Lock()
-	backends := append([]string(nil), b.backends...)
-	start := b.next
-	b.next++
-	b.mu.Unlock()
-	var up net.Conn
-	for i := range backends {
-		var err error
-		up, err = net.DialTimeout("tcp", backends[(start+i)%len(backends)], 2*time.Second)
-		if err == nil {
-			break
-		}
-	}
-	if up == nil {
-		_ = c.Close()
-		return
-	}
-	b.mu.Lock()
-	b.conns[c], b.conns[up] = true, true
-	b.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-	<-done
-	_ = c.Close()
-	_ = up.Close()
-	b.mu.Lock()
-	delete(b.conns, c)
-	delete(b.conns, up)
-	b.mu.Unlock()
-}
-
-// cut drops every connection the balancer carries, without a close frame.
-func (b *balancer) cut() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for c := range b.conns {
-		_ = c.Close()
-	}
-	n := len(b.conns) / 2
-	clear(b.conns)
-	return n
-}
 
 // sessionClient is one resumable client and what it read.
 type sessionClient struct {
@@ -211,14 +132,14 @@ func TestRollingRestartKeepsSessions(t *testing.T) {
 	for _, id := range []string{"edge-a", "edge-b"} {
 		edges[id] = start(t, bin, id, true, edgeArgs(id)...)
 	}
-	lb := newBalancer(t)
-	lb.set(hostOf(edges["edge-a"]), hostOf(edges["edge-b"]))
+	lb := netcut.New(t)
+	lb.Set(hostOf(edges["edge-a"]), hostOf(edges["edge-b"]))
 
 	var resumed, resets atomic.Int64
 	scs := make([]*sessionClient, clients)
 	ctx := context.Background()
 	for i := range scs {
-		c, err := wsclient.Dial(ctx, "ws://"+lb.addr()+"/ws", wsclient.Options{
+		c, err := wsclient.Dial(ctx, "ws://"+lb.Addr()+"/ws", wsclient.Options{
 			MaxBackoff: time.Second,
 			OnEvent: func(ev wsclient.Event) {
 				switch ev.Kind {
@@ -298,7 +219,7 @@ func TestRollingRestartKeepsSessions(t *testing.T) {
 	progress("every client reading")
 
 	// The network drops every socket at once.
-	t.Logf("cut %d connections", lb.cut())
+	t.Logf("cut %d connections", lb.Cut())
 	progress("every client reading after the cut")
 
 	// A rolling restart: each instance in turn is stopped (SIGTERM) and
@@ -309,7 +230,7 @@ func TestRollingRestartKeepsSessions(t *testing.T) {
 		if id == "edge-b" {
 			other = "edge-a"
 		}
-		lb.set(hostOf(edges[other]))
+		lb.Set(hostOf(edges[other]))
 		began := time.Now()
 		if err := edges[id].cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
@@ -319,7 +240,7 @@ func TestRollingRestartKeepsSessions(t *testing.T) {
 		}
 		t.Logf("%s drained and exited in %v", id, time.Since(began).Round(time.Millisecond))
 		edges[id] = start(t, bin, id, true, edgeArgs(id)...)
-		lb.set(hostOf(edges["edge-a"]), hostOf(edges["edge-b"]))
+		lb.Set(hostOf(edges["edge-a"]), hostOf(edges["edge-b"]))
 		progress("every client reading after " + id + " restarted")
 	}
 	close(stop)
@@ -438,14 +359,14 @@ func TestKilledInstanceLosesSessions(t *testing.T) {
 	hostOf := func(p *proc) string { return strings.TrimPrefix(strings.TrimSuffix(p.urls["ws"], "/ws"), "ws://") }
 	a := start(t, bin, "edge-a", true, edgeArgs("edge-a")...)
 	b := start(t, bin, "edge-b", true, edgeArgs("edge-b")...)
-	lb := newBalancer(t)
-	lb.set(hostOf(a))
+	lb := netcut.New(t)
+	lb.Set(hostOf(a))
 
 	var resets sync.Map // client -> reason
 	scs := make([]*wsclient.Client, clients)
 	old := map[string]bool{}
 	for i := range scs {
-		c, err := wsclient.Dial(context.Background(), "ws://"+lb.addr()+"/ws", wsclient.Options{
+		c, err := wsclient.Dial(context.Background(), "ws://"+lb.Addr()+"/ws", wsclient.Options{
 			MaxBackoff: 500 * time.Millisecond,
 			OnEvent: func(ev wsclient.Event) {
 				if ev.Kind == wsclient.Reset {
@@ -460,7 +381,7 @@ func TestKilledInstanceLosesSessions(t *testing.T) {
 		scs[i] = c
 		old[c.Token()] = true
 	}
-	lb.set(hostOf(b))
+	lb.Set(hostOf(b))
 	if err := a.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -505,4 +426,202 @@ func TestKilledInstanceLosesSessions(t *testing.T) {
 	if len(connected) != 2*clients {
 		t.Errorf("%d connect events, want %d (each client's first and its new session)", len(connected), 2*clients)
 	}
+}
+
+// TestNodeClientResumes: wsbridge.js in Node (over the npm ws package) holds
+// a session through a balancer in front of two instances while the network
+// is cut under it four times; it resumes wherever the balancer sends it (so
+// at the other instance too), reads every push once and in order, its
+// messages are passed on once each, and the backend sees one connect and no
+// disconnect until the client closes.
+func TestNodeClientResumes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the wsbridge binary")
+	}
+	nodeBin := node.Setup(t)
+	dir := buildtest.BuildT(t, ".")
+	bin := buildtest.Binary(dir, ".")
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := subjects.MustNew(subjects.DefaultPrefix)
+	natsURL := s.ClientURL()
+	start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
+		"--push-url", "http://127.0.0.1:1/no-api-gateway", "--push-token", pushToken, "--retry-backoff", "50ms", "--retry-backoff-max", "500ms")
+	waitFor(t, "the bridge's partition leases", waitTimeout, func() bool {
+		kv, err := js.KeyValue(context.Background(), names.Leases())
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(context.Background(), "p.0")
+		return err == nil
+	})
+	var mu sync.Mutex
+	var connects, disconnects, inbound []string
+	sub, err := nc.Subscribe(names.Inbound(), func(m *nats.Msg) {
+		p, err := names.Parse(m.Subject)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch p.Kind {
+		case subjects.KindConnect:
+			connects = append(connects, p.Token)
+		case subjects.KindDisconnect:
+			disconnects = append(disconnects, string(m.Data))
+		case subjects.KindMessage:
+			inbound = append(inbound, string(m.Data))
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	var edges []*proc
+	for _, id := range []string{"edge-a", "edge-b"} {
+		edges = append(edges, start(t, bin, id, true, "gateway", "--nats-url", natsURL, "--addr", "127.0.0.1:0",
+			"--push-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--push-token", pushToken,
+			"--instance-id", id, "--instance-ttl", "3s"))
+	}
+	hostOf := func(p *proc) string { return strings.TrimPrefix(strings.TrimSuffix(p.urls["ws"], "/ws"), "ws://") }
+	lb := netcut.New(t, hostOf(edges[0]), hostOf(edges[1]))
+
+	const sends = 40
+	cmd := exec.Command(nodeBin, filepath.Join(node.Dir(), "live_client.js"), "ws://"+lb.Addr()+"/ws", strconv.Itoa(sends))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr buildtest.SyncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("node stderr:\n%s", stderr.String())
+		}
+	})
+	type line struct {
+		Event, Token, Data, Reason string
+		Code                       int
+	}
+	lines := make(chan line, 1024)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var l line
+			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+				t.Errorf("node printed %q: %v", sc.Text(), err)
+				continue
+			}
+			lines <- l
+		}
+		close(lines)
+	}()
+	var token string
+	var got []string
+	resumed := 0
+	next := func(what string) line {
+		t.Helper()
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("node exited waiting for %s", what)
+			}
+			switch l.Event {
+			case "message":
+				got = append(got, l.Data)
+			case "resumed":
+				resumed++
+				if l.Token != token {
+					t.Errorf("resumed with token %s, want %s", l.Token, token)
+				}
+			case "reset", "close":
+				if what != "the close" {
+					t.Fatalf("node: %+v while waiting for %s", l, what)
+				}
+			}
+			return l
+		case <-time.After(waitTimeout):
+			t.Fatalf("no line from node within %v waiting for %s", waitTimeout, what)
+		}
+		return line{}
+	}
+	token = next("the open").Token
+	if token == "" {
+		t.Fatal("no token in the open event")
+	}
+	const rounds, per = 4, 25
+	ctx := context.Background()
+	for r := range rounds {
+		for i := range per {
+			if _, err := js.Publish(ctx, names.Send(token), []byte(fmt.Sprintf("p%03d", r*per+i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for len(got) < (r+1)*per {
+			next(fmt.Sprintf("push %d", (r+1)*per))
+		}
+		t.Logf("round %d: cut %d connections", r, lb.Cut())
+		for resumed < r+1 {
+			next(fmt.Sprintf("resume %d", r+1))
+		}
+	}
+	for i := range got {
+		if want := fmt.Sprintf("p%03d", i); got[i] != want {
+			t.Fatalf("push %d read as %q (%v): lost, repeated or out of order", i, got[i], got[max(0, i-2):min(len(got), i+3)])
+		}
+	}
+	waitFor(t, "every message of the client passed on", waitTimeout, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(inbound) >= sends
+	})
+	mu.Lock()
+	var want []string
+	for i := 1; i <= sends; i++ {
+		want = append(want, "c"+strconv.Itoa(i))
+	}
+	if !slices.Equal(inbound, want) {
+		t.Errorf("the backend got %v, want c1..c%d once each, in order", inbound, sends)
+	}
+	if len(connects) != 1 || len(disconnects) != 0 {
+		t.Errorf("connect events %v, disconnect events %v: want one connect, no disconnect", connects, disconnects)
+	}
+	mu.Unlock()
+	remote := 0
+	for _, e := range edges {
+		for l := range strings.SplitSeq(get(t, e.urls["ops"]+"/metrics"), "\n") {
+			if v, ok := strings.CutPrefix(l, `wsbridge_gateway_session_resumes_total{from="remote"} `); ok {
+				n, _ := strconv.Atoi(v)
+				remote += n
+			}
+		}
+	}
+	if remote == 0 {
+		t.Errorf("no resume was at the other instance (the balancer alternates): the test did not cover a move")
+	}
+	if _, err := io.WriteString(stdin, "close\n"); err != nil {
+		t.Fatal(err)
+	}
+	if l := next("the close"); l.Event != "close" || l.Code != 1000 {
+		t.Errorf("after close: %+v, want close 1000", l)
+	}
+	waitFor(t, "the disconnect event of the close", waitTimeout, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(disconnects) == 1
+	})
+	t.Logf("%d pushes read once each across %d cuts (%d resumes at the other instance), %d messages passed on once each", len(got), rounds, remote, sends)
 }
