@@ -29,6 +29,40 @@ import (
 	"github.com/wsbridge/wsbridge/test/node"
 )
 
+// sessionStack builds wsbridge, starts NATS and a bridge (retrying pushes
+// after 50 ms, so a push the old holder of a moved session refused is soon
+// at the new one), and returns what the session tests use.
+func sessionStack(t *testing.T) (bin, natsURL string, nc *nats.Conn, js jetstream.JetStream, names subjects.Names) {
+	t.Helper()
+	dir := buildtest.BuildT(t, ".")
+	bin = buildtest.Binary(dir, ".")
+	s := natstest.Start(t)
+	nc = natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names = subjects.MustNew(subjects.DefaultPrefix)
+	natsURL = s.ClientURL()
+	start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
+		"--push-url", "http://127.0.0.1:1/no-api-gateway", "--push-token", pushToken,
+		"--retry-backoff", "50ms", "--retry-backoff-max", "500ms", "--log-level", "debug")
+	waitFor(t, "the bridge's partition leases", waitTimeout, func() bool {
+		kv, err := js.KeyValue(context.Background(), names.Leases())
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(context.Background(), "p.0")
+		return err == nil
+	})
+	return bin, natsURL, nc, js, names
+}
+
+// hostOf is the host:port of an instance's client listener.
+func hostOf(p *proc) string {
+	return strings.TrimPrefix(strings.TrimSuffix(p.urls["ws"], "/ws"), "ws://")
+}
+
 // sessionClient is one resumable client and what it read.
 type sessionClient struct {
 	c     *wsclient.Client
@@ -76,26 +110,7 @@ func TestRollingRestartKeepsSessions(t *testing.T) {
 		t.Skip("builds and runs the wsbridge binary")
 	}
 	const clients = 200
-	dir := buildtest.BuildT(t, ".")
-	bin := buildtest.Binary(dir, ".")
-	s := natstest.Start(t)
-	nc := natstest.Connect(t, s)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := subjects.MustNew(subjects.DefaultPrefix)
-	natsURL := s.ClientURL()
-	start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
-		"--push-url", "http://127.0.0.1:1/no-api-gateway", "--push-token", pushToken, "--retry-backoff", "50ms", "--retry-backoff-max", "500ms", "--log-level", "debug")
-	waitFor(t, "the bridge's partition leases", waitTimeout, func() bool {
-		kv, err := js.KeyValue(context.Background(), names.Leases())
-		if err != nil {
-			return false
-		}
-		_, err = kv.Get(context.Background(), "p.0")
-		return err == nil
-	})
+	bin, natsURL, nc, js, names := sessionStack(t)
 
 	var connects, disconnects atomic.Int64
 	var inMu sync.Mutex
@@ -127,7 +142,6 @@ func TestRollingRestartKeepsSessions(t *testing.T) {
 			"--http-addr", "127.0.0.1:0", "--push-token", pushToken, "--instance-id", id,
 			"--instance-ttl", "3s", "--shutdown-timeout", "20s", "--resume-window", "30s", "--log-level", "debug"}
 	}
-	hostOf := func(p *proc) string { return strings.TrimPrefix(strings.TrimSuffix(p.urls["ws"], "/ws"), "ws://") }
 	edges := map[string]*proc{}
 	for _, id := range []string{"edge-a", "edge-b"} {
 		edges[id] = start(t, bin, id, true, edgeArgs(id)...)
@@ -307,26 +321,7 @@ func TestKilledInstanceLosesSessions(t *testing.T) {
 		t.Skip("builds and runs the wsbridge binary")
 	}
 	const clients = 20
-	dir := buildtest.BuildT(t, ".")
-	bin := buildtest.Binary(dir, ".")
-	s := natstest.Start(t)
-	nc := natstest.Connect(t, s)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := subjects.MustNew(subjects.DefaultPrefix)
-	natsURL := s.ClientURL()
-	start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
-		"--push-url", "http://127.0.0.1:1/no-api-gateway", "--push-token", pushToken, "--retry-backoff", "50ms", "--retry-backoff-max", "500ms")
-	waitFor(t, "the bridge's partition leases", waitTimeout, func() bool {
-		kv, err := js.KeyValue(context.Background(), names.Leases())
-		if err != nil {
-			return false
-		}
-		_, err = kv.Get(context.Background(), "p.0")
-		return err == nil
-	})
+	bin, natsURL, nc, js, names := sessionStack(t)
 	var mu sync.Mutex
 	connected := map[string]bool{}
 	lost := map[string]int{}
@@ -356,7 +351,6 @@ func TestKilledInstanceLosesSessions(t *testing.T) {
 		return []string{"gateway", "--nats-url", natsURL, "--addr", "127.0.0.1:0", "--push-addr", "127.0.0.1:0",
 			"--http-addr", "127.0.0.1:0", "--push-token", pushToken, "--instance-id", id, "--instance-ttl", "2s", "--log-level", "debug"}
 	}
-	hostOf := func(p *proc) string { return strings.TrimPrefix(strings.TrimSuffix(p.urls["ws"], "/ws"), "ws://") }
 	a := start(t, bin, "edge-a", true, edgeArgs("edge-a")...)
 	b := start(t, bin, "edge-b", true, edgeArgs("edge-b")...)
 	lb := netcut.New(t)
@@ -439,26 +433,7 @@ func TestNodeClientResumes(t *testing.T) {
 		t.Skip("builds and runs the wsbridge binary")
 	}
 	nodeBin := node.Setup(t)
-	dir := buildtest.BuildT(t, ".")
-	bin := buildtest.Binary(dir, ".")
-	s := natstest.Start(t)
-	nc := natstest.Connect(t, s)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := subjects.MustNew(subjects.DefaultPrefix)
-	natsURL := s.ClientURL()
-	start(t, bin, "bridge", false, "bridge", "--nats-url", natsURL, "--http-addr", "127.0.0.1:0",
-		"--push-url", "http://127.0.0.1:1/no-api-gateway", "--push-token", pushToken, "--retry-backoff", "50ms", "--retry-backoff-max", "500ms")
-	waitFor(t, "the bridge's partition leases", waitTimeout, func() bool {
-		kv, err := js.KeyValue(context.Background(), names.Leases())
-		if err != nil {
-			return false
-		}
-		_, err = kv.Get(context.Background(), "p.0")
-		return err == nil
-	})
+	bin, natsURL, nc, js, names := sessionStack(t)
 	var mu sync.Mutex
 	var connects, disconnects, inbound []string
 	sub, err := nc.Subscribe(names.Inbound(), func(m *nats.Msg) {
@@ -487,7 +462,6 @@ func TestNodeClientResumes(t *testing.T) {
 			"--push-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--push-token", pushToken,
 			"--instance-id", id, "--instance-ttl", "3s"))
 	}
-	hostOf := func(p *proc) string { return strings.TrimPrefix(strings.TrimSuffix(p.urls["ws"], "/ws"), "ws://") }
 	lb := netcut.New(t, hostOf(edges[0]), hostOf(edges[1]))
 
 	const sends = 40
