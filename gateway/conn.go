@@ -203,8 +203,12 @@ func (c *conn) send(s seq, typ websocket.MessageType, data []byte) enqueued {
 	}
 	n := int64(len(data))
 	// An empty queue takes any frame the size limit allows, so the byte
-	// bound needs no relation to --max-message-size.
-	if c.pending > 0 && (c.pending >= c.g.opts.SendQueueMessages || c.queued+n > c.g.opts.SendQueueBytes) {
+	// bound needs no relation to --max-message-size. A session's queue is
+	// part of what the session keeps (every frame until the client
+	// acknowledges it), bounded by ResumeBuffer instead: a resume queues
+	// all the client missed at once, which may be more messages than a
+	// send queue takes.
+	if c.sess == nil && c.pending > 0 && (c.pending >= c.g.opts.SendQueueMessages || c.queued+n > c.g.opts.SendQueueBytes) {
 		c.g.log.Info("closing client: send queue full", "conn", c.id,
 			"queued_messages", c.pending, "queued_bytes", c.queued, "push_bytes", n)
 		c.dropLocked(c.end(closeSlow), dropSlow, fmt.Sprintf(

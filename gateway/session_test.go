@@ -334,3 +334,29 @@ func TestSessionBufferTotalBound(t *testing.T) {
 		t.Errorf("%d bytes kept, want 80 (the first session's one push)", e.g.sessBytes.Load())
 	}
 }
+
+// A session that kept more messages while its client was away than a send
+// queue takes (--send-queue-messages) replays them all on resume, and takes
+// live pushes after them: its bound is --resume-buffer.
+func TestSessionReplaysMoreThanASendQueue(t *testing.T) {
+	e := newEnv(t, nil, func(o *Options) { o.SendQueueMessages = 10 })
+	sc := newSessClient(t, e.wsURL())
+	id := sc.welcome.ID
+	sc.drop()
+	waitFor(t, "the session suspended", func() bool { return e.g.sessSuspended.Load() == 1 })
+	for i := range 25 {
+		pushText(t, e, id, fmt.Sprint(i))
+	}
+	if _, reason := sc.resume(e.wsURL(), 0); reason != "" {
+		t.Fatalf("resume refused: %s", reason)
+	}
+	pushText(t, e, id, "live")
+	for i := range 25 {
+		if got := sc.data(); got != fmt.Sprint(i) {
+			t.Fatalf("replay %d: got %q", i, got)
+		}
+	}
+	if got := sc.data(); got != "live" {
+		t.Fatalf("got %q, want the live push", got)
+	}
+}
