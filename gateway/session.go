@@ -98,10 +98,14 @@ type tomb struct {
 	until   time.Time
 }
 
-// tombLife is how long a tomb is kept; maxTombs bounds them.
+// movedLife is how long the tomb of a session handed to another instance
+// is kept (pushes routed here before bridges read the new holder from the
+// registry are answered 503 meanwhile); the tomb of one that ended is kept
+// two windows (a minute at least), while its client may still return.
+// maxTombs bounds them.
 const (
-	tombLife = 10 * time.Minute
-	maxTombs = 200000
+	movedLife = 10 * time.Minute
+	maxTombs  = 200000
 )
 
 func (g *Gateway) sessionsOn() bool { return g.opts.ResumeWindow > 0 }
@@ -231,8 +235,14 @@ func (g *Gateway) start(c *conn) {
 	s := c.sess
 	s.mu.Lock()
 	s.conn = c
-	c.queue = append(c.queue, s.welcome(false))
+	w := s.welcome(false)
 	s.mu.Unlock()
+	// Queued as pushes are, so the writer's accounting holds; nothing
+	// else reaches c before its upgrade settles.
+	c.queue = append(c.queue, w)
+	c.queued += int64(len(w.data))
+	c.pending++
+	g.queuedBytes.Add(int64(len(w.data)))
 	g.smu.Lock()
 	g.sessions[s.id] = s
 	g.smu.Unlock()
@@ -260,7 +270,10 @@ func (g *Gateway) tombOf(id string) (tomb, bool) {
 
 // bury forgets session s and remembers why. g.smu is not held.
 func (g *Gateway) bury(s *session, t tomb) {
-	t.until = time.Now().Add(max(tombLife, 2*g.opts.ResumeWindow))
+	t.until = time.Now().Add(max(2*g.opts.ResumeWindow, time.Minute))
+	if t.movedTo != "" {
+		t.until = time.Now().Add(max(movedLife, 2*g.opts.ResumeWindow))
+	}
 	g.smu.Lock()
 	defer g.smu.Unlock()
 	if g.sessions[s.id] == s {

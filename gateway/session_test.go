@@ -360,3 +360,23 @@ func TestSessionReplaysMoreThanASendQueue(t *testing.T) {
 		t.Fatalf("got %q, want the live push", got)
 	}
 }
+
+// What sessions queue is accounted as pushes are: once every socket has
+// written what it had, nothing is left counted in the send queue metric.
+func TestSessionQueueAccounting(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	sc := newSessClient(t, e.wsURL())
+	pushText(t, e, sc.welcome.ID, "one")
+	sc.data()
+	sc.drop()
+	waitFor(t, "the session suspended", func() bool { return e.g.sessSuspended.Load() == 1 })
+	pushText(t, e, sc.welcome.ID, "two")
+	if _, reason := sc.resume(e.wsURL(), 1); reason != "" {
+		t.Fatalf("resume refused: %s", reason)
+	}
+	if got := sc.data(); got != "two" {
+		t.Fatalf("got %q", got)
+	}
+	sc.send("hi") // acknowledged by a control message
+	waitFor(t, "the send queue empty and accounted", func() bool { return e.g.queuedBytes.Load() == 0 })
+}
