@@ -176,9 +176,7 @@ func TestPermanentGoneAndClose(t *testing.T) {
 		if m.Header.Get(subjects.HeaderConnID) != c.id || m.Header.Get(subjects.HeaderMsgID) == "" {
 			t.Errorf("disconnect headers %v", m.Header)
 		}
-		if e.kvHas(subjects.Token(c.id)) {
-			t.Errorf("registry still holds %s", c.id)
-		}
+		e.waitRecordGone(t, subjects.Token(c.id), c.id)
 	}
 	if !e.kvHas(subjects.Token("perm-400")) {
 		t.Error("a permanent failure deleted the registry entry")

@@ -216,6 +216,15 @@ func (e *env) kvHas(token string) bool {
 	return err == nil
 }
 
+// waitRecordGone waits for token's registry record to be deleted.
+// Forget stores a connection's disconnect event before it deletes the
+// record, so the event can be seen a moment before the record goes (on a
+// loaded machine, long enough for a check right after the event to fail).
+func (e *env) waitRecordGone(t *testing.T, token, what string) {
+	t.Helper()
+	waitFor(t, what+": the registry record deleted", 20*time.Second, func() bool { return !e.kvHas(token) })
+}
+
 // publish stores an outbound message, waiting for the stream's ack.
 func (e *env) publish(subject string, data []byte, hdr ...string) {
 	e.t.Helper()

@@ -93,9 +93,7 @@ func TestGoneAnnouncedOncePerConnection(t *testing.T) {
 	if got := e.disconnectsOf(disc, tok); len(got) != 1 || got[0] != subjects.ReasonGone {
 		t.Errorf("disconnects %v, want exactly one gone", got)
 	}
-	if e.kvHas(tok) {
-		t.Error("registry still holds the gone connection")
-	}
+	e.waitRecordGone(t, tok, "the gone connection")
 }
 
 // A connection that keeps receiving pushes stays registered past

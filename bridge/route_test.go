@@ -195,9 +195,7 @@ func TestInstanceWithoutRecord(t *testing.T) {
 	if r := e.disconnectsOf(discs, subjects.Token(swept)); len(r) != 0 {
 		t.Errorf("disconnects of the swept connection %q, want none from the bridge (the sweep announced it)", r)
 	}
-	if e.kvHas(subjects.Token(kept)) {
-		t.Error("the lost connection's registry record is still there")
-	}
+	e.waitRecordGone(t, subjects.Token(kept), "the lost connection")
 	// Nothing else was dead-lettered: "one" and "two" were pushed.
 	if info, err := dlq.Info(ctx); err != nil || info.State.Msgs != 2 {
 		t.Errorf("dead letters: %+v, %v; want two (swept, three)", info, err)
