@@ -374,17 +374,33 @@ func (e *edge) learn(ctx context.Context, live map[string]bool) {
 		if a, ok := e.addrs[inst]; inst == e.g.opts.InstanceID || ok && now.Sub(a.read) < addrReread {
 			continue
 		}
-		en, err := e.instances.Get(ctx, inst)
-		if err != nil {
-			continue // next time
-		}
-		var rec subjects.Instance
-		if err := json.Unmarshal(en.Value(), &rec); err != nil || rec.PushURL == "" {
+		u, err := e.pushURLOf(ctx, inst)
+		if errors.Is(err, errNoPushURL) {
 			e.log.Warn("gateway instance record without a push URL", "instance", inst, "err", err)
 			continue
 		}
-		e.addrs[inst] = instanceAddr{pushURL: rec.PushURL, read: now}
+		if err != nil {
+			continue // next time
+		}
+		e.addrs[inst] = instanceAddr{pushURL: u, read: now}
 	}
+}
+
+// errNoPushURL is an instance record that names no push URL.
+var errNoPushURL = errors.New("instance record without a push URL")
+
+// pushURLOf reads the push URL instance inst advertises in the instances
+// bucket (jetstream.ErrKeyNotFound: it has no record).
+func (e *edge) pushURLOf(ctx context.Context, inst string) (string, error) {
+	en, err := e.instances.Get(ctx, inst)
+	if err != nil {
+		return "", err
+	}
+	var rec subjects.Instance
+	if err := json.Unmarshal(en.Value(), &rec); err != nil || rec.PushURL == "" {
+		return "", fmt.Errorf("%w: %s: %v", errNoPushURL, inst, err)
+	}
+	return rec.PushURL, nil
 }
 
 // answers reports whether inst answers at the push URL it last advertised:

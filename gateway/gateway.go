@@ -149,7 +149,7 @@ func (g *Gateway) Close() error {
 		g.closed = true
 		open := make([]*conn, 0, len(g.conns))
 		for _, c := range g.conns {
-			if c.sess == nil || !g.sessionsOn() {
+			if c.sess == nil {
 				// A session is suspended instead, for its client to
 				// resume at another instance.
 				c.announce.CompareAndSwap(nil, &announceShutdown)

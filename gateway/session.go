@@ -368,11 +368,7 @@ func (s *session) expire(reason string) {
 		s.mu.Unlock()
 		return
 	}
-	if s.expiry != nil {
-		s.expiry.Stop()
-	}
-	s.setState(sessEnded)
-	frames := s.release()
+	frames := s.retire()
 	why := s.why
 	if reason == resetSlow {
 		why = discSlow
@@ -380,9 +376,7 @@ func (s *session) expire(reason string) {
 		why = discClosed
 	}
 	s.mu.Unlock()
-	g.sessSuspended.Add(-1)
-	g.bury(s, tomb{reason: reason})
-	g.m.sessionEnds.WithLabelValues(reason).Inc()
+	g.retired(s, tomb{reason: reason}, reason)
 	g.log.Info("session ended while suspended", "conn", s.id, "reason", reason, "disconnect_reason", why, "frames_kept", len(frames))
 	g.dropSessionFrames(s.id, frames, why, "the session ended ("+reason+", "+why+") before its client acknowledged the frame: it may have received it")
 	g.m.disconnects.WithLabelValues(why).Inc()
@@ -405,17 +399,32 @@ func (s *session) sweptAway() bool {
 		s.mu.Unlock()
 		return false
 	}
-	if s.expiry != nil {
-		s.expiry.Stop()
-	}
-	s.setState(sessEnded)
-	frames := s.release()
+	frames := s.retire()
 	s.mu.Unlock()
-	g.sessSuspended.Add(-1)
-	g.bury(s, tomb{reason: resetLost})
-	g.m.sessionEnds.WithLabelValues(resetLost).Inc()
+	g.retired(s, tomb{reason: resetLost}, resetLost)
 	g.dropSessionFrames(s.id, frames, discLost, "the connection was announced lost while this instance was cut off from NATS, before its client acknowledged the frame: it may have received it")
 	return true
+}
+
+// retire ends suspended session s here: its expiry stopped, what it kept
+// released (and returned), its state ended. s.mu is held; the caller then
+// calls retired.
+func (s *session) retire() []outgoing {
+	if s.expiry != nil {
+		s.expiry.Stop()
+		s.expiry = nil
+	}
+	frames := s.release()
+	s.setState(sessEnded)
+	return frames
+}
+
+// retired counts a session retire ended, for the reason end of
+// session_ends_total, and remembers t for its client. s.mu is not held.
+func (g *Gateway) retired(s *session, t tomb, end string) {
+	g.sessSuspended.Add(-1)
+	g.bury(s, t)
+	g.m.sessionEnds.WithLabelValues(end).Inc()
 }
 
 // dropSessionFrames dead-letters a session's data frames (control

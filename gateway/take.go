@@ -124,12 +124,9 @@ func (g *Gateway) serveTake(w http.ResponseWriter, r *http.Request) {
 		reply(http.StatusNotFound, takeReply{ErrMsg: "no such session, or the client's count does not fit it", Reason: resetUnknown})
 		return
 	}
-	if s.expiry != nil {
-		s.expiry.Stop()
-		s.expiry = nil
-	}
 	ts := &takenSession{ID: s.id, In: s.in, Base: s.base, LastSeq: s.lastSeq, SeqSeen: s.seqSeen, Why: s.why, Closing: s.closing}
-	for _, f := range s.release() {
+	s.movedTo = to // before it ends: a push that finds it ended is told where it went
+	for _, f := range s.retire() {
 		tf := takenFrame{Binary: f.typ == websocket.MessageBinary, Data: f.data}
 		if f.seq.set {
 			n := f.seq.n
@@ -137,12 +134,8 @@ func (g *Gateway) serveTake(w http.ResponseWriter, r *http.Request) {
 		}
 		ts.Frames = append(ts.Frames, tf)
 	}
-	s.movedTo = to
-	s.setState(sessEnded)
 	s.mu.Unlock()
-	g.sessSuspended.Add(-1)
-	g.bury(s, tomb{movedTo: to})
-	g.m.sessionEnds.WithLabelValues("moved").Inc()
+	g.retired(s, tomb{movedTo: to}, "moved")
 	g.log.Debug("session handed to another instance", "conn", id, "to", to, "frames", len(ts.Frames))
 	reply(http.StatusOK, takeReply{ErrMsg: "ok", Session: ts})
 }
@@ -215,21 +208,17 @@ func (e *edge) take(ctx context.Context, holder, key string, received uint64) (t
 	if subjects.CheckInstanceID(holder) != nil || e.instances == nil {
 		return takeReply{}, resetUnknown
 	}
-	en, err := e.instances.Get(ctx, holder)
+	pushURL, err := e.pushURLOf(ctx, holder)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		// Gone (or cut off so long its record aged out): what it held
 		// is announced lost by the survivors.
 		return takeReply{}, resetLost
 	}
 	if err != nil {
-		e.log.Info("take: instances bucket not readable", "holder", holder, "err", err)
+		e.log.Info("take: the holder's push URL not read", "holder", holder, "err", err)
 		return takeReply{}, takeLater
 	}
-	var rec subjects.Instance
-	if err := json.Unmarshal(en.Value(), &rec); err != nil || rec.PushURL == "" {
-		return takeReply{}, takeLater
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rec.PushURL, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, pushURL, nil)
 	if err != nil {
 		return takeReply{}, takeLater
 	}
