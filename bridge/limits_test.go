@@ -505,3 +505,37 @@ func TestAttackRegistryKeyNotAToken(t *testing.T) {
 	waitFor(t, "the broadcast", 20*time.Second, func() bool { return len(e.tg.of("victim")) == 1 })
 	e.alive(b, "victim")
 }
+
+// A partition found full while the bridge held bytes, and paused only after
+// the last of them were released, resumes at once: no release comes again
+// to resume it (a chaos run had three partitions of one bridge stay paused,
+// holding nothing, until the end).
+func TestPauseAfterTheLastRelease(t *testing.T) {
+	e := newEnv(t, nil)
+	b := e.start(nil)
+	p := newPart(b, b.opts.Partitions) // beside the bridge's own: not one a release looks at
+	before := b.pausedParts.Load()
+	const size = 1 << 20
+	b.hold(size)
+	if !p.full(1, b.share(), size) {
+		t.Fatal("a partition is not full while the bridge holds its whole budget")
+	}
+	b.release(size) // the last release, before the reader pauses the partition
+	p.pause()
+	if p.paused.Load() {
+		t.Error("the partition stays paused with nothing held: no release will resume it")
+	}
+	if got := b.pausedParts.Load(); got != before {
+		t.Errorf("paused partitions %d, want %d", got, before)
+	}
+	// Paused while something is held, it waits for the release.
+	b.hold(size)
+	p.pause()
+	if !p.paused.Load() {
+		t.Error("paused while the bridge holds bytes, the partition resumed at once")
+	}
+	b.release(size)
+	if p.resume(); p.paused.Load() {
+		t.Error("the partition did not resume once the bridge held nothing")
+	}
+}

@@ -245,9 +245,20 @@ func (p *part) full(size, share, maxHeld int64) bool {
 }
 
 // pause stops the partition taking until it drained; next stays at seq.
+// A release resumes it; but the last releases may have come between the
+// reader finding it full and the flag set here, and with nothing held no
+// release comes again: then it resumes at once, or it would stay paused
+// for good with nothing to wait for (a chaos run: three partitions of one
+// bridge stuck at one position until the end, none of them holding
+// anything). Release updates what is held before it looks for paused
+// partitions, and pause sets the flag before it looks at what is held, so
+// one of the two sees the other.
 func (p *part) pause() {
 	if !p.paused.Swap(true) {
 		p.b.pausedParts.Add(1)
+	}
+	if p.b.held() == 0 {
+		p.resume()
 	}
 }
 
